@@ -1,0 +1,42 @@
+# bp-monitor: the two commands a new user needs are `make demo` and `make test`.
+SHELL := /bin/bash
+VENV := .venv
+PY := $(VENV)/bin/python
+# The hostname may resolve to another interface; Spark binds to loopback here.
+export SPARK_LOCAL_IP ?= 127.0.0.1
+
+.PHONY: demo test install system-deps up down status clean
+
+## demo: install, start the local stack, run the pipeline end to end, print a summary
+demo: install up
+	$(PY) jobs/demo.py
+
+## test: install, start the local stack, run the whole test suite against it
+test: install up
+	$(PY) -m pytest
+
+## install: OS packages where missing, then a virtualenv with the project and its dev extras
+install: system-deps $(VENV)/.installed
+
+system-deps:
+	@bash stack/system-deps.sh
+
+$(VENV)/.installed: pyproject.toml
+	python3 -m venv $(VENV)
+	$(PY) -m pip install -q --upgrade pip
+	$(PY) -m pip install -q -e '.[dev]'
+	touch $@
+
+## up / down / status: the local Kafka + Elasticsearch stack, as plain processes
+up:
+	@python3 stack/localstack.py up
+
+down:
+	@python3 stack/localstack.py down
+
+status:
+	@python3 stack/localstack.py status
+
+## clean: stop the stack and remove its data, downloads and the demo's output
+clean: down
+	rm -rf .stack var

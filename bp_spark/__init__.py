@@ -1,0 +1,1 @@
+"""bp-monitor's library: schema, parsing, classification, sinks, trends and configuration."""

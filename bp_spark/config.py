@@ -1,0 +1,301 @@
+"""Configuration: read once into a frozen, typed object, validated before Spark starts.
+
+Defaults live in ``conf/pipeline.toml``. The environment overrides them with
+``BP_<SECTION>_<KEY>`` (``BP_KAFKA_TOPIC``), and the jobs' flags override both. A bad value
+raises :class:`ConfigError`, whose message names the key, the value, where it came from and
+what is allowed. Library code receives plain values from this object; it never reads the
+environment itself.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+import re
+import tomllib
+import typing
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+PROJECT_ROOT = Path(__file__).resolve().parent.parent
+DEFAULT_CONFIG_PATH = PROJECT_ROOT / "conf" / "pipeline.toml"
+ENV_PREFIX = "BP_"
+
+
+class ConfigError(ValueError):
+    """A configuration value is missing, mistyped or out of range."""
+
+
+@dataclass(frozen=True)
+class KafkaConfig:
+    """Where the observations come from."""
+
+    bootstrap_servers: str
+    topic: str
+    starting_offsets: str
+    max_offsets_per_trigger: int
+
+
+@dataclass(frozen=True)
+class ElasticsearchConfig:
+    """Where abnormal readings, alerts, trends and dead letters go."""
+
+    url: str
+    anomalies_index: str
+    alerts_index: str
+    trends_index: str
+    deadletter_index: str
+
+
+@dataclass(frozen=True)
+class Thresholds:
+    """The anomaly rule and the crisis limits, in mmHg."""
+
+    systolic_high: float
+    systolic_low: float
+    diastolic_high: float
+    diastolic_low: float
+    crisis_systolic: float
+    crisis_diastolic: float
+
+
+@dataclass(frozen=True)
+class PathsConfig:
+    """The normal-reading archive and the streaming checkpoint."""
+
+    archive_dir: str
+    checkpoint_dir: str
+
+
+@dataclass(frozen=True)
+class StreamConfig:
+    """How the stream job runs."""
+
+    trigger: str
+    app_name: str
+
+
+@dataclass(frozen=True)
+class Config:
+    """The whole configuration of bp-monitor."""
+
+    kafka: KafkaConfig
+    elasticsearch: ElasticsearchConfig
+    thresholds: Thresholds
+    paths: PathsConfig
+    stream: StreamConfig
+
+
+# --------------------------------------------------------------------------- validators
+# Each returns None when the value is fine, else a sentence saying what is allowed.
+
+_HOST_PORT = re.compile(r"^[A-Za-z0-9.\-_\[\]:]+:(\d{1,5})$")
+_TOPIC = re.compile(r"^[A-Za-z0-9._\-]{1,249}$")
+_INDEX = re.compile(r"^[a-z0-9][a-z0-9._\-]{0,254}$")
+_URL = re.compile(r"^https?://[^\s/:]+(:\d{1,5})?/?$")
+_INTERVAL = re.compile(
+    r"^\d+(\.\d+)?\s*(ms|millisecond|milliseconds|s|sec|second|seconds|min|minute|minutes|h|hour|hours)$"
+)
+_TRIGGER_WORDS = ("available-now",)
+
+
+def _bootstrap_servers(value: str) -> str | None:
+    parts = [p.strip() for p in value.split(",")]
+    for part in parts:
+        match = _HOST_PORT.match(part)
+        if not match or not 0 < int(match.group(1)) < 65536:
+            return "a comma-separated list of host:port, e.g. localhost:9092"
+    return None
+
+
+def _topic(value: str) -> str | None:
+    return None if _TOPIC.match(value) else "1-249 characters of letters, digits, '.', '_' or '-'"
+
+
+def _starting_offsets(value: str) -> str | None:
+    if value in ("earliest", "latest") or value.lstrip().startswith("{"):
+        return None
+    return "'earliest', 'latest', or Spark's JSON form {\"topic\":{\"0\":42}}"
+
+
+def _non_negative(value: int) -> str | None:
+    return None if value >= 0 else "an integer >= 0 (0 means no bound)"
+
+
+def _es_url(value: str) -> str | None:
+    return None if _URL.match(value) else "an http:// or https:// URL with host and optional port, e.g. http://localhost:9200"
+
+
+def _index(value: str) -> str | None:
+    return None if _INDEX.match(value) else "a lowercase Elasticsearch index name (letters, digits, '.', '_', '-'; not starting with '_' or '-')"
+
+
+def _mmhg(value: float) -> str | None:
+    return None if 20 <= value <= 300 else "a pressure in mmHg between 20 and 300"
+
+
+def _non_empty(value: str) -> str | None:
+    return None if value.strip() else "a non-empty path or URI"
+
+
+def _trigger(value: str) -> str | None:
+    if value in _TRIGGER_WORDS or _INTERVAL.match(value):
+        return None
+    return "'available-now' or an interval such as '10 seconds', '500 ms', '1 minute'"
+
+
+VALIDATORS: dict[str, Callable[[Any], str | None]] = {
+    "kafka.bootstrap_servers": _bootstrap_servers,
+    "kafka.topic": _topic,
+    "kafka.starting_offsets": _starting_offsets,
+    "kafka.max_offsets_per_trigger": _non_negative,
+    "elasticsearch.url": _es_url,
+    "elasticsearch.anomalies_index": _index,
+    "elasticsearch.alerts_index": _index,
+    "elasticsearch.trends_index": _index,
+    "elasticsearch.deadletter_index": _index,
+    "thresholds.systolic_high": _mmhg,
+    "thresholds.systolic_low": _mmhg,
+    "thresholds.diastolic_high": _mmhg,
+    "thresholds.diastolic_low": _mmhg,
+    "thresholds.crisis_systolic": _mmhg,
+    "thresholds.crisis_diastolic": _mmhg,
+    "paths.archive_dir": _non_empty,
+    "paths.checkpoint_dir": _non_empty,
+    "stream.trigger": _trigger,
+    "stream.app_name": _non_empty,
+}
+
+# Flags the jobs offer, and the key each sets.
+CLI_FLAGS: dict[str, str] = {
+    "bootstrap-servers": "kafka.bootstrap_servers",
+    "topic": "kafka.topic",
+    "starting-offsets": "kafka.starting_offsets",
+    "max-offsets-per-trigger": "kafka.max_offsets_per_trigger",
+    "es-url": "elasticsearch.url",
+    "archive-dir": "paths.archive_dir",
+    "checkpoint-dir": "paths.checkpoint_dir",
+    "trigger": "stream.trigger",
+}
+
+
+# --------------------------------------------------------------------------- loading
+
+
+def env_name(key: str) -> str:
+    """The environment variable that overrides ``key`` (``kafka.topic`` -> ``BP_KAFKA_TOPIC``)."""
+    return ENV_PREFIX + key.replace(".", "_").upper()
+
+
+def _coerce(key: str, raw: Any, kind: type, source: str) -> Any:
+    """Turn a TOML value or an environment string into ``kind``, or fail naming the key."""
+    if kind is str:
+        if isinstance(raw, str):
+            return raw
+    elif kind is int:
+        if isinstance(raw, int) and not isinstance(raw, bool):
+            return raw
+        if isinstance(raw, str) and re.fullmatch(r"[+-]?\d+", raw.strip()):
+            return int(raw)
+    elif kind is float:
+        if isinstance(raw, (int, float)) and not isinstance(raw, bool):
+            return float(raw)
+        if isinstance(raw, str):
+            try:
+                return float(raw)
+            except ValueError:
+                pass
+    raise ConfigError(f"{key} = {raw!r} (from {source}): expected {kind.__name__}")
+
+
+def _sections() -> dict[str, type]:
+    return {f.name: typing.get_type_hints(Config)[f.name] for f in dataclasses.fields(Config)}
+
+
+def load_config(
+    path: Path | str | None = None,
+    env: Mapping[str, str] | None = None,
+    overrides: Mapping[str, Any] | None = None,
+) -> Config:
+    """Load the configuration from ``path`` (default ``conf/pipeline.toml``), then the
+    environment, then ``overrides`` (``{"kafka.topic": "vitals"}``), and validate it."""
+    path = Path(path) if path is not None else DEFAULT_CONFIG_PATH
+    env = os.environ if env is None else env
+    overrides = dict(overrides or {})
+    try:
+        data = tomllib.loads(path.read_text())
+    except FileNotFoundError as exc:
+        raise ConfigError(f"configuration file {path} not found; pass --config or restore conf/pipeline.toml") from exc
+    except tomllib.TOMLDecodeError as exc:
+        raise ConfigError(f"{path} is not valid TOML: {exc}") from exc
+
+    sections = _sections()
+    known = {f"{s}.{f.name}" for s, cls in sections.items() for f in dataclasses.fields(cls)}
+    for section, values in data.items():
+        if section not in sections or not isinstance(values, dict):
+            raise ConfigError(f"[{section}] in {path} is not a known section; allowed: {', '.join(sections)}")
+        for name in values:
+            if f"{section}.{name}" not in known:
+                raise ConfigError(f"{section}.{name} in {path} is not a known key; allowed in [{section}]: "
+                                  + ", ".join(f.name for f in dataclasses.fields(sections[section])))
+    for key in overrides:
+        if key not in known:
+            raise ConfigError(f"override {key!r} is not a known key")
+
+    built = {}
+    for section, cls in sections.items():
+        hints = typing.get_type_hints(cls)
+        values = {}
+        for f in dataclasses.fields(cls):
+            key = f"{section}.{f.name}"
+            if key in overrides and overrides[key] is not None:
+                raw, source = overrides[key], "the command line"
+            elif env_name(key) in env:
+                raw, source = env[env_name(key)], f"environment variable {env_name(key)}"
+            elif f.name in data.get(section, {}):
+                raw, source = data[section][f.name], str(path)
+            else:
+                raise ConfigError(f"{key} is not set: add it to {path} or set {env_name(key)}")
+            value = _coerce(key, raw, hints[f.name], source)
+            problem = VALIDATORS[key](value) if key in VALIDATORS else None
+            if problem:
+                raise ConfigError(f"{key} = {value!r} (from {source}) is not allowed: expected {problem}")
+            values[f.name] = value
+        built[section] = cls(**values)
+    config = Config(**built)
+    _check_consistency(config)
+    return config
+
+
+def _check_consistency(config: Config) -> None:
+    """Rules that relate several keys."""
+    t = config.thresholds
+    if not t.systolic_low < t.systolic_high:
+        raise ConfigError(f"thresholds.systolic_low ({t.systolic_low}) must be below thresholds.systolic_high ({t.systolic_high})")
+    if not t.diastolic_low < t.diastolic_high:
+        raise ConfigError(f"thresholds.diastolic_low ({t.diastolic_low}) must be below thresholds.diastolic_high ({t.diastolic_high})")
+    if not t.crisis_systolic > t.systolic_high:
+        raise ConfigError(f"thresholds.crisis_systolic ({t.crisis_systolic}) must be above thresholds.systolic_high ({t.systolic_high})")
+    if not t.crisis_diastolic > t.diastolic_high:
+        raise ConfigError(f"thresholds.crisis_diastolic ({t.crisis_diastolic}) must be above thresholds.diastolic_high ({t.diastolic_high})")
+    es = config.elasticsearch
+    names = [es.anomalies_index, es.alerts_index, es.trends_index, es.deadletter_index]
+    if len(set(names)) != len(names):
+        raise ConfigError(f"elasticsearch.*_index must be four different indices, got {names}")
+
+
+def add_config_flags(parser: Any, flags: list[str]) -> None:
+    """Add the named configuration flags (see :data:`CLI_FLAGS`) and ``--config`` to an argparse parser."""
+    parser.add_argument("--config", default=None, help=f"configuration file (default {DEFAULT_CONFIG_PATH})")
+    for flag in flags:
+        key = CLI_FLAGS[flag]
+        parser.add_argument(f"--{flag}", dest=key, default=None, metavar=key.split(".")[1].upper(),
+                            help=f"overrides {key} (environment: {env_name(key)})")
+
+
+def load_config_from_args(args: Any) -> Config:
+    """Load the configuration with the flags of :func:`add_config_flags` as overrides."""
+    overrides = {key: getattr(args, key) for key in CLI_FLAGS.values() if getattr(args, key, None) is not None}
+    return load_config(getattr(args, "config", None), overrides=overrides)

@@ -1,0 +1,45 @@
+"""Versions of the services and Spark connectors, read from the project's ``.env``.
+
+``.env`` is the one place where the Elasticsearch and Kafka versions are written: docker
+compose reads it, the local stack reads it, and this module turns it into the Maven
+coordinates Spark fetches through ``spark.jars.packages``.
+"""
+
+from __future__ import annotations
+
+import functools
+from pathlib import Path
+
+import pyspark
+
+ENV_FILE = Path(__file__).resolve().parent.parent / ".env"
+
+
+@functools.cache
+def read_env_file(path: Path = ENV_FILE) -> dict[str, str]:
+    """The ``KEY=VALUE`` pairs of ``.env``."""
+    if not path.is_file():
+        raise FileNotFoundError(f"{path} is missing: it holds the service versions; restore it from git")
+    pairs = {}
+    for line in path.read_text().splitlines():
+        line = line.strip()
+        if line and not line.startswith("#") and "=" in line:
+            key, value = line.split("=", 1)
+            pairs[key.strip()] = value.strip()
+    return pairs
+
+
+def elasticsearch_version() -> str:
+    """The Elasticsearch version of the server, the Spark connector and Kibana."""
+    return read_env_file()["ES_VERSION"]
+
+
+def spark_packages() -> list[str]:
+    """Maven coordinates of the Kafka source and the Elasticsearch connector, for ``spark.jars.packages``.
+
+    The Kafka source must match the running Spark exactly, so it follows ``pyspark.__version__``.
+    """
+    return [
+        f"org.apache.spark:spark-sql-kafka-0-10_2.12:{pyspark.__version__}",
+        f"org.elasticsearch:elasticsearch-spark-30_2.12:{elasticsearch_version()}",
+    ]

@@ -1,0 +1,85 @@
+"""Shared fixtures: one SparkSession and one check of the local stack for the whole run.
+
+The services are real: ``make test`` starts Kafka and Elasticsearch (``make up``) before
+pytest. When one cannot be reached, every test that needs it fails with the reason; nothing
+is skipped.
+"""
+
+from __future__ import annotations
+
+import os
+import uuid
+from collections.abc import Iterator
+
+import pytest
+from confluent_kafka.admin import AdminClient
+from elasticsearch import Elasticsearch
+from pyspark.sql import SparkSession
+
+from bp_spark.config import Config, load_config
+from bp_spark.elastic import ClusterInfo, ElasticsearchUnavailable, make_client, probe_cluster
+from bp_spark.versions import elasticsearch_version, spark_packages
+
+os.environ.setdefault("SPARK_LOCAL_IP", "127.0.0.1")
+
+
+@pytest.fixture(scope="session")
+def config() -> Config:
+    """The default configuration, as the jobs load it."""
+    return load_config(env={})
+
+
+@pytest.fixture(scope="session")
+def kafka_admin(config: Config) -> AdminClient:
+    """An admin client of the real broker; fails the test when the broker does not answer."""
+    admin = AdminClient({"bootstrap.servers": config.kafka.bootstrap_servers})
+    try:
+        admin.list_topics(timeout=15)
+    except Exception as exc:  # the client raises KafkaException with the librdkafka reason
+        pytest.fail(
+            f"Kafka at {config.kafka.bootstrap_servers} is not reachable ({exc}). "
+            "`make test` starts it; by hand: `make up`, and see .stack/kafka/kafka.log."
+        )
+    return admin
+
+
+@pytest.fixture(scope="session")
+def es_cluster(config: Config) -> tuple[Elasticsearch, ClusterInfo]:
+    """A client of the real Elasticsearch node and what the probe learned of it."""
+    client = make_client(config.elasticsearch.url)
+    try:
+        info = probe_cluster(client, config.elasticsearch.url, int(elasticsearch_version().split(".")[0]))
+    except ElasticsearchUnavailable as exc:
+        pytest.fail(f"{exc} Log: .stack/elasticsearch/logs/bp-monitor.log")
+    return client, info
+
+
+@pytest.fixture(scope="session")
+def es(es_cluster: tuple[Elasticsearch, ClusterInfo]) -> Elasticsearch:
+    return es_cluster[0]
+
+
+@pytest.fixture(scope="session")
+def spark() -> Iterator[SparkSession]:
+    """The one SparkSession of the run: local[2], few shuffle partitions, UI off, connectors on."""
+    session = (
+        SparkSession.builder.master("local[2]")
+        .appName("bp-monitor-tests")
+        .config("spark.jars.packages", ",".join(spark_packages()))
+        .config("spark.sql.shuffle.partitions", "2")
+        .config("spark.default.parallelism", "2")
+        .config("spark.ui.enabled", "false")
+        .config("spark.sql.session.timeZone", "UTC")
+        .config("spark.driver.host", "127.0.0.1")
+        .config("spark.driver.bindAddress", "127.0.0.1")
+        .getOrCreate()
+    )
+    session.sparkContext.setLogLevel("WARN")
+    yield session
+    session.stop()
+
+
+@pytest.fixture
+def unique_name() -> str:
+    """A fresh lowercase name for a test's own topic or index, so tests never share state."""
+    return f"bp_test_{uuid.uuid4().hex[:10]}"

@@ -1,0 +1,110 @@
+"""Tests of bp_spark/config.py: defaults, precedence, and errors that name the key."""
+
+from __future__ import annotations
+
+import dataclasses
+from pathlib import Path
+
+import pytest
+
+from bp_spark.config import ConfigError, add_config_flags, env_name, load_config, load_config_from_args
+
+
+def test_defaults_match_the_design_contracts() -> None:
+    config = load_config(env={})
+    assert config.kafka.bootstrap_servers == "localhost:9092"
+    assert config.kafka.topic == "fhir_observations"
+    assert config.elasticsearch.url == "http://localhost:9200"
+    assert config.elasticsearch.anomalies_index == "fhir_observations_anomalies"
+    assert config.elasticsearch.alerts_index == "fhir_observations_alerts"
+    assert config.elasticsearch.trends_index == "fhir_observations_trends"
+    assert config.elasticsearch.deadletter_index == "fhir_observations_deadletter"
+    t = config.thresholds
+    assert (t.systolic_high, t.systolic_low, t.diastolic_high, t.diastolic_low) == (140.0, 90.0, 90.0, 60.0)
+    assert isinstance(t.systolic_high, float)
+    assert config.kafka.max_offsets_per_trigger == 0
+
+
+def test_config_is_frozen() -> None:
+    config = load_config(env={})
+    with pytest.raises(dataclasses.FrozenInstanceError):
+        config.kafka.topic = "other"  # type: ignore[misc]
+
+
+def test_environment_overrides_file_and_flags_override_environment() -> None:
+    env = {"BP_KAFKA_TOPIC": "from_env", "BP_THRESHOLDS_SYSTOLIC_HIGH": "150", "BP_STREAM_TRIGGER": "available-now"}
+    config = load_config(env=env)
+    assert config.kafka.topic == "from_env"
+    assert config.thresholds.systolic_high == 150.0
+    assert config.stream.trigger == "available-now"
+    config = load_config(env=env, overrides={"kafka.topic": "from_flag"})
+    assert config.kafka.topic == "from_flag"
+
+
+def test_env_name() -> None:
+    assert env_name("elasticsearch.url") == "BP_ELASTICSEARCH_URL"
+
+
+@pytest.mark.parametrize(
+    ("env", "key", "hint"),
+    [
+        ({"BP_KAFKA_BOOTSTRAP_SERVERS": "localhost"}, "kafka.bootstrap_servers", "host:port"),
+        ({"BP_KAFKA_TOPIC": "bad topic!"}, "kafka.topic", "letters, digits"),
+        ({"BP_KAFKA_STARTING_OFFSETS": "yesterday"}, "kafka.starting_offsets", "earliest"),
+        ({"BP_KAFKA_MAX_OFFSETS_PER_TRIGGER": "-5"}, "kafka.max_offsets_per_trigger", ">= 0"),
+        ({"BP_KAFKA_MAX_OFFSETS_PER_TRIGGER": "many"}, "kafka.max_offsets_per_trigger", "expected int"),
+        ({"BP_ELASTICSEARCH_URL": "localhost:9200"}, "elasticsearch.url", "http://"),
+        ({"BP_ELASTICSEARCH_ANOMALIES_INDEX": "Anomalies"}, "elasticsearch.anomalies_index", "lowercase"),
+        ({"BP_THRESHOLDS_SYSTOLIC_HIGH": "900"}, "thresholds.systolic_high", "between 20 and 300"),
+        ({"BP_THRESHOLDS_DIASTOLIC_LOW": "low"}, "thresholds.diastolic_low", "expected float"),
+        ({"BP_STREAM_TRIGGER": "sometimes"}, "stream.trigger", "available-now"),
+        ({"BP_PATHS_ARCHIVE_DIR": "  "}, "paths.archive_dir", "non-empty"),
+    ],
+)
+def test_bad_value_names_key_source_and_what_is_allowed(env: dict[str, str], key: str, hint: str) -> None:
+    with pytest.raises(ConfigError) as err:
+        load_config(env=env)
+    message = str(err.value)
+    assert key in message
+    assert hint in message
+    assert f"environment variable {env_name(key)}" in message
+
+
+def test_relations_between_thresholds_are_checked() -> None:
+    with pytest.raises(ConfigError, match=r"systolic_low \(150.0\) must be below thresholds.systolic_high \(140.0\)"):
+        load_config(env={"BP_THRESHOLDS_SYSTOLIC_LOW": "150"})
+    with pytest.raises(ConfigError, match="crisis_diastolic"):
+        load_config(env={"BP_THRESHOLDS_CRISIS_DIASTOLIC": "85"})
+
+
+def test_unknown_key_and_section_in_file_are_refused(tmp_path: Path) -> None:
+    text = Path("conf/pipeline.toml").read_text()
+    typo = tmp_path / "typo.toml"
+    typo.write_text(text.replace("topic = ", "topik = "))
+    with pytest.raises(ConfigError, match=r"kafka.topik .* is not a known key; allowed in \[kafka\]: .*topic"):
+        load_config(typo, env={})
+    extra = tmp_path / "extra.toml"
+    extra.write_text(text + "\n[kibana]\nurl = 'x'\n")
+    with pytest.raises(ConfigError, match=r"\[kibana\] .* is not a known section"):
+        load_config(extra, env={})
+
+
+def test_missing_file_and_bad_toml_are_clear(tmp_path: Path) -> None:
+    with pytest.raises(ConfigError, match="not found"):
+        load_config(tmp_path / "nope.toml", env={})
+    broken = tmp_path / "broken.toml"
+    broken.write_text("[kafka\n")
+    with pytest.raises(ConfigError, match="not valid TOML"):
+        load_config(broken, env={})
+
+
+def test_flags_reach_the_config(monkeypatch: pytest.MonkeyPatch) -> None:
+    import argparse
+
+    monkeypatch.delenv("BP_KAFKA_TOPIC", raising=False)
+    parser = argparse.ArgumentParser()
+    add_config_flags(parser, ["topic", "es-url", "trigger"])
+    args = parser.parse_args(["--topic", "vitals", "--es-url", "http://es:9200", "--trigger", "available-now"])
+    config = load_config_from_args(args)
+    assert (config.kafka.topic, config.elasticsearch.url, config.stream.trigger) == (
+        "vitals", "http://es:9200", "available-now")
