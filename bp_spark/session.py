@@ -6,21 +6,18 @@
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+from collections.abc import Mapping
 
 from pyspark.sql import SparkSession
 
-from bp_spark.versions import spark_packages
+from bp_spark.versions import connector_conf
 
 
-def build_session(
-    app_name: str,
-    packages: Sequence[str] | None = None,
-    extra_conf: Mapping[str, str] | None = None,
-) -> SparkSession:
+def build_session(app_name: str, extra_conf: Mapping[str, str] | None = None) -> SparkSession:
     """Get or create the session with the Kafka and Elasticsearch connectors on its classpath."""
     builder = SparkSession.builder.appName(app_name)
-    builder = builder.config("spark.jars.packages", ",".join(packages or spark_packages()))
+    for key, value in connector_conf().items():
+        builder = builder.config(key, value)
     # Event times are read with their offsets and stored as instants; UTC keeps what Spark
     # prints and writes independent of the machine's zone.
     builder = builder.config("spark.sql.session.timeZone", "UTC")

@@ -34,6 +34,28 @@ def elasticsearch_version() -> str:
     return read_env_file()["ES_VERSION"]
 
 
+# The connector's POM names two runtime artifacts that are not published (their classes are
+# inside the connector jar) and Scala/logging jars the Spark distribution already carries;
+# resolving them would fail or put a second Scala library on the classpath.
+CONNECTOR_EXCLUDES = (
+    "org.elasticsearch:elasticsearch-hadoop-mr",
+    "org.elasticsearch:elasticsearch-spark_2.12",
+    "org.scala-lang:scala-library",
+    "org.scala-lang:scala-reflect",
+    "org.slf4j:slf4j-api",
+    "commons-logging:commons-logging",
+    "javax.xml.bind:jaxb-api",
+)
+
+
+def connector_conf() -> dict[str, str]:
+    """Spark settings that put the Kafka source and the Elasticsearch connector on the classpath."""
+    return {
+        "spark.jars.packages": ",".join(spark_packages()),
+        "spark.jars.excludes": ",".join(CONNECTOR_EXCLUDES),
+    }
+
+
 def spark_packages() -> list[str]:
     """Maven coordinates of the Kafka source and the Elasticsearch connector, for ``spark.jars.packages``.
 

@@ -170,7 +170,7 @@ def find_java() -> tuple[Path, int]:
     if candidate is None:
         raise StackError(
             "No Java found: Kafka and Elasticsearch need Java 17 or newer. Install it "
-            "(Debian/Ubuntu: apt-get install -y openjdk-17-jre-headless) or set JAVA_HOME."
+            "(Debian/Ubuntu: apt-get install -y openjdk-17-jdk-headless) or set JAVA_HOME."
         )
     out = subprocess.run([str(candidate), "-version"], capture_output=True, text=True).stderr
     match = re.search(r'version "(\d+)(?:\.(\d+))?', out)
@@ -182,7 +182,7 @@ def find_java() -> tuple[Path, int]:
     if major < 17:
         raise StackError(
             f"{candidate} is Java {major}; Kafka 4 and Elasticsearch 8 need Java 17 or newer. "
-            "Install openjdk-17-jre-headless or point JAVA_HOME at a newer JDK."
+            "Install openjdk-17-jdk-headless or point JAVA_HOME at a newer JDK."
         )
     return candidate.resolve(), major
 
@@ -398,6 +398,45 @@ def ensure_es_downloaded(layout: Layout) -> None:
         script.chmod(0o755)
 
 
+def install_root_info_plugin(layout: Layout, java: Path) -> None:
+    """Build and install stack/es-root-plugin, which serves ``GET /`` on the stripped distribution.
+
+    The integ-test zip lacks the module that answers ``GET /``; the Spark connector asks it
+    before every write. The plugin is compiled here against the distribution's own jars.
+    """
+    if (layout.es_home / "modules" / "rest-root").exists():
+        return  # a distribution with its own root handler needs nothing
+    target = layout.es_home / "plugins" / "bp-root-info"
+    jar = target / "bp-root-info.jar"
+    if jar.exists():
+        return
+    javac = java.parent / "javac"
+    if not javac.exists():
+        raise StackError(
+            f"javac not found next to {java}: a JDK (not only a JRE) is needed to build the local "
+            "Elasticsearch's root-info plugin. Install openjdk-17-jdk-headless or point JAVA_HOME at a JDK."
+        )
+    source_dir = ROOT / "stack" / "es-root-plugin"
+    build_dir = layout.downloads / "es-root-plugin-build"
+    shutil.rmtree(build_dir, ignore_errors=True)
+    build_dir.mkdir(parents=True)
+    sources = [str(p) for p in (source_dir / "src").rglob("*.java")]
+    result = subprocess.run(
+        [str(javac), "--release", "17", "-nowarn", "-cp", f"{layout.es_home / 'lib'}/*", "-d", str(build_dir), *sources],
+        capture_output=True, text=True,
+    )
+    if result.returncode != 0:
+        raise StackError(f"Building the Elasticsearch root-info plugin failed:\n{result.stdout}{result.stderr}")
+    target.mkdir(parents=True, exist_ok=True)
+    with zipfile.ZipFile(jar, "w", zipfile.ZIP_DEFLATED) as archive:
+        for path in sorted(build_dir.rglob("*.class")):
+            archive.write(path, path.relative_to(build_dir).as_posix())
+    descriptor = (source_dir / "plugin-descriptor.properties.in").read_text()
+    (target / "plugin-descriptor.properties").write_text(descriptor.replace("@ES_VERSION@", layout.es_version))
+    shutil.rmtree(build_dir)
+    say("built the root-info plugin for the local Elasticsearch")
+
+
 def service_user() -> pwd.struct_passwd | None:
     """The unprivileged user Elasticsearch runs as when we are root; None otherwise."""
     if os.geteuid() != 0:
@@ -431,6 +470,7 @@ def start_es(layout: Layout, java: Path) -> None:
     check_port_free(layout.es_port, "Elasticsearch", pid_file)
     check_port_free(layout.es_transport_port, "Elasticsearch (transport)", pid_file)
     ensure_es_downloaded(layout)
+    install_root_info_plugin(layout, java)
     conf = layout.es_dir / "config"
     for sub in ("data", "logs", "tmp"):
         (layout.es_dir / sub).mkdir(parents=True, exist_ok=True)

@@ -8,13 +8,14 @@ missing=()
 
 python_ok() { python3 -c 'import sys, venv, ensurepip; sys.exit(sys.version_info[:2] != (3, 11))' 2>/dev/null; }
 java_ok() {
+  command -v javac >/dev/null || return 1
   local v
   v=$(java -version 2>&1 | sed -n 's/.*version "\([0-9]*\).*/\1/p' | head -1)
   [[ -n "$v" && "$v" -ge 17 ]]
 }
 
 python_ok || missing+=(python3.11 python3.11-venv)
-java_ok || missing+=(openjdk-17-jre-headless)
+java_ok || missing+=(openjdk-17-jdk-headless)
 command -v mvn >/dev/null || missing+=(maven)
 command -v setpriv >/dev/null || missing+=(util-linux)
 

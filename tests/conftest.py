@@ -18,7 +18,7 @@ from pyspark.sql import SparkSession
 
 from bp_spark.config import Config, load_config
 from bp_spark.elastic import ClusterInfo, ElasticsearchUnavailable, make_client, probe_cluster
-from bp_spark.versions import elasticsearch_version, spark_packages
+from bp_spark.versions import connector_conf, elasticsearch_version
 
 os.environ.setdefault("SPARK_LOCAL_IP", "127.0.0.1")
 
@@ -62,10 +62,12 @@ def es(es_cluster: tuple[Elasticsearch, ClusterInfo]) -> Elasticsearch:
 @pytest.fixture(scope="session")
 def spark() -> Iterator[SparkSession]:
     """The one SparkSession of the run: local[2], few shuffle partitions, UI off, connectors on."""
+    builder = SparkSession.builder
+    for key, value in connector_conf().items():
+        builder = builder.config(key, value)
     session = (
-        SparkSession.builder.master("local[2]")
+        builder.master("local[2]")
         .appName("bp-monitor-tests")
-        .config("spark.jars.packages", ",".join(spark_packages()))
         .config("spark.sql.shuffle.partitions", "2")
         .config("spark.default.parallelism", "2")
         .config("spark.ui.enabled", "false")
