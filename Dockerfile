@@ -1,0 +1,18 @@
+# The image of bp-monitor's jobs: Python 3.11, Java 17 for Spark, the project installed.
+# Connector jars are fetched by spark.jars.packages at first start (cache: /root/.ivy2).
+FROM python:3.11-slim-bookworm
+
+RUN apt-get update \
+    && apt-get install -y --no-install-recommends openjdk-17-jre-headless procps \
+    && rm -rf /var/lib/apt/lists/*
+
+ENV JAVA_HOME=/usr/lib/jvm/java-17-openjdk-amd64 \
+    PYTHONUNBUFFERED=1
+
+WORKDIR /app
+COPY pyproject.toml README.md .env ./
+COPY bp_spark ./bp_spark
+# Editable, so the library finds conf/ and .env beside it in /app.
+RUN pip install --no-cache-dir -e .
+COPY conf ./conf
+COPY jobs ./jobs

@@ -1,0 +1,77 @@
+"""Tests of stack/localstack.py's failure paths: each says what went wrong and what to do."""
+
+from __future__ import annotations
+
+import dataclasses
+import importlib.util
+import socket
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parent.parent
+_spec = importlib.util.spec_from_file_location("localstack", ROOT / "stack" / "localstack.py")
+localstack = importlib.util.module_from_spec(_spec)
+sys.modules["localstack"] = localstack
+_spec.loader.exec_module(localstack)
+
+
+@pytest.fixture
+def layout(tmp_path: Path):
+    return dataclasses.replace(localstack.layout_from_env(), base=tmp_path / "stack")
+
+
+def test_no_java_says_how_to_install_it(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    monkeypatch.setenv("JAVA_HOME", str(tmp_path / "no-jdk"))
+    monkeypatch.setenv("PATH", str(tmp_path))
+    with pytest.raises(localstack.StackError, match=r"No Java found.*apt-get install -y openjdk-17-jdk-headless"):
+        localstack.find_java()
+
+
+def test_port_taken_by_a_stranger_is_named(layout) -> None:
+    with socket.socket() as server:
+        server.bind(("127.0.0.1", 0))
+        server.listen()
+        port = server.getsockname()[1]
+        with pytest.raises(localstack.StackError, match=rf"Port {port}, needed by Kafka, is already taken.*BP_KAFKA_PORT"):
+            localstack.check_port_free(port, "Kafka", layout.base / "kafka.pid")
+
+
+def test_failed_download_reports_maven_output_and_next_step(layout) -> None:
+    bad = dataclasses.replace(layout, kafka_version="0.0.0-does-not-exist")
+    with pytest.raises(localstack.StackError) as err:
+        localstack.ensure_kafka_downloaded(bad)
+    message = str(err.value)
+    assert "Download of Kafka 0.0.0-does-not-exist failed" in message
+    assert "0.0.0-does-not-exist" in message.split("failed", 1)[1]  # Maven's own words follow
+    assert "run `make up` again" in message
+
+
+def test_service_that_dies_while_starting_shows_its_log(tmp_path: Path) -> None:
+    log = tmp_path / "service.log"
+    log.write_text("starting\nERROR: address already in use\n")
+    proc = subprocess.Popen([sys.executable, "-c", "pass"])
+    proc.wait()
+    pid_file = tmp_path / "service.pid"
+    pid_file.write_text(str(proc.pid))
+    with pytest.raises(localstack.StackError, match=r"(?s)Kafka exited while starting.*address already in use"):
+        localstack.wait_until(lambda: False, 5, pid_file, log, "Kafka")
+
+
+def test_service_that_never_answers_times_out_with_its_log(tmp_path: Path) -> None:
+    log = tmp_path / "service.log"
+    log.write_text("waiting for quorum\n")
+    pid_file = tmp_path / "service.pid"
+    pid_file.write_text(str(subprocess.os.getpid()))  # alive: this very process
+    with pytest.raises(localstack.StackError, match=r"(?s)did not answer within 1 s.*waiting for quorum"):
+        localstack.wait_until(lambda: False, 1, pid_file, log, "Elasticsearch")
+
+
+def test_status_reports_the_running_stack() -> None:
+    result = subprocess.run([sys.executable, str(ROOT / "stack" / "localstack.py"), "status"],
+                            capture_output=True, text=True)
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert "Kafka" in result.stdout and "running" in result.stdout
+    assert "http://127.0.0.1:9200" in result.stdout
