@@ -16,6 +16,7 @@ import tomllib
 import typing
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
+from datetime import datetime
 from pathlib import Path
 from typing import Any
 
@@ -78,6 +79,28 @@ class StreamConfig:
 
 
 @dataclass(frozen=True)
+class GeneratorConfig:
+    """The synthetic workload of jobs/generate.py."""
+
+    patients: int
+    days: int
+    per_day: int
+    start: str
+    end: str
+    seed: int
+    rate: float
+    count: int
+    validate: str
+    mix_normotensive: float
+    mix_elevated: float
+    mix_stage_1: float
+    mix_stage_2: float
+    mix_hypotensive: float
+    crisis_rate: float
+    hypotension_rate: float
+
+
+@dataclass(frozen=True)
 class Config:
     """The whole configuration of bp-monitor."""
 
@@ -86,6 +109,7 @@ class Config:
     thresholds: Thresholds
     paths: PathsConfig
     stream: StreamConfig
+    generator: GeneratorConfig
 
 
 # --------------------------------------------------------------------------- validators
@@ -146,6 +170,34 @@ def _trigger(value: str) -> str | None:
     return "'available-now' or an interval such as '10 seconds', '500 ms', '1 minute'"
 
 
+def _positive(value: int) -> str | None:
+    return None if value > 0 else "an integer > 0"
+
+
+def _iso_or_empty(value: str) -> str | None:
+    if value == "":
+        return None
+    try:
+        parsed = datetime.fromisoformat(value)
+    except ValueError:
+        parsed = None
+    if parsed is None or parsed.tzinfo is None:
+        return "empty, or an ISO 8601 date-time with an offset, e.g. 2026-01-01T00:00:00+00:00"
+    return None
+
+
+def _weight(value: float) -> str | None:
+    return None if value >= 0 else "a weight >= 0"
+
+
+def _probability(value: float) -> str | None:
+    return None if 0 <= value <= 1 else "a probability between 0 and 1"
+
+
+def _validate_mode(value: str) -> str | None:
+    return None if value in ("all", "sample", "none") else "'all', 'sample' or 'none'"
+
+
 VALIDATORS: dict[str, Callable[[Any], str | None]] = {
     "kafka.bootstrap_servers": _bootstrap_servers,
     "kafka.topic": _topic,
@@ -166,6 +218,21 @@ VALIDATORS: dict[str, Callable[[Any], str | None]] = {
     "paths.checkpoint_dir": _non_empty,
     "stream.trigger": _trigger,
     "stream.app_name": _non_empty,
+    "generator.patients": _positive,
+    "generator.days": _positive,
+    "generator.per_day": _positive,
+    "generator.start": _iso_or_empty,
+    "generator.end": _iso_or_empty,
+    "generator.rate": _non_negative,
+    "generator.count": _non_negative,
+    "generator.validate": _validate_mode,
+    "generator.mix_normotensive": _weight,
+    "generator.mix_elevated": _weight,
+    "generator.mix_stage_1": _weight,
+    "generator.mix_stage_2": _weight,
+    "generator.mix_hypotensive": _weight,
+    "generator.crisis_rate": _probability,
+    "generator.hypotension_rate": _probability,
 }
 
 # Flags the jobs offer, and the key each sets.
@@ -178,6 +245,15 @@ CLI_FLAGS: dict[str, str] = {
     "archive-dir": "paths.archive_dir",
     "checkpoint-dir": "paths.checkpoint_dir",
     "trigger": "stream.trigger",
+    "patients": "generator.patients",
+    "days": "generator.days",
+    "per-day": "generator.per_day",
+    "start": "generator.start",
+    "end": "generator.end",
+    "seed": "generator.seed",
+    "rate": "generator.rate",
+    "count": "generator.count",
+    "validate": "generator.validate",
 }
 
 
@@ -280,6 +356,12 @@ def _check_consistency(config: Config) -> None:
         raise ConfigError(f"thresholds.crisis_systolic ({t.crisis_systolic}) must be above thresholds.systolic_high ({t.systolic_high})")
     if not t.crisis_diastolic > t.diastolic_high:
         raise ConfigError(f"thresholds.crisis_diastolic ({t.crisis_diastolic}) must be above thresholds.diastolic_high ({t.diastolic_high})")
+    g = config.generator
+    mix = (g.mix_normotensive, g.mix_elevated, g.mix_stage_1, g.mix_stage_2, g.mix_hypotensive)
+    if sum(mix) <= 0:
+        raise ConfigError("generator.mix_* weights must not all be 0")
+    if g.start and g.end and datetime.fromisoformat(g.start) >= datetime.fromisoformat(g.end):
+        raise ConfigError(f"generator.start ({g.start}) must be before generator.end ({g.end})")
     es = config.elasticsearch
     names = [es.anomalies_index, es.alerts_index, es.trends_index, es.deadletter_index]
     if len(set(names)) != len(names):

@@ -1,0 +1,243 @@
+"""Publish synthetic FHIR R4 blood-pressure Observations to Kafka.
+
+    python jobs/generate.py                         # the reference workload: 200 patients x 30 days x 4 a day
+    python jobs/generate.py --patients 20 --days 2 --seed 7 --dry-run | head -1
+    python jobs/generate.py --live --rate 20        # keep publishing current readings until Ctrl-C
+
+Defaults come from conf/pipeline.toml ([generator], [kafka]); BP_GENERATOR_* and BP_KAFKA_*
+environment variables and the flags below override them. Messages are keyed by patient id
+and go out in event-time order across patients. The exit status is non-zero when a delivery
+still fails after the client's retries.
+"""
+
+from __future__ import annotations
+
+import argparse
+import itertools
+import logging
+import random
+import signal
+import sys
+import time
+
+from confluent_kafka import KafkaException, Producer
+
+from bp_spark.config import Config, ConfigError, add_config_flags, load_config_from_args
+from bp_spark.generator import (
+    Tally, Validator, encode, live_reading, make_patients, readings, window,
+)
+
+log = logging.getLogger("generate")
+
+PROGRESS_EVERY_S = 5.0
+
+
+def producer_settings(bootstrap_servers: str) -> dict:
+    """Safe and fast: idempotent, acks from all replicas, batched, compressed, bounded waits."""
+    return {
+        "bootstrap.servers": bootstrap_servers,
+        "enable.idempotence": True,
+        "acks": "all",
+        "linger.ms": 20,
+        "batch.size": 1_000_000,
+        "compression.type": "lz4",
+        "queue.buffering.max.messages": 500_000,
+        "queue.buffering.max.kbytes": 1_048_576,
+        "message.timeout.ms": 60_000,
+        # Only failures call back: successes are counted as produced minus failed.
+        "delivery.report.only.error": True,
+    }
+
+
+class Publisher:
+    """Sends (key, value) pairs to a topic; counts failed deliveries; never flushes per message."""
+
+    def __init__(self, settings: dict, topic: str, connect_timeout_s: float = 10.0) -> None:
+        self.topic = topic
+        self.failed = 0
+        self.first_error: str | None = None
+        self._producer = Producer({**settings, "on_delivery": self._on_delivery})
+        try:
+            self._producer.list_topics(timeout=connect_timeout_s)
+        except KafkaException as exc:
+            raise ConnectionError(
+                f"Kafka at {settings['bootstrap.servers']} did not answer within {connect_timeout_s:.0f} s "
+                f"({exc.args[0]}). Start it with `make up`, or pass --bootstrap-servers."
+            ) from exc
+
+    def _on_delivery(self, err, msg) -> None:
+        if err is not None:
+            self.failed += 1
+            if self.first_error is None:
+                self.first_error = f"{err} (key {msg.key()!r})"
+
+    def send(self, key: bytes, value: bytes) -> None:
+        while True:
+            try:
+                self._producer.produce(self.topic, value=value, key=key)
+                return
+            except BufferError:
+                self._producer.poll(0.05)  # local queue full: let deliveries drain, then retry
+
+    def poll(self) -> None:
+        self._producer.poll(0)
+
+    def close(self, timeout_s: float = 60.0) -> int:
+        """Wait for outstanding deliveries; return how many are still undelivered."""
+        return self._producer.flush(timeout_s)
+
+
+class Progress:
+    """A bar on a terminal, a log line every few seconds otherwise."""
+
+    def __init__(self, total: int | None) -> None:
+        self.total = total
+        self.started = time.monotonic()
+        self._last = self.started
+        self._tty = sys.stderr.isatty()
+
+    def update(self, done: int, force: bool = False) -> None:
+        now = time.monotonic()
+        if not force and now - self._last < (0.2 if self._tty else PROGRESS_EVERY_S):
+            return
+        self._last = now
+        rate = done / max(now - self.started, 1e-9)
+        if self._tty and self.total:
+            width = 30
+            filled = int(width * done / self.total)
+            sys.stderr.write(f"\r[{'#' * filled}{'.' * (width - filled)}] {done:,}/{self.total:,} {rate:,.0f} obs/s")
+            sys.stderr.flush()
+        else:
+            of = f"/{self.total:,}" if self.total else ""
+            log.info("published %s%s observations (%s obs/s)", f"{done:,}", of, f"{rate:,.0f}")
+
+    def finish(self) -> None:
+        if self._tty and self.total:
+            sys.stderr.write("\n")
+
+
+def _pace(rate: float, done: int, started: float) -> None:
+    """Sleep just enough to hold ``rate`` observations per second."""
+    if rate > 0:
+        ahead = done / rate - (time.monotonic() - started)
+        if ahead > 0:
+            time.sleep(ahead)
+
+
+def _mix(config: Config) -> dict[str, float]:
+    g = config.generator
+    return {"normotensive": g.mix_normotensive, "elevated": g.mix_elevated, "stage_1": g.mix_stage_1,
+            "stage_2": g.mix_stage_2, "hypotensive": g.mix_hypotensive}
+
+
+def run(config: Config, dry_run: bool, live: bool, out=None) -> int:
+    out = out or sys.stdout
+    g = config.generator
+    patients = make_patients(g.patients, g.seed, _mix(config))
+    validate = Validator(g.validate)
+    t = config.thresholds
+    tally = Tally(limits=(t.systolic_low, t.systolic_high, t.diastolic_low, t.diastolic_high))
+    publisher = None if dry_run else Publisher(producer_settings(config.kafka.bootstrap_servers), config.kafka.topic)
+
+    if live:
+        rng = random.Random(f"live/{g.seed}")
+        limit = g.count or None
+        source = (live_reading(patients[i % len(patients)], rng, g.crisis_rate, g.hypotension_rate)
+                  for i in itertools.count())
+        total = limit
+    else:
+        start, end = window(g.start, g.end, g.days)
+        source = readings(patients, start, end, g.per_day, g.seed, g.crisis_rate, g.hypotension_rate)
+        total = g.count or None
+        if total is None:
+            slots = int((end - start).total_seconds() // (86400 / g.per_day))
+            total = slots * g.patients
+        log.info("window %s .. %s, %d patients, %d a day", start.isoformat(), end.isoformat(), g.patients, g.per_day)
+
+    stop = {"now": False}
+
+    def request_stop(signum, _frame) -> None:
+        stop["now"] = True
+
+    signal.signal(signal.SIGINT, request_stop)
+    signal.signal(signal.SIGTERM, request_stop)
+
+    progress = Progress(total if not dry_run else None)
+    started = time.monotonic()
+    for reading in source:
+        if stop["now"] or (g.count and tally.total >= g.count):
+            break
+        key, value = encode(reading)
+        validate(value)
+        if publisher is None:
+            out.write(value.decode())
+            out.write("\n")
+        else:
+            publisher.send(key, value)
+            if tally.total % 1000 == 0:
+                publisher.poll()
+        tally.add(reading)
+        if tally.total % 1000 == 0 and not dry_run:
+            progress.update(tally.total)
+        if g.rate:
+            _pace(g.rate, tally.total, started)
+
+    undelivered = publisher.close() if publisher else 0
+    elapsed = time.monotonic() - started
+    if not dry_run:
+        progress.update(tally.total, force=True)
+        progress.finish()
+    failed = (publisher.failed if publisher else 0) + undelivered
+    summary(tally, elapsed, failed, validate, publisher)
+    if failed:
+        print(f"generate: {failed:,} deliveries failed after the client's retries; first error: "
+              f"{publisher.first_error or 'still undelivered at exit'}", file=sys.stderr)
+        return 1
+    return 0
+
+
+def summary(tally: Tally, elapsed: float, failed: int, validate: Validator, publisher) -> None:
+    """The closing report, on stderr so --dry-run's stdout stays pure JSON lines."""
+    lines = [f"observations {tally.total:,} in {elapsed:.1f} s ({tally.total / max(elapsed, 1e-9):,.0f} obs/s)"]
+    if publisher is not None:
+        lines.append(f"topic {publisher.topic}: delivered {tally.total - failed:,}, failed {failed:,}")
+    lines.append(f"validated with fhir.resources (R4B): {validate.checked:,} ({validate.mode})")
+    lines.append(f"abnormal by the anomaly rule: {tally.abnormal:,} ({100 * tally.abnormal / max(tally.total, 1):.1f}%); "
+                 "AHA 2017 categories:")
+    for category, n in sorted(tally.by_category.items(), key=lambda kv: -kv[1]):
+        lines.append(f"  {category:<22} {n:>9,}  {100 * n / max(tally.total, 1):5.1f}%")
+    for episode, n in sorted(tally.episodes.items()):
+        lines.append(f"  episodes of {episode}: {n:,}")
+    for line in lines:
+        print(line, file=sys.stderr)
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
+                                     formatter_class=argparse.RawDescriptionHelpFormatter, epilog=__doc__)
+    add_config_flags(parser, ["bootstrap-servers", "topic", "patients", "days", "per-day", "start", "end",
+                              "seed", "rate", "count", "validate"])
+    parser.add_argument("--dry-run", action="store_true", help="write JSON lines to stdout, send nothing")
+    parser.add_argument("--live", action="store_true",
+                        help="keep publishing readings taken now at --rate until stopped (Ctrl-C)")
+    args = parser.parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s", stream=sys.stderr)
+    try:
+        config = load_config_from_args(args)
+        if args.live and config.generator.rate == 0:
+            raise ConfigError("--live needs --rate > 0 (observations per second), e.g. --rate 20")
+        return run(config, args.dry_run, args.live)
+    except ConfigError as exc:
+        print(f"generate: {exc}", file=sys.stderr)
+        return 2
+    except (ConnectionError, ValueError) as exc:
+        print(f"generate: {exc}", file=sys.stderr)
+        return 1
+    except BrokenPipeError:
+        # --dry-run piped into `head`: the reader has what it wanted.
+        sys.stderr.close()
+        return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
