@@ -2,15 +2,18 @@
 
     python jobs/demo.py
 
-Today it covers what exists: it checks the broker and Elasticsearch, starts Spark with the
-Kafka source and the Elasticsearch connector, and reports what each holds. The generator
-and the stream job join this run as they land.
+It checks the broker and Elasticsearch, publishes the reference workload with the
+generator job (200 patients x 30 days x 4 readings), starts Spark with the Kafka source and
+the Elasticsearch connector, and reports what each sink holds. The stream job joins this run
+when it lands.
 """
 
 from __future__ import annotations
 
+import subprocess
 import sys
 import time
+from pathlib import Path
 
 from confluent_kafka import KafkaException
 from confluent_kafka.admin import AdminClient
@@ -39,6 +42,11 @@ def main() -> int:
 
     print(f"demo: Kafka at {config.kafka.bootstrap_servers}: {len(topics)} topics")
     print(f"demo: Elasticsearch {cluster.version} at {config.elasticsearch.url} (cluster {cluster.name})")
+    print(f"demo: publishing the reference workload to topic {config.kafka.topic}")
+    generator = subprocess.run([sys.executable, str(Path(__file__).with_name("generate.py"))])
+    if generator.returncode != 0:
+        print("demo: the generator failed (see above)", file=sys.stderr)
+        return 1
     print("demo: starting Spark with the Kafka source and the Elasticsearch connector "
           "(the first run downloads them)")
     spark = build_session("bp-monitor-demo", {"spark.master": "local[2]"})
@@ -51,7 +59,8 @@ def main() -> int:
         spark.stop()
 
     print("\nsummary")
-    print(f"  topic {config.kafka.topic:<32} {'present' if config.kafka.topic in topics else 'not yet created'}")
+    topic = admin.list_topics(config.kafka.topic, timeout=15).topics[config.kafka.topic]
+    print(f"  topic {config.kafka.topic:<32} {len(topic.partitions)} partitions")
     for index in (config.elasticsearch.anomalies_index, config.elasticsearch.alerts_index,
                   config.elasticsearch.trends_index, config.elasticsearch.deadletter_index):
         count = es.count(index=index)["count"] if es.indices.exists(index=index) else 0

@@ -57,6 +57,7 @@ class Publisher:
         self.failed = 0
         self.first_error: str | None = None
         self._producer = Producer({**settings, "on_delivery": self._on_delivery})
+        self._produce = self._producer.produce
         try:
             self._producer.list_topics(timeout=connect_timeout_s)
         except KafkaException as exc:
@@ -72,12 +73,16 @@ class Publisher:
                 self.first_error = f"{err} (key {msg.key()!r})"
 
     def send(self, key: bytes, value: bytes) -> None:
-        while True:
-            try:
-                self._producer.produce(self.topic, value=value, key=key)
-                return
-            except BufferError:
-                self._producer.poll(0.05)  # local queue full: let deliveries drain, then retry
+        try:
+            self._produce(self.topic, value, key)
+        except BufferError:
+            while True:  # local queue full: let deliveries drain, then retry
+                self._producer.poll(0.05)
+                try:
+                    self._produce(self.topic, value, key)
+                    return
+                except BufferError:
+                    continue
 
     def poll(self) -> None:
         self._producer.poll(0)

@@ -85,3 +85,20 @@ def spark() -> Iterator[SparkSession]:
 def unique_name() -> str:
     """A fresh lowercase name for a test's own topic or index, so tests never share state."""
     return f"bp_test_{uuid.uuid4().hex[:10]}"
+
+
+@pytest.fixture(scope="session", autouse=True)
+def _remove_test_topics_and_indices(config: Config) -> Iterator[None]:
+    """After the run, drop the bp_test_* topics and indices the tests made, so the stack stays tidy."""
+    yield
+    try:
+        admin = AdminClient({"bootstrap.servers": config.kafka.bootstrap_servers})
+        leftovers = [t for t in admin.list_topics(timeout=5).topics if t.startswith("bp_test_")]
+        if leftovers:
+            admin.delete_topics(leftovers)
+        es = make_client(config.elasticsearch.url)
+        names = list(es.indices.get(index="bp_test_*", allow_no_indices=True))
+        if names:  # by name: Elasticsearch 8 refuses wildcard deletes by default
+            es.indices.delete(index=",".join(names))
+    except Exception:  # cleanup only: a stack that went away has nothing left to tidy
+        pass
