@@ -48,6 +48,8 @@ class ElasticsearchConfig:
     alerts_index: str
     trends_index: str
     deadletter_index: str
+    write_retries: int
+    retry_backoff_s: float
 
 
 @dataclass(frozen=True)
@@ -60,6 +62,8 @@ class Thresholds:
     diastolic_low: float
     crisis_systolic: float
     crisis_diastolic: float
+    critical_low_systolic: float
+    critical_low_diastolic: float
 
 
 @dataclass(frozen=True)
@@ -76,6 +80,8 @@ class StreamConfig:
 
     trigger: str
     app_name: str
+    dedup_horizon: str
+    state_partitions: int
 
 
 @dataclass(frozen=True)
@@ -123,6 +129,7 @@ _INTERVAL = re.compile(
     r"^\d+(\.\d+)?\s*(ms|millisecond|milliseconds|s|sec|second|seconds|min|minute|minutes|h|hour|hours)$"
 )
 _TRIGGER_WORDS = ("available-now",)
+_DURATION = re.compile(r"^\d+\s*(second|seconds|minute|minutes|hour|hours|day|days|week|weeks)$")
 
 
 def _bootstrap_servers(value: str) -> str | None:
@@ -162,6 +169,10 @@ def _mmhg(value: float) -> str | None:
 
 def _non_empty(value: str) -> str | None:
     return None if value.strip() else "a non-empty path or URI"
+
+
+def _duration(value: str) -> str | None:
+    return None if _DURATION.match(value) else "a duration such as '7 days', '12 hours', '30 minutes'"
 
 
 def _trigger(value: str) -> str | None:
@@ -214,6 +225,12 @@ VALIDATORS: dict[str, Callable[[Any], str | None]] = {
     "thresholds.diastolic_low": _mmhg,
     "thresholds.crisis_systolic": _mmhg,
     "thresholds.crisis_diastolic": _mmhg,
+    "thresholds.critical_low_systolic": _mmhg,
+    "thresholds.critical_low_diastolic": _mmhg,
+    "elasticsearch.write_retries": _non_negative,
+    "elasticsearch.retry_backoff_s": _non_negative,
+    "stream.dedup_horizon": _duration,
+    "stream.state_partitions": _positive,
     "paths.archive_dir": _non_empty,
     "paths.checkpoint_dir": _non_empty,
     "stream.trigger": _trigger,
@@ -356,6 +373,10 @@ def _check_consistency(config: Config) -> None:
         raise ConfigError(f"thresholds.crisis_systolic ({t.crisis_systolic}) must be above thresholds.systolic_high ({t.systolic_high})")
     if not t.crisis_diastolic > t.diastolic_high:
         raise ConfigError(f"thresholds.crisis_diastolic ({t.crisis_diastolic}) must be above thresholds.diastolic_high ({t.diastolic_high})")
+    if not t.critical_low_systolic < t.systolic_low:
+        raise ConfigError(f"thresholds.critical_low_systolic ({t.critical_low_systolic}) must be below thresholds.systolic_low ({t.systolic_low})")
+    if not t.critical_low_diastolic < t.diastolic_low:
+        raise ConfigError(f"thresholds.critical_low_diastolic ({t.critical_low_diastolic}) must be below thresholds.diastolic_low ({t.diastolic_low})")
     g = config.generator
     mix = (g.mix_normotensive, g.mix_elevated, g.mix_stage_1, g.mix_stage_2, g.mix_hypotensive)
     if sum(mix) <= 0:

@@ -1,0 +1,170 @@
+"""From Kafka records to blood-pressure readings, or to the reason they cannot be read.
+
+The JSON is parsed once with the explicit schema; every column is derived from that one
+struct. Components are found by LOINC code, not position; units by UCUM code or unit text
+(mm[Hg], mmHg, kPa); the effective time from ``effectiveDateTime`` or
+``effectivePeriod.start`` in any offset; the patient from ``Patient/123``, an absolute URL
+ending so, or a ``urn:uuid:``. A record that cannot be used keeps its raw payload and gets
+an ``error`` saying why.
+"""
+
+from __future__ import annotations
+
+from pyspark.sql import Column, DataFrame
+from pyspark.sql import functions as F
+
+from bp_spark.schema import CORRUPT_RECORD, OBSERVATION_SCHEMA
+
+PANEL_CODE = "85354-9"
+SYSTOLIC_CODE = "8480-6"
+DIASTOLIC_CODE = "8462-4"
+KPA_TO_MMHG = 7.50062
+PLAUSIBLE_MIN_MMHG = 20.0
+PLAUSIBLE_MAX_MMHG = 300.0
+
+PROCESSED_STATUSES = ("final", "amended", "corrected")
+RETRACTED_STATUS = "entered-in-error"
+UPDATE_STATUSES = ("amended", "corrected", RETRACTED_STATUS)
+
+_PATIENT_PATH = r"^(?:.*/)?Patient/([A-Za-z0-9\-\.]{1,64})(?:/_history/[^/]+)?$"
+_URN_UUID = r"^urn:uuid:([0-9A-Fa-f]{8}-[0-9A-Fa-f]{4}-[0-9A-Fa-f]{4}-[0-9A-Fa-f]{4}-[0-9A-Fa-f]{12})$"
+_MMHG_UNITS = ("mm[Hg]", "mmHg", "mm Hg")
+
+
+def has_coding(concept: Column, code: str) -> Column:
+    """True when a CodeableConcept carries ``code`` in any of its codings."""
+    return F.coalesce(F.exists(concept["coding"], lambda c: c["code"] == code), F.lit(False))
+
+
+def component_quantity(components: Column, code: str) -> Column:
+    """The valueQuantity of the first component coded ``code`` (null when there is none)."""
+    matching = F.filter(components, lambda c: has_coding(c["code"], code))
+    return F.element_at(matching, 1)["valueQuantity"]
+
+
+def has_component(components: Column, code: str) -> Column:
+    """True when a component coded ``code`` is present."""
+    return F.coalesce(F.exists(components, lambda c: has_coding(c["code"], code)), F.lit(False))
+
+
+def quantity_in_mmhg(quantity: Column) -> Column:
+    """The quantity's value in mmHg: mm[Hg]/mmHg as is, kPa converted; null for other units or non-numbers."""
+    value = quantity["value"].cast("double")
+    unit = F.coalesce(quantity["code"], quantity["unit"])
+    return (
+        F.when(unit.isin(*_MMHG_UNITS) | quantity["unit"].isin(*_MMHG_UNITS), value)
+        .when((unit == "kPa") | (quantity["unit"] == "kPa"), F.round(value * KPA_TO_MMHG, 1))
+    )
+
+
+def patient_id_from_reference(reference: Column) -> Column:
+    """The patient id of ``Patient/123``, ``https://host/fhir/Patient/123`` or ``urn:uuid:...``; else null."""
+    from_path = F.regexp_extract(reference, _PATIENT_PATH, 1)
+    from_urn = F.regexp_extract(reference, _URN_UUID, 1)
+    return F.when(from_path != "", from_path).when(from_urn != "", from_urn)
+
+
+def _quantity_problem(quantity: Column, present: Column, name: str, code: str) -> Column:
+    """Why a component's quantity cannot be used, or null."""
+    value = quantity["value"]
+    return (
+        F.when(~present, F.lit(f"no {name} component (LOINC {code})"))
+        .when(value.isNull(), F.lit(f"{name} component has no valueQuantity.value"))
+        .when(value.cast("double").isNull(), F.concat(F.lit(f"{name} value '"), value, F.lit("' is not a number")))
+        .when(quantity_in_mmhg(quantity).isNull(),
+              F.concat(F.lit(f"{name} unit '"), F.coalesce(quantity["code"], quantity["unit"], F.lit("")),
+                       F.lit("' is not mm[Hg], mmHg or kPa")))
+    )
+
+
+def _plausibility_problem(systolic: Column, diastolic: Column) -> Column:
+    low, high = PLAUSIBLE_MIN_MMHG, PLAUSIBLE_MAX_MMHG
+    return (
+        F.when((systolic < low) | (systolic > high),
+               F.format_string(f"implausible systolic %s mmHg (allowed {low:g}-{high:g})", systolic))
+        .when((diastolic < low) | (diastolic > high),
+              F.format_string(f"implausible diastolic %s mmHg (allowed {low:g}-{high:g})", diastolic))
+        .when(systolic <= diastolic,
+              F.format_string("systolic %s mmHg is not above diastolic %s mmHg", systolic, diastolic))
+    )
+
+
+def parse_observations(kafka_df: DataFrame) -> DataFrame:
+    """Kafka records (key, value, topic, partition, offset, timestamp) -> one row per record with
+    the reading's columns and ``error`` (null when usable). Pure: no actions, batch or stream.
+
+    Three projections: parse the JSON once; pull out each piece once (the components are
+    searched once per LOINC code); then derive values and the error from those plain columns.
+    """
+    raw = F.col("value").cast("string")
+    obs = F.col("_obs")
+    parsed_df = kafka_df.select(
+        raw.alias("raw"),
+        F.from_json(raw, OBSERVATION_SCHEMA, {"columnNameOfCorruptRecord": CORRUPT_RECORD}).alias("_obs"),
+        F.col("topic").alias("kafka_topic"),
+        F.col("partition").alias("kafka_partition"),
+        F.col("offset").alias("kafka_offset"),
+        F.col("timestamp").alias("kafka_timestamp"),
+    )
+    pieces_df = parsed_df.select(
+        "raw", "kafka_topic", "kafka_partition", "kafka_offset", "kafka_timestamp",
+        obs[CORRUPT_RECORD].isNotNull().alias("_corrupt"),
+        obs["resourceType"].alias("_resource_type"),
+        obs["id"].alias("observation_id"),
+        obs["status"].alias("status"),
+        has_coding(obs["code"], PANEL_CODE).alias("_is_panel"),
+        obs["subject"]["reference"].alias("_subject"),
+        F.coalesce(obs["effectiveDateTime"], obs["effectivePeriod"]["start"]).alias("_effective"),
+        has_component(obs["component"], SYSTOLIC_CODE).alias("_has_systolic"),
+        has_component(obs["component"], DIASTOLIC_CODE).alias("_has_diastolic"),
+        component_quantity(obs["component"], SYSTOLIC_CODE).alias("_systolic_q"),
+        component_quantity(obs["component"], DIASTOLIC_CODE).alias("_diastolic_q"),
+    )
+    values_df = pieces_df.select(
+        "*",
+        patient_id_from_reference(F.col("_subject")).alias("patient_id"),
+        F.col("_effective").cast("timestamp").alias("effective_time"),
+        quantity_in_mmhg(F.col("_systolic_q")).alias("systolic"),
+        quantity_in_mmhg(F.col("_diastolic_q")).alias("diastolic"),
+    )
+    status = F.col("status")
+    error = (
+        F.when(F.col("raw").isNull(), F.lit("empty message"))
+        .when(F.col("_corrupt"), F.lit("not a JSON object"))
+        .when(F.col("_resource_type").isNull(), F.lit("not a FHIR resource (no resourceType)"))
+        .when(F.col("_resource_type") != "Observation",
+              F.concat(F.lit("not an Observation: resourceType "), F.col("_resource_type")))
+        .when(F.coalesce(F.length("observation_id"), F.lit(0)) == 0, F.lit("Observation has no id"))
+        .when(status.isNull(), F.lit("Observation has no status"))
+        .when(~status.isin(*PROCESSED_STATUSES, RETRACTED_STATUS),
+              F.concat(F.lit("status '"), status,
+                       F.lit("' is not processed (final, amended, corrected, entered-in-error are)")))
+        .when(status == RETRACTED_STATUS, F.lit(None))  # a retraction needs only its id
+        .when(~F.col("_is_panel"), F.lit(f"not a blood-pressure panel (LOINC {PANEL_CODE})"))
+        .when(F.col("_subject").isNull(), F.lit("no subject reference"))
+        .when(F.col("patient_id").isNull(),
+              F.concat(F.lit("subject '"), F.col("_subject"), F.lit("' is not a Patient reference")))
+        .when(F.col("_effective").isNull(), F.lit("no effectiveDateTime or effectivePeriod.start"))
+        .when(F.col("effective_time").isNull(),
+              F.concat(F.lit("effective time '"), F.col("_effective"), F.lit("' is not a FHIR dateTime")))
+        .otherwise(F.coalesce(
+            _quantity_problem(F.col("_systolic_q"), F.col("_has_systolic"), "systolic", SYSTOLIC_CODE),
+            _quantity_problem(F.col("_diastolic_q"), F.col("_has_diastolic"), "diastolic", DIASTOLIC_CODE),
+            _plausibility_problem(F.col("systolic"), F.col("diastolic")),
+        ))
+    )
+    return values_df.select(
+        "raw", "kafka_topic", "kafka_partition", "kafka_offset", "kafka_timestamp",
+        "observation_id", "status", "patient_id", "effective_time", "systolic", "diastolic",
+        error.alias("error"),
+    )
+
+
+def is_retraction(status: Column) -> Column:
+    """True for ``entered-in-error``: the observation must be removed wherever it was stored."""
+    return status == RETRACTED_STATUS
+
+
+def is_update(status: Column) -> Column:
+    """True for statuses that replace or remove an earlier version under the same id."""
+    return status.isin(*UPDATE_STATUSES)

@@ -1,0 +1,157 @@
+"""Tests of bp_spark/parse.py: what real FHIR feeds send, and every kind of bad input."""
+
+from __future__ import annotations
+
+import copy
+import json
+from datetime import datetime, timezone
+
+import pytest
+from chispa import assert_df_equality
+from pyspark.sql import DataFrame, SparkSession
+from pyspark.sql import types as T
+
+from bp_spark.parse import parse_observations
+
+BASE = {
+    "resourceType": "Observation",
+    "id": "bp-1",
+    "status": "final",
+    "category": [{"coding": [{"system": "http://terminology.hl7.org/CodeSystem/observation-category", "code": "vital-signs"}]}],
+    "code": {"coding": [{"system": "http://loinc.org", "code": "85354-9"}]},
+    "subject": {"reference": "Patient/p1"},
+    "effectiveDateTime": "2026-01-01T08:30:00+00:00",
+    "component": [
+        {"code": {"coding": [{"system": "http://loinc.org", "code": "8480-6"}]},
+         "valueQuantity": {"value": 120, "unit": "mmHg", "system": "http://unitsofmeasure.org", "code": "mm[Hg]"}},
+        {"code": {"coding": [{"system": "http://loinc.org", "code": "8462-4"}]},
+         "valueQuantity": {"value": 80, "unit": "mmHg", "system": "http://unitsofmeasure.org", "code": "mm[Hg]"}},
+    ],
+}
+
+KAFKA_SCHEMA = T.StructType([
+    T.StructField("key", T.BinaryType()),
+    T.StructField("value", T.BinaryType()),
+    T.StructField("topic", T.StringType()),
+    T.StructField("partition", T.IntegerType()),
+    T.StructField("offset", T.LongType()),
+    T.StructField("timestamp", T.TimestampType()),
+])
+RESULT_SCHEMA = T.StructType([
+    T.StructField("kafka_offset", T.LongType()),
+    T.StructField("observation_id", T.StringType()),
+    T.StructField("status", T.StringType()),
+    T.StructField("patient_id", T.StringType()),
+    T.StructField("effective_time", T.TimestampType()),
+    T.StructField("systolic", T.DoubleType()),
+    T.StructField("diastolic", T.DoubleType()),
+    T.StructField("error", T.StringType()),
+])
+ARRIVED = datetime(2026, 1, 2, tzinfo=timezone.utc)
+
+
+def variant(**changes) -> dict:
+    obs = copy.deepcopy(BASE)
+    for path, value in changes.items():
+        target = obs
+        keys = path.split("__")
+        for key in keys[:-1]:
+            target = target[int(key)] if key.isdigit() else target[key]
+        last = keys[-1]
+        if value is ...:
+            del target[last]
+        else:
+            target[int(last) if last.isdigit() else last] = value
+    return obs
+
+
+def kafka_df(spark: SparkSession, payloads: list) -> DataFrame:
+    rows = []
+    for offset, payload in enumerate(payloads):
+        text = payload if isinstance(payload, str) or payload is None else json.dumps(payload)
+        rows.append((b"k", None if text is None else text.encode(), "t", 0, offset, ARRIVED))
+    return spark.createDataFrame(rows, KAFKA_SCHEMA)
+
+
+def parsed(spark: SparkSession, payloads: list) -> DataFrame:
+    return kafka_df(spark, payloads).transform(parse_observations).select(*RESULT_SCHEMA.fieldNames())
+
+
+def utc(*args) -> datetime:
+    return datetime(*args)  # the session's time zone is UTC
+
+
+def test_variants_real_feeds_send(spark: SparkSession) -> None:
+    reversed_components = variant()
+    reversed_components["component"].reverse()
+    kpa = variant(component__0__valueQuantity={"value": 16, "unit": "kPa", "system": "http://unitsofmeasure.org", "code": "kPa"},
+                  component__1__valueQuantity={"value": 10.7, "unit": "kPa"})
+    payloads = [
+        variant(),
+        reversed_components,
+        variant(component__0__valueQuantity__value=120.5, component__1__valueQuantity__value=79.5),
+        variant(component__0__valueQuantity={"value": 131, "unit": "mmHg"}, component__1__valueQuantity={"value": 85, "unit": "mmHg"}),
+        kpa,
+        variant(effectiveDateTime=..., effectivePeriod={"start": "2026-01-01T03:30:00-05:00", "end": "2026-01-01T03:35:00-05:00"}),
+        variant(effectiveDateTime="2026-01-01T09:30:00.250+01:00"),
+        variant(subject={"reference": "https://fhir.example.org/r4/Patient/p9"}),
+        variant(subject={"reference": "urn:uuid:0f7c1a52-7e2f-4a55-9d3e-1a2b3c4d5e6f"}),
+        variant(status="amended"),
+        variant(status="corrected"),
+        variant(status="entered-in-error", component=...),
+        variant(code={"coding": [{"system": "http://snomed.info/sct", "code": "75367002"},
+                                  {"system": "http://loinc.org", "code": "85354-9"}]}),
+    ]
+    at = utc(2026, 1, 1, 8, 30)
+    expected = [
+        (0, "bp-1", "final", "p1", at, 120.0, 80.0, None),
+        (1, "bp-1", "final", "p1", at, 120.0, 80.0, None),
+        (2, "bp-1", "final", "p1", at, 120.5, 79.5, None),
+        (3, "bp-1", "final", "p1", at, 131.0, 85.0, None),
+        (4, "bp-1", "final", "p1", at, 120.0, 80.3, None),
+        (5, "bp-1", "final", "p1", at, 120.0, 80.0, None),
+        (6, "bp-1", "final", "p1", utc(2026, 1, 1, 8, 30, 0, 250000), 120.0, 80.0, None),
+        (7, "bp-1", "final", "p9", at, 120.0, 80.0, None),
+        (8, "bp-1", "final", "0f7c1a52-7e2f-4a55-9d3e-1a2b3c4d5e6f", at, 120.0, 80.0, None),
+        (9, "bp-1", "amended", "p1", at, 120.0, 80.0, None),
+        (10, "bp-1", "corrected", "p1", at, 120.0, 80.0, None),
+        (11, "bp-1", "entered-in-error", "p1", at, None, None, None),
+        (12, "bp-1", "final", "p1", at, 120.0, 80.0, None),
+    ]
+    assert_df_equality(parsed(spark, payloads), spark.createDataFrame(expected, RESULT_SCHEMA), ignore_row_order=True)
+
+
+BAD = [
+    ("{not json", "not a JSON object"),
+    (None, "empty message"),
+    ({}, "not a FHIR resource (no resourceType)"),
+    ([1, 2], "not a JSON object"),
+    ({"resourceType": "Patient", "id": "p1"}, "not an Observation: resourceType Patient"),
+    (variant(id=...), "Observation has no id"),
+    (variant(id=""), "Observation has no id"),
+    (variant(status=...), "Observation has no status"),
+    (variant(status="preliminary"), "status 'preliminary' is not processed (final, amended, corrected, entered-in-error are)"),
+    (variant(code={"coding": [{"system": "http://loinc.org", "code": "8867-4"}]}), "not a blood-pressure panel (LOINC 85354-9)"),
+    (variant(subject=...), "no subject reference"),
+    (variant(subject={"reference": "Group/g1"}), "subject 'Group/g1' is not a Patient reference"),
+    (variant(effectiveDateTime=...), "no effectiveDateTime or effectivePeriod.start"),
+    (variant(effectiveDateTime="yesterday"), "effective time 'yesterday' is not a FHIR dateTime"),
+    (variant(component=[BASE["component"][0]]), "no diastolic component (LOINC 8462-4)"),
+    (variant(component=...), "no systolic component (LOINC 8480-6)"),
+    (variant(component__0__valueQuantity__value="high"), "systolic value 'high' is not a number"),
+    (variant(component__1__valueQuantity__value=...), "diastolic component has no valueQuantity.value"),
+    (variant(component__0__valueQuantity={"value": 12, "unit": "cm", "code": "cm"}), "systolic unit 'cm' is not mm[Hg], mmHg or kPa"),
+    (variant(component__0__valueQuantity__value=80, component__1__valueQuantity__value=90),
+     "systolic 80.0 mmHg is not above diastolic 90.0 mmHg"),
+    (variant(component__0__valueQuantity__value=350), "implausible systolic 350.0 mmHg (allowed 20-300)"),
+    (variant(component__1__valueQuantity__value=10), "implausible diastolic 10.0 mmHg (allowed 20-300)"),
+]
+
+
+@pytest.mark.parametrize(("payload", "reason"), BAD, ids=[reason for _, reason in BAD])
+def test_each_kind_of_bad_input_gets_its_reason(spark: SparkSession, payload, reason: str) -> None:
+    row = kafka_df(spark, [payload]).transform(parse_observations).first()
+    assert row.error == reason
+    expected_raw = payload if isinstance(payload, str) or payload is None else json.dumps(payload)
+    assert row.raw == expected_raw  # the raw payload travels to the dead letter unchanged
+    assert (row.kafka_topic, row.kafka_partition, row.kafka_offset) == ("t", 0, 0)
