@@ -48,6 +48,7 @@ class ElasticsearchConfig:
     alerts_index: str
     trends_index: str
     deadletter_index: str
+    number_of_replicas: int
     write_retries: int
     retry_backoff_s: float
 
@@ -228,6 +229,7 @@ VALIDATORS: dict[str, Callable[[Any], str | None]] = {
     "thresholds.critical_low_systolic": _mmhg,
     "thresholds.critical_low_diastolic": _mmhg,
     "elasticsearch.write_retries": _non_negative,
+    "elasticsearch.number_of_replicas": _non_negative,
     "elasticsearch.retry_backoff_s": _non_negative,
     "stream.dedup_horizon": _duration,
     "stream.state_partitions": _positive,

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import json
 from dataclasses import dataclass
+from pathlib import Path
 from urllib.parse import urlparse
 
 from elasticsearch import Elasticsearch
@@ -63,3 +65,30 @@ def connector_options(url: str) -> dict[str, str]:
         "es.nodes.wan.only": "true",
         "es.net.ssl": str(parsed.scheme == "https").lower(),
     }
+
+
+TEMPLATE_DIR = Path(__file__).resolve().parent.parent / "conf" / "elasticsearch"
+
+
+def load_template(kind: str, index: str, replicas: int) -> dict:
+    """The index template ``conf/elasticsearch/<kind>.json``, aimed at ``index``."""
+    body = json.loads((TEMPLATE_DIR / f"{kind}.json").read_text())
+    body["index_patterns"] = [index]
+    body["template"]["settings"]["number_of_replicas"] = replicas
+    return body
+
+
+def install_templates(client: Elasticsearch, indices: dict[str, str], replicas: int) -> list[str]:
+    """Install each ``{kind: index}`` template that is missing or older than ours; return those written."""
+    written = []
+    for kind, index in indices.items():
+        body = load_template(kind, index, replicas)
+        name = f"bp-monitor-{index}"
+        try:
+            existing = client.indices.get_index_template(name=name)["index_templates"][0]["index_template"]
+        except es_exceptions.NotFoundError:
+            existing = None
+        if existing is None or existing.get("version", 0) < body["version"]:
+            client.indices.put_index_template(name=name, **body)
+            written.append(name)
+    return written

@@ -21,6 +21,8 @@ def build_session(app_name: str, extra_conf: Mapping[str, str] | None = None) ->
     # Event times are read with their offsets and stored as instants; UTC keeps what Spark
     # prints and writes independent of the machine's zone.
     builder = builder.config("spark.sql.session.timeZone", "UTC")
+    # Progress bars on stderr would interleave with the job's one log line per batch.
+    builder = builder.config("spark.ui.showConsoleProgress", "false")
     for key, value in (extra_conf or {}).items():
         builder = builder.config(key, value)
     return builder.getOrCreate()

@@ -1,0 +1,249 @@
+"""Every write of the stream job, in one place: Elasticsearch indices and the normal-reading archive.
+
+Each write is idempotent, because foreachBatch delivery is at-least-once:
+
+- Elasticsearch documents have deterministic ids (Observation.id; topic-partition-offset for
+  dead letters), so a replayed batch overwrites what it wrote before.
+- The archive is written to a staging folder for the batch, then each file is moved to a
+  name made of the batch id and the patient (``patient_id=<id>/batch-<batch>-<part>.jsonl``);
+  a replayed batch writes the same files under the same names.
+
+Writes that fail (node down, 429, read-only index) are retried with exponential backoff; when
+the retries run out :class:`SinkUnavailable` is raised, the query stops, and a restart
+replays the batch from the checkpoint.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass
+
+from elastic_transport import TransportError
+from elasticsearch import Elasticsearch
+from elasticsearch import exceptions as es_exceptions
+from elasticsearch.helpers import BulkIndexError, bulk
+from py4j.protocol import Py4JError
+from pyspark.errors import PySparkException
+from pyspark.sql import Column, DataFrame, SparkSession
+from pyspark.sql import functions as F
+
+from bp_spark.config import Config
+from bp_spark.elastic import connector_options
+
+log = logging.getLogger("bp_spark.sinks")
+
+ES_FORMAT = "org.elasticsearch.spark.sql"
+RETRYABLE = (Py4JError, PySparkException, es_exceptions.ApiError, TransportError, BulkIndexError, OSError)
+
+
+class SinkUnavailable(RuntimeError):
+    """A sink kept refusing writes after every retry; the batch was not completed."""
+
+
+def with_retries(action: Callable[[], object], what: str, retries: int, backoff_s: float) -> object:
+    """Run ``action``; on failure wait ``backoff_s``, 2x, 4x ... and try again, ``retries`` times."""
+    for attempt in range(retries + 1):
+        try:
+            return action()
+        except RETRYABLE as exc:
+            summary = str(exc).strip().splitlines()[0][:300] if str(exc).strip() else type(exc).__name__
+            if attempt == retries:
+                raise SinkUnavailable(
+                    f"{what} failed {retries + 1} times; last error: {summary}. The batch was not completed; "
+                    "fix the cause and restart the job on the same checkpoint to resume where it stopped."
+                ) from exc
+            delay = backoff_s * 2 ** attempt
+            log.warning("%s failed (attempt %d of %d): %s; retrying in %.1f s", what, attempt + 1, retries + 1,
+                        summary, delay)
+            time.sleep(delay)
+    raise AssertionError("unreachable")
+
+
+def one_line(raw: Column) -> Column:
+    """The payload on one line: JSON allows line breaks only between tokens, so they become spaces."""
+    return F.regexp_replace(raw, r"[\r\n]+", " ")
+
+
+def kafka_struct(with_timestamp: bool = False) -> Column:
+    fields = [F.col("kafka_topic").alias("topic"), F.col("kafka_partition").alias("partition"),
+              F.col("kafka_offset").alias("offset")]
+    if with_timestamp:
+        fields.append(F.col("kafka_timestamp").alias("timestamp"))
+    return F.struct(*fields)
+
+
+@dataclass
+class Sinks:
+    """The stream job's targets; one method per target, all idempotent."""
+
+    spark: SparkSession
+    config: Config
+    es: Elasticsearch
+
+    def __post_init__(self) -> None:
+        self._es_options = {
+            **connector_options(self.config.elasticsearch.url),
+            "es.write.operation": "index",
+            "es.batch.write.retry.count": "2",
+            "es.batch.write.retry.wait": "1s",
+            "es.spark.dataframe.write.null": "false",
+        }
+
+    # ------------------------------------------------------------------ Elasticsearch
+
+    def _retry(self, action: Callable[[], object], what: str) -> object:
+        es = self.config.elasticsearch
+        return with_retries(action, what, es.write_retries, es.retry_backoff_s)
+
+    def _save(self, df: DataFrame, index: str, id_column: str, what: str) -> None:
+        writer = (df.write.format(ES_FORMAT).options(**self._es_options)
+                  .option("es.mapping.id", id_column).mode("append"))
+        self._retry(lambda: writer.save(index), what)
+
+    def write_anomalies(self, abnormal_df: DataFrame, batch_id: int) -> None:
+        """Abnormal readings with what was detected, ``_id`` = Observation.id."""
+        t = self.config.thresholds
+        thresholds = F.struct(*[F.lit(float(getattr(t, name))).alias(name) for name in (
+            "systolic_high", "systolic_low", "diastolic_high", "diastolic_low", "crisis_systolic",
+            "crisis_diastolic", "critical_low_systolic", "critical_low_diastolic")])
+        docs_df = abnormal_df.select(
+            "observation_id", "patient_id", "status", "effective_time", "systolic", "diastolic",
+            "anomaly_types", "category", "severity", "interpretation",
+            thresholds.alias("thresholds"), kafka_struct().alias("kafka"),
+            F.lit(batch_id).cast("long").alias("batch_id"), F.current_timestamp().alias("processed_at"),
+        )
+        self._save(docs_df, self.config.elasticsearch.anomalies_index, "observation_id", f"batch {batch_id}: anomalies")
+
+    def write_alerts(self, critical_df: DataFrame, batch_id: int) -> None:
+        """Critical readings as alerts, ``_id`` = Observation.id (a replay never alerts twice)."""
+        reason = F.format_string("%s: %s/%s mmHg", F.regexp_replace("category", "_", " "),
+                                 F.col("systolic").cast("int").cast("string"), F.col("diastolic").cast("int").cast("string"))
+        docs_df = critical_df.select(
+            F.lit("critical_reading").alias("alert_type"), reason.alias("reason"),
+            "observation_id", "patient_id", "effective_time", "systolic", "diastolic", "category", "severity",
+            kafka_struct().alias("kafka"),
+            F.lit(batch_id).cast("long").alias("batch_id"), F.current_timestamp().alias("processed_at"),
+        )
+        self._save(docs_df, self.config.elasticsearch.alerts_index, "observation_id", f"batch {batch_id}: alerts")
+
+    def write_deadletters(self, dead_df: DataFrame, batch_id: int) -> None:
+        """Unusable messages with the raw payload, the reason and Kafka coordinates."""
+        docs_df = dead_df.select(
+            F.concat_ws("-", "kafka_topic", "kafka_partition", "kafka_offset").alias("_doc_id"),
+            F.col("error").alias("reason"), F.col("raw"), "observation_id",
+            kafka_struct(with_timestamp=True).alias("kafka"),
+            F.lit(batch_id).cast("long").alias("batch_id"), F.current_timestamp().alias("processed_at"),
+        )
+        writer = (docs_df.write.format(ES_FORMAT).options(**self._es_options)
+                  .option("es.mapping.id", "_doc_id").option("es.mapping.exclude", "_doc_id").mode("append"))
+        self._retry(lambda: writer.save(self.config.elasticsearch.deadletter_index), f"batch {batch_id}: dead letters")
+
+    def delete_documents(self, ids: Iterable[str], batch_id: int) -> None:
+        """Remove observations from the anomaly and alert indices (corrections, retractions)."""
+        es = self.config.elasticsearch
+        actions = [{"_op_type": "delete", "_index": index, "_id": doc_id}
+                   for doc_id in ids for index in (es.anomalies_index, es.alerts_index)]
+        if not actions:
+            return
+
+        def run() -> None:
+            # A document that is not there is already where we want it: 404s are not errors.
+            bulk(self.es, actions, raise_on_error=False, raise_on_exception=True, refresh=False)
+        self._retry(run, f"batch {batch_id}: removing {len(actions) // 2} superseded observations")
+
+    # ------------------------------------------------------------------ archive
+
+    def _fs(self, uri: str):
+        jvm = self.spark._jvm
+        path = jvm.org.apache.hadoop.fs.Path(uri)
+        fs = path.getFileSystem(self.spark._jsc.hadoopConfiguration())
+        return fs, fs.makeQualified(path)
+
+    def write_archive(self, normal_df: DataFrame, batch_id: int) -> int:
+        """Normal readings as JSON Lines, byte-for-byte, under ``patient_id=<id>/``; returns files written."""
+        root = self.config.paths.archive_dir
+        staging = f"{root.rstrip('/')}/_staging/batch={batch_id}"
+        lines_df = normal_df.select("patient_id", one_line(F.col("raw")).alias("value")).repartition("patient_id")
+        self._retry(lambda: lines_df.write.mode("overwrite").partitionBy("patient_id").text(staging),
+                    f"batch {batch_id}: archive staging")
+        fs, root_path = self._fs(root)
+        _, staging_path = self._fs(staging)
+        jvm = self.spark._jvm
+        moved = 0
+        for status in fs.globStatus(jvm.org.apache.hadoop.fs.Path(staging_path, "patient_id=*/part-*")) or []:
+            source = status.getPath()
+            patient_dir = source.getParent().getName()  # patient_id=<id>
+            part = source.getName().split("-")[1]
+            target_dir = jvm.org.apache.hadoop.fs.Path(root_path, patient_dir)
+            target = jvm.org.apache.hadoop.fs.Path(target_dir, f"batch-{batch_id:012d}-{part}.jsonl")
+            fs.mkdirs(target_dir)
+            if fs.exists(target):  # a replay of this batch: same rows, same name
+                fs.delete(target, False)
+            if not fs.rename(source, target):
+                raise SinkUnavailable(f"could not move {source} to {target}")
+            moved += 1
+        fs.delete(staging_path, True)
+        return moved
+
+    def remove_from_archive(self, ids_by_patient: dict[str, set[str]], batch_id: int) -> int:
+        """Drop the given observation ids from each patient's archive files; return lines removed.
+
+        Rare (corrections and retractions), so it rewrites only the affected patients' files:
+        the kept lines go to ``rewrite-<batch>.jsonl``, then the old files are deleted. A manifest
+        written between the two steps lets a replay finish an interrupted rewrite.
+        """
+        if not ids_by_patient:
+            return 0
+        root = self.config.paths.archive_dir.rstrip("/")
+        fs, root_path = self._fs(root)
+        jvm = self.spark._jvm
+        Path = jvm.org.apache.hadoop.fs.Path
+        removed = 0
+        for patient_id, ids in sorted(ids_by_patient.items()):
+            patient_dir = Path(root_path, f"patient_id={patient_id}")
+            work = Path(root_path, f"_rewrite/batch={batch_id}/patient_id={patient_id}")
+            manifest = Path(work, "manifest.txt")
+            if not fs.exists(manifest):
+                if not fs.exists(patient_dir):
+                    continue
+                mine = f"batch-{batch_id:012d}-"
+                old = [s.getPath().toString() for s in fs.listStatus(patient_dir)
+                       if s.getPath().getName().endswith(".jsonl") and not s.getPath().getName().startswith(mine)]
+                if not old:
+                    continue
+                lines_df = self.spark.read.text(old)
+                keep_df = lines_df.where(~F.get_json_object("value", "$.id").isin(*sorted(ids)))
+                total, kept = lines_df.count(), keep_df.count()
+                if total == kept:
+                    continue
+                removed += total - kept
+                keep_df.coalesce(1).write.mode("overwrite").text(Path(work, "data").toString())
+                self._write_text(fs, manifest, "\n".join(old))
+            self._finish_rewrite(fs, work, manifest, patient_dir, batch_id)
+        fs.delete(Path(root_path, f"_rewrite/batch={batch_id}"), True)
+        return removed
+
+    def _write_text(self, fs, path, text: str) -> None:
+        stream = fs.create(path, True)
+        try:
+            stream.write(bytearray(text.encode()))
+        finally:
+            stream.close()
+
+    def _finish_rewrite(self, fs, work, manifest, patient_dir, batch_id: int) -> None:
+        Path = self.spark._jvm.org.apache.hadoop.fs.Path
+        reader = self.spark._jvm.java.io.BufferedReader(self.spark._jvm.java.io.InputStreamReader(fs.open(manifest)))
+        try:
+            old = [line for line in iter(reader.readLine, None) if line]
+        finally:
+            reader.close()
+        target = Path(patient_dir, f"rewrite-{batch_id:012d}.jsonl")
+        for part in fs.globStatus(Path(work, "data/part-*")) or []:
+            if fs.exists(target):
+                fs.delete(target, False)
+            fs.rename(part.getPath(), target)
+        for name in old:
+            fs.delete(Path(name), False)
+        fs.delete(work, True)

@@ -1,0 +1,77 @@
+"""The stream job: FHIR blood-pressure Observations from Kafka to Elasticsearch, the archive and a dead letter.
+
+    spark-submit \\
+      --conf spark.jars.packages=org.apache.spark:spark-sql-kafka-0-10_2.12:3.5.7,org.elasticsearch:elasticsearch-spark-30_2.12:8.19.21 \\
+      --conf spark.jars.excludes=org.elasticsearch:elasticsearch-hadoop-mr,org.elasticsearch:elasticsearch-spark_2.12 \\
+      jobs/stream.py [--trigger available-now] [--checkpoint-dir var/checkpoints] ...
+
+    python jobs/stream.py --trigger available-now     # the same; sets the packages itself (local[*])
+
+Defaults come from conf/pipeline.toml; BP_* environment variables and the flags below override
+them. Abnormal readings go to the anomaly index (critical ones to the alert index too),
+normal readings to ``<archive-dir>/patient_id=<id>/`` as JSON Lines, unusable messages to the
+dead-letter index. Restarted on the same checkpoint, it resumes where it stopped, and every
+sink holds every observation exactly once.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import sys
+
+from pyspark.errors import StreamingQueryException
+
+from bp_spark.config import ConfigError, add_config_flags, load_config_from_args
+from bp_spark.elastic import ElasticsearchUnavailable, install_templates, make_client, probe_cluster
+from bp_spark.pipeline import BatchRouter, start_query
+from bp_spark.session import build_session
+from bp_spark.sinks import Sinks
+from bp_spark.versions import elasticsearch_version
+
+log = logging.getLogger("stream")
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
+                                     formatter_class=argparse.RawDescriptionHelpFormatter, epilog=__doc__)
+    add_config_flags(parser, ["bootstrap-servers", "topic", "es-url", "archive-dir", "checkpoint-dir", "trigger",
+                              "starting-offsets", "max-offsets-per-trigger"])
+    parser.add_argument("--no-sinks", action="store_true",
+                        help="read, parse and classify only; write nothing (measures the machine's ceiling)")
+    args = parser.parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s", stream=sys.stderr)
+    try:
+        config = load_config_from_args(args)
+        es = make_client(config.elasticsearch.url)
+        probe_cluster(es, config.elasticsearch.url, int(elasticsearch_version().split(".")[0]))
+        e = config.elasticsearch
+        written = install_templates(es, {"anomalies": e.anomalies_index, "alerts": e.alerts_index,
+                                         "deadletter": e.deadletter_index}, e.number_of_replicas)
+        for name in written:
+            log.info("installed index template %s", name)
+    except (ConfigError, ElasticsearchUnavailable) as exc:
+        print(f"stream: {exc}", file=sys.stderr)
+        return 2 if isinstance(exc, ConfigError) else 1
+
+    spark = build_session(config.stream.app_name)
+    log.info("Spark UI: %s", spark.sparkContext.uiWebUrl)
+    router = BatchRouter(config, None if args.no_sinks else Sinks(spark, config, es))
+    query = start_query(spark, config, router)
+    log.info("reading %s from %s; checkpoint %s", config.kafka.topic, config.kafka.bootstrap_servers,
+             config.paths.checkpoint_dir)
+    try:
+        query.awaitTermination()
+    except StreamingQueryException as exc:
+        print(f"stream: the query stopped: {str(exc).splitlines()[0]}\n"
+              "Restart on the same checkpoint to resume; nothing acknowledged was lost.", file=sys.stderr)
+        return 1
+    except KeyboardInterrupt:
+        query.stop()
+    finally:
+        spark.stop()
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
