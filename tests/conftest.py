@@ -100,5 +100,8 @@ def _remove_test_topics_and_indices(config: Config) -> Iterator[None]:
         names = list(es.indices.get(index="bp_test_*", allow_no_indices=True))
         if names:  # by name: Elasticsearch 8 refuses wildcard deletes by default
             es.indices.delete(index=",".join(names))
+        templates = es.indices.get_index_template(name="bp-monitor-bp_test_*")["index_templates"]
+        for template in templates:
+            es.indices.delete_index_template(name=template["name"])
     except Exception:  # cleanup only: a stack that went away has nothing left to tidy
         pass

@@ -1,0 +1,245 @@
+"""Integration tests of the stream job on the real broker and Elasticsearch: every sink by id,
+reconciliation, duplicates, a correction, a retraction, and a kill -9 followed by a restart."""
+
+from __future__ import annotations
+
+import copy
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import orjson
+import pytest
+from confluent_kafka import Producer
+from elasticsearch import Elasticsearch
+from pyspark.sql import SparkSession
+
+from bp_spark.config import Config, load_config
+from bp_spark.elastic import install_templates
+from bp_spark.generator import encode, make_patients, readings, window
+from bp_spark.pipeline import BatchRouter, start_query
+from bp_spark.sinks import Sinks
+
+ROOT = Path(__file__).resolve().parent.parent
+END = "2026-03-01T00:00:00+00:00"
+MIX = {"normotensive": 0.4, "elevated": 0.1, "stage_1": 0.1, "stage_2": 0.3, "hypotensive": 0.1}
+
+
+def stream_config(name: str, tmp_path: Path, **extra) -> Config:
+    overrides = {
+        "kafka.topic": name,
+        "elasticsearch.anomalies_index": f"{name}_anomalies",
+        "elasticsearch.alerts_index": f"{name}_alerts",
+        "elasticsearch.trends_index": f"{name}_trends",
+        "elasticsearch.deadletter_index": f"{name}_deadletter",
+        "elasticsearch.retry_backoff_s": 0.2,
+        "paths.archive_dir": str(tmp_path / "archive"),
+        "paths.checkpoint_dir": str(tmp_path / "checkpoint"),
+        "stream.trigger": "available-now",
+        **extra,
+    }
+    return load_config(env={}, overrides=overrides)
+
+
+def publish(config: Config, messages: list[tuple[bytes, bytes]]) -> list[tuple[int, int]]:
+    """Send and return each message's (partition, offset)."""
+    coordinates: dict[int, tuple[int, int]] = {}
+    producer = Producer({"bootstrap.servers": config.kafka.bootstrap_servers, "enable.idempotence": True})
+    for i, (key, value) in enumerate(messages):
+        producer.produce(config.kafka.topic, key=key, value=value,
+                         on_delivery=lambda err, msg, i=i: coordinates.__setitem__(i, (msg.partition(), msg.offset())))
+    assert producer.flush(30) == 0
+    return [coordinates[i] for i in range(len(messages))]
+
+
+def run_once(spark: SparkSession, config: Config, es: Elasticsearch) -> BatchRouter:
+    """Run the stream job's query with --trigger available-now, as the job wires it."""
+    e = config.elasticsearch
+    install_templates(es, {"anomalies": e.anomalies_index, "alerts": e.alerts_index, "deadletter": e.deadletter_index}, 0)
+    router = BatchRouter(config, Sinks(spark, config, es))
+    query = start_query(spark, config, router)
+    try:
+        query.awaitTermination(300)
+        assert query.exception() is None, query.exception()
+    finally:
+        query.stop()
+    return router
+
+
+def ids_in(es: Elasticsearch, index: str) -> dict[str, dict]:
+    if not es.indices.exists(index=index):
+        return {}
+    es.indices.refresh(index=index)
+    hits = es.search(index=index, size=10_000, query={"match_all": {}})["hits"]["hits"]
+    return {h["_id"]: h["_source"] for h in hits}
+
+
+def archive_lines(config: Config) -> list[bytes]:
+    root = Path(config.paths.archive_dir)
+    return [line for f in sorted(root.glob("patient_id=*/*.jsonl")) for line in f.read_bytes().splitlines()]
+
+
+def expectations(config: Config, values: list[bytes]) -> tuple[set[str], set[str], set[bytes]]:
+    """Abnormal ids, critical ids and normal payloads, worked out in plain Python from the messages."""
+    t = config.thresholds
+    abnormal, critical, normal = set(), set(), set()
+    for value in values:
+        obs = orjson.loads(value)
+        s, d = (c["valueQuantity"]["value"] for c in obs["component"])
+        if s > t.systolic_high or s < t.systolic_low or d > t.diastolic_high or d < t.diastolic_low:
+            abnormal.add(obs["id"])
+            if (s > t.crisis_systolic or d > t.crisis_diastolic
+                    or s < t.critical_low_systolic or d < t.critical_low_diastolic):
+                critical.add(obs["id"])
+        else:
+            normal.add(value)
+    return abnormal, critical, normal
+
+
+def generated(patients: int, days: int, seed: int, crisis_rate: float = 0.05) -> list[tuple[bytes, bytes]]:
+    start, end = window("", END, days)
+    return [encode(r) for r in readings(make_patients(patients, seed, MIX), start, end, 4, seed, crisis_rate, 0.03)]
+
+
+BAD_MESSAGES = [
+    (b"x", b"{this is not json", "not a JSON object"),
+    (b"x", b'{"resourceType": "Patient", "id": "p1"}', "not an Observation: resourceType Patient"),
+]
+
+
+def test_known_mix_reaches_every_sink_by_id_and_reconciles(
+    spark: SparkSession, es: Elasticsearch, kafka_admin, unique_name: str, tmp_path: Path
+) -> None:
+    config = stream_config(unique_name, tmp_path)
+    good = generated(patients=30, days=2, seed=5)
+    preliminary = orjson.loads(good[0][1])
+    preliminary.update(id="prelim-1", status="preliminary")
+    no_diastolic = orjson.loads(good[1][1])
+    no_diastolic.update(id="nodia-1", component=no_diastolic["component"][:1])
+    bad = [(k, v) for k, v, _ in BAD_MESSAGES] + [(b"p", orjson.dumps(preliminary)), (b"p", orjson.dumps(no_diastolic))]
+    reasons = [r for _, _, r in BAD_MESSAGES] + [
+        "status 'preliminary' is not processed (final, amended, corrected, entered-in-error are)",
+        "no diastolic component (LOINC 8462-4)"]
+    coordinates = publish(config, good + bad)
+
+    router = run_once(spark, config, es)
+
+    abnormal, critical, normal = expectations(config, [v for _, v in good])
+    assert abnormal and critical and normal  # the mix exercises every sink
+    anomalies = ids_in(es, config.elasticsearch.anomalies_index)
+    assert set(anomalies) == abnormal
+    sample = next(iter(anomalies.values()))
+    assert sample["anomaly_types"] and sample["kafka"]["topic"] == unique_name
+    assert sample["thresholds"]["systolic_high"] == 140.0 and sample["severity"] in ("warning", "critical")
+    assert set(ids_in(es, config.elasticsearch.alerts_index)) == critical
+    lines = archive_lines(config)
+    assert sorted(lines) == sorted(normal)  # byte-for-byte, each once
+    for path in Path(config.paths.archive_dir).glob("patient_id=*/*.jsonl"):
+        patient = path.parent.name.split("=", 1)[1]
+        assert all(orjson.loads(line)["subject"]["reference"] == f"Patient/{patient}"
+                   for line in path.read_bytes().splitlines())
+    dead = ids_in(es, config.elasticsearch.deadletter_index)
+    expected_dead = {f"{unique_name}-{p}-{o}": reason for (p, o), reason in zip(coordinates[len(good):], reasons)}
+    assert {doc_id: doc["reason"] for doc_id, doc in dead.items()} == expected_dead
+    assert {doc["raw"] for doc in dead.values()} == {v.decode() for _, v in bad}
+    # reconciliation: every consumed message is in exactly one sink
+    assert len(anomalies) + len(lines) + len(dead) == len(good) + len(bad)
+    assert router.last is not None
+
+
+def test_duplicates_and_replays_land_once(
+    spark: SparkSession, es: Elasticsearch, kafka_admin, unique_name: str, tmp_path: Path
+) -> None:
+    config = stream_config(unique_name, tmp_path)
+    good = generated(patients=10, days=1, seed=6)
+    publish(config, good + good[:5])  # five duplicates in the same batch
+    run_once(spark, config, es)
+    publish(config, good)  # every message again, in a later batch
+    run_once(spark, config, es)
+    abnormal, _, normal = expectations(config, [v for _, v in good])
+    assert set(ids_in(es, config.elasticsearch.anomalies_index)) == abnormal
+    assert sorted(archive_lines(config)) == sorted(normal)
+
+
+def _version(value: bytes, status: str, systolic: int, diastolic: int) -> bytes:
+    obs = copy.deepcopy(orjson.loads(value))
+    obs["status"] = status
+    obs["component"][0]["valueQuantity"]["value"] = systolic
+    obs["component"][1]["valueQuantity"]["value"] = diastolic
+    return orjson.dumps(obs)
+
+
+def test_corrections_move_observations_and_retractions_remove_them(
+    spark: SparkSession, es: Elasticsearch, kafka_admin, unique_name: str, tmp_path: Path
+) -> None:
+    config = stream_config(unique_name, tmp_path)
+    good = generated(patients=4, days=1, seed=7, crisis_rate=0)
+    key = good[0][0]
+    normal_then_crisis = _version(good[0][1], "final", 118, 76)
+    crisis_then_normal = _version(good[1][1], "final", 190, 125)
+    high_then_retracted = _version(good[2][1], "final", 160, 95)
+    publish(config, [(key, normal_then_crisis), (good[1][0], crisis_then_normal), (good[2][0], high_then_retracted)])
+    run_once(spark, config, es)
+    ids = [orjson.loads(v)["id"] for v in (normal_then_crisis, crisis_then_normal, high_then_retracted)]
+    assert set(ids_in(es, config.elasticsearch.anomalies_index)) == {ids[1], ids[2]}
+    assert set(ids_in(es, config.elasticsearch.alerts_index)) == {ids[1]}
+    assert archive_lines(config) == [normal_then_crisis]
+
+    corrected_up = _version(normal_then_crisis, "corrected", 186, 118)
+    corrected_down = _version(crisis_then_normal, "amended", 121, 78)
+    retraction = orjson.loads(high_then_retracted)
+    retraction["status"] = "entered-in-error"
+    publish(config, [(key, corrected_up), (good[1][0], corrected_down), (good[2][0], orjson.dumps(retraction))])
+    run_once(spark, config, es)
+
+    anomalies = ids_in(es, config.elasticsearch.anomalies_index)
+    assert set(anomalies) == {ids[0]}
+    assert anomalies[ids[0]]["status"] == "corrected" and anomalies[ids[0]]["systolic"] == 186.0
+    assert set(ids_in(es, config.elasticsearch.alerts_index)) == {ids[0]}
+    assert archive_lines(config) == [corrected_down]  # the old normal version is gone from the archive
+    assert not list(Path(config.paths.archive_dir).glob("_rewrite/*"))
+
+
+def test_kill_minus_nine_mid_stream_then_restart_gives_each_observation_once(
+    es: Elasticsearch, kafka_admin, unique_name: str, tmp_path: Path
+) -> None:
+    config = stream_config(unique_name, tmp_path)
+    good = generated(patients=100, days=30, seed=8)  # 12,000 observations
+    publish(config, good)
+    env = {**os.environ, "SPARK_LOCAL_IP": "127.0.0.1",
+           "BP_KAFKA_TOPIC": unique_name,
+           "BP_ELASTICSEARCH_ANOMALIES_INDEX": config.elasticsearch.anomalies_index,
+           "BP_ELASTICSEARCH_ALERTS_INDEX": config.elasticsearch.alerts_index,
+           "BP_ELASTICSEARCH_TRENDS_INDEX": config.elasticsearch.trends_index,
+           "BP_ELASTICSEARCH_DEADLETTER_INDEX": config.elasticsearch.deadletter_index,
+           "BP_PATHS_ARCHIVE_DIR": config.paths.archive_dir,
+           "BP_PATHS_CHECKPOINT_DIR": config.paths.checkpoint_dir}
+    command = [sys.executable, str(ROOT / "jobs" / "stream.py"), "--trigger", "available-now",
+               "--max-offsets-per-trigger", "1500"]
+    log_path = tmp_path / "first.log"
+    with open(log_path, "wb") as log:
+        first = subprocess.Popen(command, env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
+        deadline = time.monotonic() + 180
+        while "batch 2:" not in log_path.read_text(errors="replace"):
+            assert first.poll() is None, log_path.read_text()[-3000:]
+            assert time.monotonic() < deadline, "the job did not get through two batches in time"
+            time.sleep(0.2)
+        time.sleep(1.0)  # somewhere inside the next batch
+        os.killpg(first.pid, signal.SIGKILL)
+        first.wait()
+    assert first.returncode == -signal.SIGKILL
+    partial = len(archive_lines(config))
+    abnormal, critical, normal = expectations(config, [v for _, v in good])
+    assert 0 < partial < len(normal)  # killed mid-stream
+
+    second = subprocess.run(command, env=env, capture_output=True, text=True, timeout=600)
+    assert second.returncode == 0, second.stderr[-3000:]
+    assert set(ids_in(es, config.elasticsearch.anomalies_index)) == abnormal
+    assert set(ids_in(es, config.elasticsearch.alerts_index)) == critical
+    lines = archive_lines(config)
+    assert len(lines) == len(normal)
+    assert set(lines) == normal
+    assert not list(Path(config.paths.archive_dir).glob("_staging/batch=*"))
