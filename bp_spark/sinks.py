@@ -16,6 +16,7 @@ replays the batch from the checkpoint.
 from __future__ import annotations
 
 import logging
+import re
 import time
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
@@ -42,13 +43,31 @@ class SinkUnavailable(RuntimeError):
     """A sink kept refusing writes after every retry; the batch was not completed."""
 
 
+_CAUSES = (
+    re.compile(r"EsHadoopRemoteException: ([^\n]+)"),
+    re.compile(r"(EsHadoop\w*Exception: [^\n]+)"),
+    re.compile(r"Caused by: ([^\n]+)"),
+)
+
+
+def summarise(exc: BaseException) -> str:
+    """The line of a (possibly Java) error that says what went wrong, not where."""
+    text = str(exc)
+    for pattern in _CAUSES:
+        match = pattern.search(text)
+        if match:
+            return match.group(1).strip()[:300]
+    first = text.strip().splitlines()[0] if text.strip() else type(exc).__name__
+    return first[:300]
+
+
 def with_retries(action: Callable[[], object], what: str, retries: int, backoff_s: float) -> object:
     """Run ``action``; on failure wait ``backoff_s``, 2x, 4x ... and try again, ``retries`` times."""
     for attempt in range(retries + 1):
         try:
             return action()
         except RETRYABLE as exc:
-            summary = str(exc).strip().splitlines()[0][:300] if str(exc).strip() else type(exc).__name__
+            summary = summarise(exc)
             if attempt == retries:
                 raise SinkUnavailable(
                     f"{what} failed {retries + 1} times; last error: {summary}. The batch was not completed; "

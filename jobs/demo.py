@@ -2,10 +2,14 @@
 
     python jobs/demo.py
 
-It checks the broker and Elasticsearch, publishes the reference workload with the
-generator job (200 patients x 30 days x 4 readings), starts Spark with the Kafka source and
-the Elasticsearch connector, and reports what each sink holds. The stream job joins this run
-when it lands.
+1. checks Kafka and Elasticsearch;
+2. publishes the reference workload with the generator job (200 patients x 30 days x 4
+   readings) and three unreadable messages, to show the dead letter;
+3. runs the stream job with ``--trigger available-now`` on ``var/checkpoints``;
+4. prints what each sink holds: counts per sink and per category.
+
+Run it again and the stream job resumes from its checkpoint: the same observations (same id,
+same bytes) are not stored twice.
 """
 
 from __future__ import annotations
@@ -13,15 +17,89 @@ from __future__ import annotations
 import subprocess
 import sys
 import time
+from collections import Counter
 from pathlib import Path
 
-from confluent_kafka import KafkaException
-from confluent_kafka.admin import AdminClient
+import orjson
+from confluent_kafka import KafkaException, Producer, TopicPartition
+from confluent_kafka import Consumer
+from elasticsearch import Elasticsearch
 
-from bp_spark.config import ConfigError, load_config
+from bp_spark.config import Config, ConfigError, load_config
 from bp_spark.elastic import ElasticsearchUnavailable, make_client, probe_cluster
-from bp_spark.session import build_session
+from bp_spark.generator import aha_category
 from bp_spark.versions import elasticsearch_version
+
+JOBS = Path(__file__).resolve().parent
+UNREADABLE = [
+    b'{"resourceType": "Observation", "id": "demo-broken", "status": "final"',
+    b'{"resourceType": "Observation", "id": "demo-preliminary", "status": "preliminary"}',
+    b'{"resourceType": "Patient", "id": "demo-patient"}',
+]
+
+
+def step(message: str) -> None:
+    print(f"\n== demo: {message}", flush=True)
+
+
+def topic_size(config: Config) -> int:
+    """Messages on the topic now (sum over partitions of high minus low watermark)."""
+    consumer = Consumer({"bootstrap.servers": config.kafka.bootstrap_servers, "group.id": "bp-demo-size"})
+    try:
+        partitions = consumer.list_topics(config.kafka.topic, timeout=10).topics[config.kafka.topic].partitions
+        total = 0
+        for p in partitions:
+            low, high = consumer.get_watermark_offsets(TopicPartition(config.kafka.topic, p), timeout=10)
+            total += high - low
+        return total
+    finally:
+        consumer.close()
+
+
+def count(es: Elasticsearch, index: str) -> int:
+    if not es.indices.exists(index=index):
+        return 0
+    es.indices.refresh(index=index)
+    return es.count(index=index)["count"]
+
+
+def terms(es: Elasticsearch, index: str, field: str) -> list[tuple[str, int]]:
+    if not es.indices.exists(index=index):
+        return []
+    result = es.search(index=index, size=0, aggs={"t": {"terms": {"field": field, "size": 20}}})
+    return [(b["key"], b["doc_count"]) for b in result["aggregations"]["t"]["buckets"]]
+
+
+def summary(config: Config, es: Elasticsearch, started: float) -> None:
+    e = config.elasticsearch
+    archive = Path(config.paths.archive_dir)
+    lines = [line for f in archive.glob("patient_id=*/*.jsonl") for line in f.read_bytes().splitlines()]
+    normal_categories: Counter = Counter()
+    for line in lines:
+        s, d = (c["valueQuantity"]["value"] for c in orjson.loads(line)["component"])
+        normal_categories[aha_category(s, d)] += 1
+    anomalies, alerts, dead = count(es, e.anomalies_index), count(es, e.alerts_index), count(es, e.deadletter_index)
+    on_topic = topic_size(config)
+
+    print("\nsummary")
+    print(f"  topic {config.kafka.topic}: {on_topic:,} messages")
+    print(f"  {e.anomalies_index:<32} {anomalies:>8,}  abnormal readings")
+    for category, n in terms(es, e.anomalies_index, "category"):
+        print(f"      {category:<28} {n:>8,}")
+    for kind, n in terms(es, e.anomalies_index, "anomaly_types"):
+        print(f"      rule {kind:<23} {n:>8,}")
+    print(f"  {e.alerts_index:<32} {alerts:>8,}  critical readings")
+    print(f"  {str(archive) + '/':<32} {len(lines):>8,}  normal readings, "
+          f"{len(list(archive.glob('patient_id=*')))} patients")
+    for category, n in normal_categories.most_common():
+        print(f"      {category:<28} {n:>8,}")
+    print(f"  {e.deadletter_index:<32} {dead:>8,}  unreadable messages")
+    for reason, n in terms(es, e.deadletter_index, "reason"):
+        print(f"      {reason[:60]:<60} {n:>4,}")
+    stored = anomalies + len(lines) + dead
+    print(f"  reconciliation: {anomalies:,} + {len(lines):,} + {dead:,} = {stored:,} stored for {on_topic:,} messages"
+          + (f" ({on_topic - stored:,} duplicates of stored messages dropped)" if on_topic > stored else ""))
+    print(f"  elapsed {time.monotonic() - started:.0f} s")
 
 
 def main() -> int:
@@ -30,42 +108,32 @@ def main() -> int:
         config = load_config()
         es = make_client(config.elasticsearch.url)
         cluster = probe_cluster(es, config.elasticsearch.url, int(elasticsearch_version().split(".")[0]))
-        admin = AdminClient({"bootstrap.servers": config.kafka.bootstrap_servers})
-        topics = admin.list_topics(timeout=15).topics
+        producer = Producer({"bootstrap.servers": config.kafka.bootstrap_servers})
+        producer.list_topics(timeout=15)
     except (ConfigError, ElasticsearchUnavailable) as exc:
         print(f"demo: {exc}", file=sys.stderr)
         return 1
     except KafkaException as exc:
-        print(f"demo: Kafka at {config.kafka.bootstrap_servers} did not answer ({exc}); run `make up`.",
-              file=sys.stderr)
+        print(f"demo: Kafka at {config.kafka.bootstrap_servers} did not answer ({exc}); run `make up`.", file=sys.stderr)
         return 1
+    print(f"demo: Kafka at {config.kafka.bootstrap_servers}, Elasticsearch {cluster.version} at {config.elasticsearch.url}")
 
-    print(f"demo: Kafka at {config.kafka.bootstrap_servers}: {len(topics)} topics")
-    print(f"demo: Elasticsearch {cluster.version} at {config.elasticsearch.url} (cluster {cluster.name})")
-    print(f"demo: publishing the reference workload to topic {config.kafka.topic}")
-    generator = subprocess.run([sys.executable, str(Path(__file__).with_name("generate.py"))])
-    if generator.returncode != 0:
+    step(f"publishing the reference workload to topic {config.kafka.topic}")
+    if subprocess.run([sys.executable, str(JOBS / "generate.py")]).returncode != 0:
         print("demo: the generator failed (see above)", file=sys.stderr)
         return 1
-    print("demo: starting Spark with the Kafka source and the Elasticsearch connector "
-          "(the first run downloads them)")
-    spark = build_session("bp-monitor-demo", {"spark.master": "local[2]"})
-    try:
-        loader = spark.sparkContext._jvm.java.lang.Thread.currentThread().getContextClassLoader()
-        for source in ("org.apache.spark.sql.kafka010.KafkaSourceProvider", "org.elasticsearch.spark.sql.DefaultSource"):
-            loader.loadClass(source)  # fails loudly if a connector is missing
-        print(f"demo: Spark {spark.version} up, UI at {spark.sparkContext.uiWebUrl}; both connectors loaded")
-    finally:
-        spark.stop()
+    for i, value in enumerate(UNREADABLE):
+        producer.produce(config.kafka.topic, key=f"demo-bad-{i}", value=value)
+    producer.flush(30)
+    print(f"and {len(UNREADABLE)} unreadable messages")
 
-    print("\nsummary")
-    topic = admin.list_topics(config.kafka.topic, timeout=15).topics[config.kafka.topic]
-    print(f"  topic {config.kafka.topic:<32} {len(topic.partitions)} partitions")
-    for index in (config.elasticsearch.anomalies_index, config.elasticsearch.alerts_index,
-                  config.elasticsearch.trends_index, config.elasticsearch.deadletter_index):
-        count = es.count(index=index)["count"] if es.indices.exists(index=index) else 0
-        print(f"  index {index:<32} {count} documents")
-    print(f"  elapsed {time.monotonic() - started:.0f} s")
+    step("running the stream job (--trigger available-now)")
+    stream = subprocess.run([sys.executable, str(JOBS / "stream.py"), "--trigger", "available-now"])
+    if stream.returncode != 0:
+        print("demo: the stream job failed (see above)", file=sys.stderr)
+        return 1
+
+    summary(config, es, started)
     return 0
 
 

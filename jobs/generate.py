@@ -227,6 +227,8 @@ def main(argv: list[str] | None = None) -> int:
                         help="keep publishing readings taken now at --rate until stopped (Ctrl-C)")
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s", stream=sys.stderr)
+    for chatty in ("py4j", "elastic_transport"):  # one line per request or callback otherwise
+        logging.getLogger(chatty).setLevel(logging.WARNING)
     try:
         config = load_config_from_args(args)
         if args.live and config.generator.rate == 0:

@@ -41,6 +41,8 @@ def main(argv: list[str] | None = None) -> int:
                         help="read, parse and classify only; write nothing (measures the machine's ceiling)")
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s", stream=sys.stderr)
+    for chatty in ("py4j", "elastic_transport"):  # one line per request or callback otherwise
+        logging.getLogger(chatty).setLevel(logging.WARNING)
     try:
         config = load_config_from_args(args)
         es = make_client(config.elasticsearch.url)

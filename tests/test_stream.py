@@ -15,6 +15,7 @@ import orjson
 import pytest
 from confluent_kafka import Producer
 from elasticsearch import Elasticsearch
+from pyspark.errors import StreamingQueryException
 from pyspark.sql import SparkSession
 
 from bp_spark.config import Config, load_config
@@ -243,3 +244,35 @@ def test_kill_minus_nine_mid_stream_then_restart_gives_each_observation_once(
     assert len(lines) == len(normal)
     assert set(lines) == normal
     assert not list(Path(config.paths.archive_dir).glob("_staging/batch=*"))
+
+
+def test_refused_writes_are_retried_then_stop_the_job_and_a_restart_completes(
+    spark: SparkSession, es: Elasticsearch, kafka_admin, unique_name: str, tmp_path: Path, caplog
+) -> None:
+    config = stream_config(unique_name, tmp_path, **{"elasticsearch.write_retries": 2})
+    good = generated(patients=10, days=1, seed=9)
+    publish(config, good)
+    # A read-only anomaly index, as Elasticsearch makes it when a disk fills up.
+    es.indices.create(index=config.elasticsearch.anomalies_index, settings={"number_of_replicas": 0})
+    es.indices.put_settings(index=config.elasticsearch.anomalies_index, settings={"index.blocks.write": True})
+
+    e = config.elasticsearch
+    install_templates(es, {"anomalies": e.anomalies_index, "alerts": e.alerts_index, "deadletter": e.deadletter_index}, 0)
+    query = start_query(spark, config, BatchRouter(config, Sinks(spark, config, es)))
+    try:
+        with pytest.raises(StreamingQueryException) as failure:
+            query.awaitTermination(300)
+    finally:
+        query.stop()
+    message = str(failure.value)
+    assert "anomalies failed 3 times; last error: cluster_block_exception" in message
+    assert "restart the job on the same checkpoint" in message
+    retries = [r.message for r in caplog.records if "retrying in" in r.message]
+    assert len(retries) == 2 and "attempt 1 of 3" in retries[0]
+    assert archive_lines(config) == []  # the archive holds none of the failed batch
+
+    es.indices.put_settings(index=config.elasticsearch.anomalies_index, settings={"index.blocks.write": False})
+    run_once(spark, config, es)
+    abnormal, _, normal = expectations(config, [v for _, v in good])
+    assert set(ids_in(es, config.elasticsearch.anomalies_index)) == abnormal
+    assert sorted(archive_lines(config)) == sorted(normal)
