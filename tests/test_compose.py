@@ -55,3 +55,12 @@ def test_compose_file_is_a_self_contained_full_stack() -> None:
     assert services["stream"]["command"][0] == "spark-submit"
     assert "jobs/stream.py" in services["stream"]["command"]
     assert (ROOT / services["generator"]["build"] / "Dockerfile").is_file()
+
+
+def test_compose_stream_job_gets_the_same_connectors_as_the_jobs() -> None:
+    from bp_spark.versions import connector_conf
+
+    doc = yaml.safe_load(_interpolate(COMPOSE.read_text(), read_env_file()))
+    command = doc["services"]["stream"]["command"]
+    confs = dict(arg.split("=", 1) for arg in command if arg.startswith("spark.jars."))
+    assert confs == connector_conf()

@@ -22,7 +22,7 @@ def test_defaults_match_the_design_contracts() -> None:
     t = config.thresholds
     assert (t.systolic_high, t.systolic_low, t.diastolic_high, t.diastolic_low) == (140.0, 90.0, 90.0, 60.0)
     assert isinstance(t.systolic_high, float)
-    assert config.kafka.max_offsets_per_trigger == 0
+    assert config.kafka.max_offsets_per_trigger == 100_000
 
 
 def test_config_is_frozen() -> None:

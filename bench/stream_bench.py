@@ -1,0 +1,204 @@
+"""Benchmark of the stream job on the local stack (`make up` first).
+
+    .venv/bin/python bench/stream_bench.py [--observations 1000000] [--repeats 3]
+
+1. publishes N generator observations to a fresh topic;
+2. runs `python jobs/stream.py --trigger available-now` on them, each run on a fresh
+   checkpoint, archive and indices: end-to-end observations/s (process start to exit, Spark
+   start-up included), the rate inside the batches, and the peak memory (RSS of the job's
+   process tree: Python driver plus JVM);
+3. the same job with --no-sinks (Kafka read + parse + classify + de-duplicate, nothing
+   written): the machine's ceiling;
+4. a plain Python consumer doing the prototype's work (json.loads, if/else, one Elasticsearch
+   call per anomaly, one file append per normal reading) on the same topic, for
+   --prototype-seconds, and its rate.
+
+Prints medians of the repeats and the ratios.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import importlib.util
+import io
+import json
+import os
+import re
+import shutil
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+import uuid
+from pathlib import Path
+
+from confluent_kafka import Consumer
+from confluent_kafka.admin import AdminClient
+
+from bp_spark.config import load_config
+from bp_spark.elastic import make_client
+
+ROOT = Path(__file__).resolve().parent.parent
+_spec = importlib.util.spec_from_file_location("generate_job", ROOT / "jobs" / "generate.py")
+generate_job = importlib.util.module_from_spec(_spec)
+_spec.loader.exec_module(generate_job)
+BATCH_LINE = re.compile(r"batch \d+: (\d+) rows in ([\d.]+) s")
+
+
+def publish(topic: str, observations: int) -> None:
+    patients = 1000
+    config = load_config(overrides={"kafka.topic": topic, "generator.patients": patients,
+                                    "generator.days": -(-observations // (patients * 4)),
+                                    "generator.count": observations, "generator.end": "2026-03-01T00:00:00+00:00"})
+    with contextlib.redirect_stderr(io.StringIO()):
+        assert generate_job.run(config, dry_run=False, live=False) == 0
+
+
+def tree_rss_bytes(pid: int) -> int:
+    """Resident memory of ``pid`` and all its descendants."""
+    children: dict[int, list[int]] = {}
+    rss: dict[int, int] = {}
+    for entry in os.listdir("/proc"):
+        if not entry.isdigit():
+            continue
+        try:
+            with open(f"/proc/{entry}/stat") as f:
+                fields = f.read().rsplit(")", 1)[1].split()
+            children.setdefault(int(fields[1]), []).append(int(entry))
+            rss[int(entry)] = int(fields[21]) * os.sysconf("SC_PAGE_SIZE")
+        except (FileNotFoundError, ProcessLookupError, IndexError):
+            continue
+    total, stack = 0, [pid]
+    while stack:
+        p = stack.pop()
+        total += rss.get(p, 0)
+        stack.extend(children.get(p, []))
+    return total
+
+
+def run_job(topic: str, observations: int, no_sinks: bool, workdir: Path) -> dict:
+    name = f"bench_{uuid.uuid4().hex[:8]}"
+    env = {**os.environ, "SPARK_LOCAL_IP": "127.0.0.1", "BP_KAFKA_TOPIC": topic,
+           "BP_ELASTICSEARCH_ANOMALIES_INDEX": f"{name}_anomalies", "BP_ELASTICSEARCH_ALERTS_INDEX": f"{name}_alerts",
+           "BP_ELASTICSEARCH_TRENDS_INDEX": f"{name}_trends", "BP_ELASTICSEARCH_DEADLETTER_INDEX": f"{name}_deadletter",
+           "BP_PATHS_ARCHIVE_DIR": str(workdir / name / "archive"),
+           "BP_PATHS_CHECKPOINT_DIR": str(workdir / name / "checkpoint")}
+    command = [sys.executable, str(ROOT / "jobs" / "stream.py"), "--trigger", "available-now"]
+    if no_sinks:
+        command.append("--no-sinks")
+    log_path = workdir / f"{name}.log"
+    peak = 0
+    started = time.perf_counter()
+    with open(log_path, "wb") as log:
+        proc = subprocess.Popen(command, env=env, stdout=log, stderr=subprocess.STDOUT)
+        while proc.poll() is None:
+            peak = max(peak, tree_rss_bytes(proc.pid))
+            time.sleep(0.2)
+    elapsed = time.perf_counter() - started
+    text = log_path.read_text(errors="replace")
+    if proc.returncode != 0:
+        raise SystemExit(f"stream job failed:\n{text[-3000:]}")
+    batches = [(int(rows), float(seconds)) for rows, seconds in BATCH_LINE.findall(text)]
+    rows = sum(r for r, _ in batches)
+    assert rows == observations, f"the job saw {rows} rows, expected {observations}"
+    in_batches = sum(s for r, s in batches if r)
+    es = make_client(load_config().elasticsearch.url)
+    stored = 0
+    if not no_sinks:
+        es.indices.refresh(index=f"{name}_anomalies")
+        stored = es.count(index=f"{name}_anomalies")["count"]
+        stored += sum(1 for f in (workdir / name / "archive").glob("patient_id=*/*.jsonl")
+                      for _ in f.open("rb"))
+        assert stored == observations, f"sinks hold {stored}, expected {observations}"
+    names = [n for n in es.indices.get(index=f"{name}_*", allow_no_indices=True)]
+    if names:
+        es.indices.delete(index=",".join(names))
+    shutil.rmtree(workdir / name, ignore_errors=True)
+    return {"e2e": observations / elapsed, "in_batches": rows / in_batches, "peak_mb": peak / 2**20, "seconds": elapsed}
+
+
+def prototype_consumer(topic: str, seconds: float, workdir: Path) -> float:
+    """The prototype's way: one Elasticsearch call per anomaly, one file append per normal reading."""
+    config = load_config()
+    es = make_client(config.elasticsearch.url)
+    index = f"bench_proto_{uuid.uuid4().hex[:8]}"
+    out = workdir / index
+    out.mkdir()
+    consumer = Consumer({"bootstrap.servers": config.kafka.bootstrap_servers, "group.id": index,
+                         "auto.offset.reset": "earliest", "enable.auto.commit": False})
+    consumer.subscribe([topic])
+    done = 0
+    started = None
+    try:
+        while True:
+            msg = consumer.poll(1.0)
+            if msg is None:
+                if started is not None:
+                    break
+                continue
+            if started is None:
+                started = time.perf_counter()
+            obs = json.loads(msg.value())
+            s, d = (c["valueQuantity"]["value"] for c in obs["component"])
+            patient = obs["subject"]["reference"].split("/")[-1]
+            if s > 140 or s < 90 or d > 90 or d < 60:
+                es.index(index=index, id=obs["id"], document={"patient_id": patient, "systolic": s, "diastolic": d,
+                                                              "effective_time": obs["effectiveDateTime"]})
+            else:
+                with open(out / f"{patient}.json", "a") as f:
+                    f.write(json.dumps(obs) + "\n")
+            done += 1
+            if time.perf_counter() - started > seconds:
+                break
+        rate = done / (time.perf_counter() - started)
+    finally:
+        consumer.close()
+        with contextlib.suppress(Exception):
+            es.indices.delete(index=index)
+        shutil.rmtree(out, ignore_errors=True)
+    return rate
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--observations", type=int, default=1_000_000)
+    parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument("--prototype-seconds", type=float, default=60.0)
+    args = parser.parse_args()
+    bootstrap = load_config().kafka.bootstrap_servers
+    topic = f"bench_stream_{uuid.uuid4().hex[:8]}"
+    workdir = Path(tempfile.mkdtemp(prefix="bp-bench-"))
+    try:
+        t0 = time.perf_counter()
+        publish(topic, args.observations)
+        print(f"published {args.observations:,} observations to {topic} in {time.perf_counter() - t0:.1f} s", flush=True)
+        full, bare, proto = [], [], []
+        for i in range(args.repeats):
+            full.append(run_job(topic, args.observations, False, workdir))
+            bare.append(run_job(topic, args.observations, True, workdir))
+            proto.append(prototype_consumer(topic, args.prototype_seconds, workdir))
+            print(f"run {i + 1}: job {full[-1]['e2e']:,.0f} obs/s end to end ({full[-1]['seconds']:.0f} s, "
+                  f"peak {full[-1]['peak_mb']:,.0f} MB); no sinks {bare[-1]['e2e']:,.0f} obs/s; "
+                  f"prototype {proto[-1]:,.0f} obs/s", flush=True)
+    finally:
+        AdminClient({"bootstrap.servers": bootstrap}).delete_topics([topic])
+        shutil.rmtree(workdir, ignore_errors=True)
+
+    def med(runs: list[dict], key: str) -> float:
+        return statistics.median(r[key] for r in runs)
+
+    print(f"\nstream benchmark: {args.observations:,} observations, {args.repeats} runs, medians")
+    print(f"  stream job, all sinks      end to end {med(full, 'e2e'):>9,.0f} obs/s   inside batches "
+          f"{med(full, 'in_batches'):>9,.0f} obs/s   peak memory {med(full, 'peak_mb'):,.0f} MB")
+    print(f"  stream job, no sinks       end to end {med(bare, 'e2e'):>9,.0f} obs/s   inside batches "
+          f"{med(bare, 'in_batches'):>9,.0f} obs/s   peak memory {med(bare, 'peak_mb'):,.0f} MB")
+    print(f"  prototype-style consumer   {statistics.median(proto):>9,.0f} obs/s (first {args.prototype_seconds:.0f} s of the topic)")
+    print(f"  ratio, stream job vs prototype: {med(full, 'e2e') / statistics.median(proto):,.1f}x")
+    print(f"  sinks' share of the ceiling: {med(full, 'e2e') / med(bare, 'e2e'):.0%}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
