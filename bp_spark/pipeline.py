@@ -10,7 +10,9 @@ from __future__ import annotations
 
 import logging
 import time
-from dataclasses import dataclass
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass, field
 
 from pyspark.sql import DataFrame, SparkSession, Window
 from pyspark.sql import functions as F
@@ -81,12 +83,24 @@ class BatchStats:
     dead_letters: int = 0
     updates: int = 0
     seconds: float = 0.0
+    steps: dict[str, float] = field(default_factory=dict)
 
     def line(self) -> str:
         rate = self.rows / self.seconds if self.seconds else 0.0
+        steps = ", ".join(f"{name} {seconds:.1f}" for name, seconds in self.steps.items())
         return (f"batch {self.batch_id}: {self.rows} rows in {self.seconds:.2f} s ({rate:,.0f} rows/s); "
                 f"anomalies {self.anomalies}, alerts {self.alerts}, normals {self.normals}, "
-                f"dead letters {self.dead_letters}, corrections/retractions {self.updates}")
+                f"dead letters {self.dead_letters}, corrections/retractions {self.updates}"
+                + (f"; seconds per step: {steps}" if steps else ""))
+
+
+@contextmanager
+def timed(stats: BatchStats, step: str) -> Iterator[None]:
+    started = time.monotonic()
+    try:
+        yield
+    finally:
+        stats.steps[step] = stats.steps.get(step, 0.0) + time.monotonic() - started
 
 
 class BatchRouter:
@@ -108,9 +122,22 @@ class BatchRouter:
         self.last = stats
         log.info(stats.line())
 
+    def _clear_earlier_versions(self, ok_df: DataFrame, batch_id: int) -> DataFrame:
+        """Corrections and retractions: keep each id's last version in this batch, and clear the
+        earlier version from wherever it was stored, before the new one is written."""
+        latest_df = latest_versions(ok_df)
+        updated = latest_df.where(is_update(F.col("status"))).select("observation_id", "patient_id").collect()
+        self.sinks.delete_documents([r.observation_id for r in updated], batch_id)
+        by_patient: dict[str, set[str]] = {}
+        for r in updated:
+            by_patient.setdefault(r.patient_id, set()).add(r.observation_id)
+        self.sinks.remove_from_archive(by_patient, batch_id)
+        return latest_df
+
     def _route(self, batch_df: DataFrame, batch_id: int) -> BatchStats:
         usable = F.col("error").isNull()
         live = usable & (F.col("status") != RETRACTED_STATUS)
+        started = time.monotonic()
         counts = batch_df.agg(
             F.count(F.lit(1)).alias("rows"),
             F.count(F.when(~usable, 1)).alias("dead"),
@@ -121,32 +148,30 @@ class BatchRouter:
         ).first()
         stats = BatchStats(batch_id, counts.rows, counts.anomalies, counts.alerts, counts.normals, counts.dead,
                            counts.updates)
+        stats.steps["read+parse"] = time.monotonic() - started
         if self.sinks is None or stats.rows == 0:
             return stats
 
         ok_df = batch_df.where(usable)
         if stats.updates:
-            # Corrections and retractions: take each id's last version in this batch, and clear the
-            # earlier version from wherever it was stored before writing the new one.
-            ok_df = latest_versions(ok_df)
-            updated = ok_df.where(is_update(F.col("status"))).select("observation_id", "patient_id").collect()
-            self.sinks.delete_documents([r.observation_id for r in updated], batch_id)
-            by_patient: dict[str, set[str]] = {}
-            for r in updated:
-                by_patient.setdefault(r.patient_id, set()).add(r.observation_id)
-            self.sinks.remove_from_archive(by_patient, batch_id)
+            with timed(stats, "corrections"):
+                ok_df = self._clear_earlier_versions(ok_df, batch_id)
         current_df = ok_df.where(F.col("status") != RETRACTED_STATUS)
 
-        # Elasticsearch first, the archive last: if Elasticsearch refuses the batch, the archive
-        # holds none of it, and the replay after a restart writes everything once.
+        # Elasticsearch first (one pass for all three indices), the archive last: if Elasticsearch
+        # refuses the batch, the archive holds none of it, and the replay writes everything once.
+        docs = {}
         if stats.dead_letters:
-            self.sinks.write_deadletters(batch_df.where(~usable), batch_id)
+            docs["dead letters"] = self.sinks.deadletter_docs(batch_df.where(~usable), batch_id)
         if stats.anomalies:
-            self.sinks.write_anomalies(current_df.where(F.col("is_anomaly")), batch_id)
+            docs["anomalies"] = self.sinks.anomaly_docs(current_df.where(F.col("is_anomaly")), batch_id)
         if stats.alerts:
-            self.sinks.write_alerts(current_df.where(F.col("severity") == CRITICAL), batch_id)
+            docs["alerts"] = self.sinks.alert_docs(current_df.where(F.col("severity") == CRITICAL), batch_id)
+        with timed(stats, "elasticsearch"):
+            self.sinks.write_documents(docs, batch_id)
         if stats.normals:
-            self.sinks.write_archive(current_df.where(~F.col("is_anomaly")), batch_id)
+            with timed(stats, "archive"):
+                self.sinks.write_archive(current_df.where(~F.col("is_anomaly")), batch_id)
         return stats
 
 
@@ -157,6 +182,9 @@ def start_query(spark: SparkSession, config: Config, router: BatchRouter) -> Str
     spark.conf.set("spark.sql.streaming.stateStore.providerClass",
                    "org.apache.spark.sql.execution.streaming.state.RocksDBStateStoreProvider")
     spark.conf.set("spark.sql.shuffle.partitions", str(config.stream.state_partitions))
+    # Each micro-batch is cached once and read by every sink; compressing that short-lived
+    # cache costs more CPU than the memory it saves (measured: +3.0 s vs +1.5 s per 200k rows).
+    spark.conf.set("spark.sql.inMemoryColumnarStorage.compressed", "false")
     writer = (
         readings_stream(kafka_source(spark, config), config)
         .writeStream.queryName("bp_monitor")

@@ -16,10 +16,12 @@ replays the batch from the checkpoint.
 from __future__ import annotations
 
 import logging
+import os
 import re
 import time
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
+from pathlib import Path
 
 from elastic_transport import TransportError
 from elasticsearch import Elasticsearch
@@ -85,12 +87,12 @@ def one_line(raw: Column) -> Column:
     return F.regexp_replace(raw, r"[\r\n]+", " ")
 
 
-def kafka_struct(with_timestamp: bool = False) -> Column:
-    fields = [F.col("kafka_topic").alias("topic"), F.col("kafka_partition").alias("partition"),
-              F.col("kafka_offset").alias("offset")]
-    if with_timestamp:
-        fields.append(F.col("kafka_timestamp").alias("timestamp"))
-    return F.struct(*fields)
+def _provenance(batch_id: int) -> list[Column]:
+    """Where a document came from: its Kafka record, the batch, and when it was written."""
+    kafka = F.struct(F.col("kafka_topic").alias("topic"), F.col("kafka_partition").alias("partition"),
+                     F.col("kafka_offset").alias("offset"), F.col("kafka_timestamp").alias("timestamp"))
+    return [kafka.alias("kafka"), F.lit(batch_id).cast("long").alias("batch_id"),
+            F.current_timestamp().alias("processed_at")]
 
 
 @dataclass
@@ -116,48 +118,52 @@ class Sinks:
         es = self.config.elasticsearch
         return with_retries(action, what, es.write_retries, es.retry_backoff_s)
 
-    def _save(self, df: DataFrame, index: str, id_column: str, what: str) -> None:
-        writer = (df.write.format(ES_FORMAT).options(**self._es_options)
-                  .option("es.mapping.id", id_column).mode("append"))
-        self._retry(lambda: writer.save(index), what)
-
-    def write_anomalies(self, abnormal_df: DataFrame, batch_id: int) -> None:
+    def anomaly_docs(self, abnormal_df: DataFrame, batch_id: int) -> DataFrame:
         """Abnormal readings with what was detected, ``_id`` = Observation.id."""
         t = self.config.thresholds
         thresholds = F.struct(*[F.lit(float(getattr(t, name))).alias(name) for name in (
             "systolic_high", "systolic_low", "diastolic_high", "diastolic_low", "crisis_systolic",
             "crisis_diastolic", "critical_low_systolic", "critical_low_diastolic")])
-        docs_df = abnormal_df.select(
+        return abnormal_df.select(
+            F.lit(self.config.elasticsearch.anomalies_index).alias("_target"), F.col("observation_id").alias("_doc_id"),
             "observation_id", "patient_id", "status", "effective_time", "systolic", "diastolic",
-            "anomaly_types", "category", "severity", "interpretation",
-            thresholds.alias("thresholds"), kafka_struct().alias("kafka"),
-            F.lit(batch_id).cast("long").alias("batch_id"), F.current_timestamp().alias("processed_at"),
+            "anomaly_types", "category", "severity", "interpretation", thresholds.alias("thresholds"),
+            *_provenance(batch_id),
         )
-        self._save(docs_df, self.config.elasticsearch.anomalies_index, "observation_id", f"batch {batch_id}: anomalies")
 
-    def write_alerts(self, critical_df: DataFrame, batch_id: int) -> None:
+    def alert_docs(self, critical_df: DataFrame, batch_id: int) -> DataFrame:
         """Critical readings as alerts, ``_id`` = Observation.id (a replay never alerts twice)."""
         reason = F.format_string("%s: %s/%s mmHg", F.regexp_replace("category", "_", " "),
                                  F.col("systolic").cast("int").cast("string"), F.col("diastolic").cast("int").cast("string"))
-        docs_df = critical_df.select(
+        return critical_df.select(
+            F.lit(self.config.elasticsearch.alerts_index).alias("_target"), F.col("observation_id").alias("_doc_id"),
             F.lit("critical_reading").alias("alert_type"), reason.alias("reason"),
             "observation_id", "patient_id", "effective_time", "systolic", "diastolic", "category", "severity",
-            kafka_struct().alias("kafka"),
-            F.lit(batch_id).cast("long").alias("batch_id"), F.current_timestamp().alias("processed_at"),
+            *_provenance(batch_id),
         )
-        self._save(docs_df, self.config.elasticsearch.alerts_index, "observation_id", f"batch {batch_id}: alerts")
 
-    def write_deadletters(self, dead_df: DataFrame, batch_id: int) -> None:
-        """Unusable messages with the raw payload, the reason and Kafka coordinates."""
-        docs_df = dead_df.select(
+    def deadletter_docs(self, dead_df: DataFrame, batch_id: int) -> DataFrame:
+        """Unusable messages with the raw payload and the reason, ``_id`` = topic-partition-offset."""
+        return dead_df.select(
+            F.lit(self.config.elasticsearch.deadletter_index).alias("_target"),
             F.concat_ws("-", "kafka_topic", "kafka_partition", "kafka_offset").alias("_doc_id"),
-            F.col("error").alias("reason"), F.col("raw"), "observation_id",
-            kafka_struct(with_timestamp=True).alias("kafka"),
-            F.lit(batch_id).cast("long").alias("batch_id"), F.current_timestamp().alias("processed_at"),
+            F.col("error").alias("reason"), "raw", "observation_id",
+            *_provenance(batch_id),
         )
-        writer = (docs_df.write.format(ES_FORMAT).options(**self._es_options)
-                  .option("es.mapping.id", "_doc_id").option("es.mapping.exclude", "_doc_id").mode("append"))
-        self._retry(lambda: writer.save(self.config.elasticsearch.deadletter_index), f"batch {batch_id}: dead letters")
+
+    def write_documents(self, docs: dict[str, DataFrame], batch_id: int) -> None:
+        """Write the documents of several indices (``{"anomalies": df, ...}``) in one pass: each row
+        names its index (``_target``) and id (``_doc_id``); absent fields are left out, not null."""
+        if not docs:
+            return
+        frames = list(docs.values())
+        union_df = frames[0]
+        for more_df in frames[1:]:
+            union_df = union_df.unionByName(more_df, allowMissingColumns=True)
+        writer = (union_df.write.format(ES_FORMAT).options(**self._es_options)
+                  .option("es.mapping.id", "_doc_id").option("es.mapping.exclude", "_target,_doc_id")
+                  .mode("append"))
+        self._retry(lambda: writer.save("{_target}"), f"batch {batch_id}: writing {', '.join(docs)}")
 
     def delete_documents(self, ids: Iterable[str], batch_id: int) -> None:
         """Remove observations from the anomaly and alert indices (corrections, retractions)."""
@@ -189,21 +195,41 @@ class Sinks:
                     f"batch {batch_id}: archive staging")
         fs, root_path = self._fs(root)
         _, staging_path = self._fs(staging)
-        jvm = self.spark._jvm
+        if fs.getScheme() == "file":
+            moved = self._move_local(Path(staging_path.toUri().getPath()), Path(root_path.toUri().getPath()), batch_id)
+        else:
+            moved = self._move_hadoop(fs, staging_path, root_path, batch_id)
+        fs.delete(staging_path, True)
+        return moved
+
+    @staticmethod
+    def _archive_name(batch_id: int, part_file: str) -> str:
+        return f"batch-{batch_id:012d}-{part_file.split('-')[1]}.jsonl"
+
+    def _move_local(self, staging: Path, root: Path, batch_id: int) -> int:
+        """Local disk: plain renames, ~100x faster than a Hadoop call per file through py4j."""
         moved = 0
-        for status in fs.globStatus(jvm.org.apache.hadoop.fs.Path(staging_path, "patient_id=*/part-*")) or []:
+        for source in staging.glob("patient_id=*/part-*"):
+            target_dir = root / source.parent.name
+            target_dir.mkdir(parents=True, exist_ok=True)
+            os.replace(source, target_dir / self._archive_name(batch_id, source.name))  # a replay overwrites
+            moved += 1
+        return moved
+
+    def _move_hadoop(self, fs, staging_path, root_path, batch_id: int) -> int:
+        """Any Hadoop file system (HDFS, S3A ...): the same moves through its API."""
+        HadoopPath = self.spark._jvm.org.apache.hadoop.fs.Path
+        moved = 0
+        for status in fs.globStatus(HadoopPath(staging_path, "patient_id=*/part-*")) or []:
             source = status.getPath()
-            patient_dir = source.getParent().getName()  # patient_id=<id>
-            part = source.getName().split("-")[1]
-            target_dir = jvm.org.apache.hadoop.fs.Path(root_path, patient_dir)
-            target = jvm.org.apache.hadoop.fs.Path(target_dir, f"batch-{batch_id:012d}-{part}.jsonl")
+            target_dir = HadoopPath(root_path, source.getParent().getName())
+            target = HadoopPath(target_dir, self._archive_name(batch_id, source.getName()))
             fs.mkdirs(target_dir)
             if fs.exists(target):  # a replay of this batch: same rows, same name
                 fs.delete(target, False)
             if not fs.rename(source, target):
                 raise SinkUnavailable(f"could not move {source} to {target}")
             moved += 1
-        fs.delete(staging_path, True)
         return moved
 
     def remove_from_archive(self, ids_by_patient: dict[str, set[str]], batch_id: int) -> int:
@@ -217,13 +243,12 @@ class Sinks:
             return 0
         root = self.config.paths.archive_dir.rstrip("/")
         fs, root_path = self._fs(root)
-        jvm = self.spark._jvm
-        Path = jvm.org.apache.hadoop.fs.Path
+        HadoopPath = self.spark._jvm.org.apache.hadoop.fs.Path
         removed = 0
         for patient_id, ids in sorted(ids_by_patient.items()):
-            patient_dir = Path(root_path, f"patient_id={patient_id}")
-            work = Path(root_path, f"_rewrite/batch={batch_id}/patient_id={patient_id}")
-            manifest = Path(work, "manifest.txt")
+            patient_dir = HadoopPath(root_path, f"patient_id={patient_id}")
+            work = HadoopPath(root_path, f"_rewrite/batch={batch_id}/patient_id={patient_id}")
+            manifest = HadoopPath(work, "manifest.txt")
             if not fs.exists(manifest):
                 if not fs.exists(patient_dir):
                     continue
@@ -238,10 +263,10 @@ class Sinks:
                 if total == kept:
                     continue
                 removed += total - kept
-                keep_df.coalesce(1).write.mode("overwrite").text(Path(work, "data").toString())
+                keep_df.coalesce(1).write.mode("overwrite").text(HadoopPath(work, "data").toString())
                 self._write_text(fs, manifest, "\n".join(old))
             self._finish_rewrite(fs, work, manifest, patient_dir, batch_id)
-        fs.delete(Path(root_path, f"_rewrite/batch={batch_id}"), True)
+        fs.delete(HadoopPath(root_path, f"_rewrite/batch={batch_id}"), True)
         return removed
 
     def _write_text(self, fs, path, text: str) -> None:
@@ -252,17 +277,17 @@ class Sinks:
             stream.close()
 
     def _finish_rewrite(self, fs, work, manifest, patient_dir, batch_id: int) -> None:
-        Path = self.spark._jvm.org.apache.hadoop.fs.Path
+        HadoopPath = self.spark._jvm.org.apache.hadoop.fs.Path
         reader = self.spark._jvm.java.io.BufferedReader(self.spark._jvm.java.io.InputStreamReader(fs.open(manifest)))
         try:
             old = [line for line in iter(reader.readLine, None) if line]
         finally:
             reader.close()
-        target = Path(patient_dir, f"rewrite-{batch_id:012d}.jsonl")
-        for part in fs.globStatus(Path(work, "data/part-*")) or []:
+        target = HadoopPath(patient_dir, f"rewrite-{batch_id:012d}.jsonl")
+        for part in fs.globStatus(HadoopPath(work, "data/part-*")) or []:
             if fs.exists(target):
                 fs.delete(target, False)
             fs.rename(part.getPath(), target)
         for name in old:
-            fs.delete(Path(name), False)
+            fs.delete(HadoopPath(name), False)
         fs.delete(work, True)
