@@ -48,7 +48,7 @@ BATCH_LINE = re.compile(r"batch \d+: (\d+) rows in ([\d.]+) s")
 
 
 def publish(topic: str, observations: int) -> None:
-    patients = 1000
+    patients = 200  # the reference workload's cohort, over as many days as it takes
     config = load_config(overrides={"kafka.topic": topic, "generator.patients": patients,
                                     "generator.days": -(-observations // (patients * 4)),
                                     "generator.count": observations, "generator.end": "2026-03-01T00:00:00+00:00"})
