@@ -152,7 +152,11 @@ def _starting_offsets(value: str) -> str | None:
     return "'earliest', 'latest', or Spark's JSON form {\"topic\":{\"0\":42}}"
 
 
-def _non_negative(value: int) -> str | None:
+def _non_negative(value: float) -> str | None:
+    return None if value >= 0 else "a number >= 0"
+
+
+def _bound(value: int) -> str | None:
     return None if value >= 0 else "an integer >= 0 (0 means no bound)"
 
 
@@ -214,7 +218,7 @@ VALIDATORS: dict[str, Callable[[Any], str | None]] = {
     "kafka.bootstrap_servers": _bootstrap_servers,
     "kafka.topic": _topic,
     "kafka.starting_offsets": _starting_offsets,
-    "kafka.max_offsets_per_trigger": _non_negative,
+    "kafka.max_offsets_per_trigger": _bound,
     "elasticsearch.url": _es_url,
     "elasticsearch.anomalies_index": _index,
     "elasticsearch.alerts_index": _index,
@@ -243,7 +247,7 @@ VALIDATORS: dict[str, Callable[[Any], str | None]] = {
     "generator.start": _iso_or_empty,
     "generator.end": _iso_or_empty,
     "generator.rate": _non_negative,
-    "generator.count": _non_negative,
+    "generator.count": _bound,
     "generator.validate": _validate_mode,
     "generator.mix_normotensive": _weight,
     "generator.mix_elevated": _weight,

@@ -11,6 +11,8 @@ from elasticsearch import Elasticsearch
 from elasticsearch import exceptions as es_exceptions
 from elastic_transport import TransportError
 
+from bp_spark.versions import elasticsearch_version
+
 
 class ElasticsearchUnavailable(RuntimeError):
     """Elasticsearch cannot be reached or is not a version this build supports."""
@@ -34,8 +36,11 @@ def make_client(url: str, request_timeout: float = 30.0) -> Elasticsearch:
     return Elasticsearch(url, request_timeout=request_timeout, retry_on_timeout=True, max_retries=3)
 
 
-def probe_cluster(client: Elasticsearch, url: str, expected_major: int) -> ClusterInfo:
-    """Check that the cluster answers and runs ``expected_major``; say what to do when it does not."""
+def probe_cluster(client: Elasticsearch, url: str, expected_major: int | None = None) -> ClusterInfo:
+    """Check that the cluster answers and runs ``expected_major`` (default: the pinned version's
+    major); say what to do when it does not."""
+    if expected_major is None:
+        expected_major = int(elasticsearch_version().split(".")[0])
     try:
         main = client.info()
     except (TransportError, es_exceptions.ApiError) as exc:

@@ -206,11 +206,6 @@ def encode(reading: Reading) -> tuple[bytes, bytes]:
     return patient.patient_id.encode(), value.encode()
 
 
-def to_observation(reading: Reading) -> dict:
-    """The Observation of one reading as a dict (what :func:`encode` sends, parsed)."""
-    return orjson.loads(encode(reading)[1])
-
-
 class Validator:
     """Checks Observations with fhir.resources' R4B model: every one, a sample, or none."""
 

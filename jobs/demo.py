@@ -21,14 +21,12 @@ from collections import Counter
 from pathlib import Path
 
 import orjson
-from confluent_kafka import KafkaException, Producer, TopicPartition
-from confluent_kafka import Consumer
+from confluent_kafka import Consumer, KafkaException, Producer, TopicPartition
 from elasticsearch import Elasticsearch
 
 from bp_spark.config import Config, ConfigError, load_config
 from bp_spark.elastic import ElasticsearchUnavailable, make_client, probe_cluster
 from bp_spark.generator import aha_category
-from bp_spark.versions import elasticsearch_version
 
 JOBS = Path(__file__).resolve().parent
 UNREADABLE = [
@@ -107,7 +105,7 @@ def main() -> int:
     try:
         config = load_config()
         es = make_client(config.elasticsearch.url)
-        cluster = probe_cluster(es, config.elasticsearch.url, int(elasticsearch_version().split(".")[0]))
+        cluster = probe_cluster(es, config.elasticsearch.url)
         producer = Producer({"bootstrap.servers": config.kafka.bootstrap_servers})
         producer.list_topics(timeout=15)
     except (ConfigError, ElasticsearchUnavailable) as exc:

@@ -22,6 +22,7 @@ import time
 
 from confluent_kafka import KafkaException, Producer
 
+from bp_spark.logs import configure_logging
 from bp_spark.config import Config, ConfigError, add_config_flags, load_config_from_args
 from bp_spark.generator import (
     Tally, Validator, encode, live_reading, make_patients, readings, window,
@@ -226,9 +227,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--live", action="store_true",
                         help="keep publishing readings taken now at --rate until stopped (Ctrl-C)")
     args = parser.parse_args(argv)
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s", stream=sys.stderr)
-    for chatty in ("py4j", "elastic_transport"):  # one line per request or callback otherwise
-        logging.getLogger(chatty).setLevel(logging.WARNING)
+    configure_logging()
     try:
         config = load_config_from_args(args)
         if args.live and config.generator.rate == 0:

@@ -22,12 +22,12 @@ import sys
 
 from pyspark.errors import StreamingQueryException
 
+from bp_spark.logs import configure_logging
 from bp_spark.config import ConfigError, add_config_flags, load_config_from_args
 from bp_spark.elastic import ElasticsearchUnavailable, install_templates, make_client, probe_cluster
 from bp_spark.pipeline import BatchRouter, start_query
 from bp_spark.session import build_session
 from bp_spark.sinks import Sinks
-from bp_spark.versions import elasticsearch_version
 
 log = logging.getLogger("stream")
 
@@ -40,13 +40,11 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--no-sinks", action="store_true",
                         help="read, parse and classify only; write nothing (measures the machine's ceiling)")
     args = parser.parse_args(argv)
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s", stream=sys.stderr)
-    for chatty in ("py4j", "elastic_transport"):  # one line per request or callback otherwise
-        logging.getLogger(chatty).setLevel(logging.WARNING)
+    configure_logging()
     try:
         config = load_config_from_args(args)
         es = make_client(config.elasticsearch.url)
-        probe_cluster(es, config.elasticsearch.url, int(elasticsearch_version().split(".")[0]))
+        probe_cluster(es, config.elasticsearch.url)
         e = config.elasticsearch
         written = install_templates(es, {"anomalies": e.anomalies_index, "alerts": e.alerts_index,
                                          "deadletter": e.deadletter_index}, e.number_of_replicas)

@@ -18,7 +18,7 @@ from pyspark.sql import SparkSession
 
 from bp_spark.config import Config, load_config
 from bp_spark.elastic import ClusterInfo, ElasticsearchUnavailable, make_client, probe_cluster
-from bp_spark.versions import connector_conf, elasticsearch_version
+from bp_spark.versions import connector_conf
 
 os.environ.setdefault("SPARK_LOCAL_IP", "127.0.0.1")
 
@@ -48,7 +48,7 @@ def es_cluster(config: Config) -> tuple[Elasticsearch, ClusterInfo]:
     """A client of the real Elasticsearch node and what the probe learned of it."""
     client = make_client(config.elasticsearch.url)
     try:
-        info = probe_cluster(client, config.elasticsearch.url, int(elasticsearch_version().split(".")[0]))
+        info = probe_cluster(client, config.elasticsearch.url)
     except ElasticsearchUnavailable as exc:
         pytest.fail(f"{exc} Log: .stack/elasticsearch/logs/bp-monitor.log")
     return client, info

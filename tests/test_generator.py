@@ -4,7 +4,6 @@ time-ordered, and published to the real broker exactly."""
 from __future__ import annotations
 
 import importlib.util
-import sys
 import time
 from collections import Counter
 from datetime import datetime
@@ -18,7 +17,7 @@ from fhir.resources.R4B.observation import Observation
 
 from bp_spark.config import Config
 from bp_spark.generator import (
-    GROUPS, Validator, aha_category, encode, make_patients, readings, to_observation, window,
+    GROUPS, Validator, aha_category, encode, make_patients, readings, window,
 )
 
 ROOT = Path(__file__).resolve().parent.parent
