@@ -232,6 +232,10 @@ def main(argv: list[str] | None = None) -> int:
         config = load_config_from_args(args)
         if args.live and config.generator.rate == 0:
             raise ConfigError("--live needs --rate > 0 (observations per second), e.g. --rate 20")
+        if args.live and config.generator.rate > config.generator.patients:
+            # Ids are unique per patient and second: a patient may measure at most once a second.
+            raise ConfigError(f"--live --rate {config.generator.rate:g} is more than one reading per patient per "
+                              f"second; use --rate <= --patients ({config.generator.patients})")
         return run(config, args.dry_run, args.live)
     except ConfigError as exc:
         print(f"generate: {exc}", file=sys.stderr)

@@ -203,3 +203,17 @@ def test_failed_deliveries_make_the_exit_status_non_zero(
     assert status == 1
     assert "delivered 0, failed 8" in err
     assert "deliveries failed" in err
+
+
+def test_live_mode_publishes_current_readings_at_the_rate(capsys) -> None:
+    started = time.time()
+    assert generate_job.main(["--live", "--rate", "40", "--count", "20", "--patients", "50", "--dry-run"]) == 0
+    elapsed = time.time() - started
+    observations = [orjson.loads(line) for line in capsys.readouterr().out.splitlines()]
+    assert len(observations) == 20
+    assert 0.35 < elapsed < 5  # 20 at 40/s: about half a second
+    assert len({o["id"] for o in observations}) == 20
+    for o in observations:
+        assert abs(datetime.fromisoformat(o["effectiveDateTime"]).timestamp() - started) < 10
+    assert generate_job.main(["--live", "--rate", "500", "--patients", "50", "--dry-run"]) == 2
+    assert "one reading per patient per second" in capsys.readouterr().err
