@@ -65,3 +65,13 @@ def spark_packages() -> list[str]:
         f"org.apache.spark:spark-sql-kafka-0-10_2.12:{pyspark.__version__}",
         f"org.elasticsearch:elasticsearch-spark-30_2.12:{elasticsearch_version()}",
     ]
+
+
+def spark_submit_args() -> str:
+    """The ``--conf`` arguments that give ``spark-submit`` the same connectors as the jobs."""
+    return " ".join(f"--conf {key}={value}" for key, value in connector_conf().items())
+
+
+if __name__ == "__main__":
+    # spark-submit $(python -m bp_spark.versions) jobs/stream.py
+    print(spark_submit_args())

@@ -1,9 +1,6 @@
 """The stream job: FHIR blood-pressure Observations from Kafka to Elasticsearch, the archive and a dead letter.
 
-    spark-submit \\
-      --conf spark.jars.packages=org.apache.spark:spark-sql-kafka-0-10_2.12:3.5.7,org.elasticsearch:elasticsearch-spark-30_2.12:8.19.21 \\
-      --conf spark.jars.excludes=org.elasticsearch:elasticsearch-hadoop-mr,org.elasticsearch:elasticsearch-spark_2.12 \\
-      jobs/stream.py [--trigger available-now] [--checkpoint-dir var/checkpoints] ...
+    spark-submit $(python -m bp_spark.versions) jobs/stream.py [--trigger available-now] [--checkpoint-dir DIR] ...
 
     python jobs/stream.py --trigger available-now     # the same; sets the packages itself (local[*])
 

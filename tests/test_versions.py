@@ -6,7 +6,7 @@ from importlib.metadata import version
 
 import pyspark
 
-from bp_spark.versions import connector_conf, elasticsearch_version, read_env_file
+from bp_spark.versions import connector_conf, elasticsearch_version, read_env_file, spark_submit_args
 
 
 def test_python_client_shares_the_server_major_minor() -> None:
@@ -27,3 +27,9 @@ def test_pyspark_matches_env_and_connectors_follow() -> None:
 
 def test_running_server_is_the_pinned_version(es) -> None:
     assert es.info()["version"]["number"] == elasticsearch_version()
+
+
+def test_spark_submit_args_carry_both_settings() -> None:
+    args = spark_submit_args().split()
+    assert args[0::2] == ["--conf", "--conf"]
+    assert dict(a.split("=", 1) for a in args[1::2]) == connector_conf()
