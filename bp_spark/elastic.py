@@ -84,7 +84,13 @@ def load_template(kind: str, index: str, replicas: int) -> dict:
 
 
 def install_templates(client: Elasticsearch, indices: dict[str, str], replicas: int) -> list[str]:
-    """Install each ``{kind: index}`` template that is missing or older than ours; return those written."""
+    """Install each ``{kind: index}`` template that is missing or older than ours, and bring an
+    index that already exists up to it; return the templates written.
+
+    A template only shapes indices created after it, so an index made by an older version of
+    bp-monitor gets the new fields added to its mapping here (adding fields is always allowed);
+    a field whose type changed cannot be, and the error says so.
+    """
     written = []
     for kind, index in indices.items():
         body = load_template(kind, index, replicas)
@@ -96,4 +102,16 @@ def install_templates(client: Elasticsearch, indices: dict[str, str], replicas: 
         if existing is None or existing.get("version", 0) < body["version"]:
             client.indices.put_index_template(name=name, **body)
             written.append(name)
+        if client.indices.exists(index=index):
+            mappings = body["template"]["mappings"]
+            try:
+                client.indices.put_mapping(index=index, dynamic=mappings["dynamic"], properties=mappings["properties"])
+            except es_exceptions.BadRequestError as exc:
+                raise ElasticsearchUnavailable(
+                    f"index {index} has a mapping that conflicts with conf/elasticsearch/{kind}.json ({exc.message}). "
+                    f"Reindex it into a new index, or delete it if its documents can be rebuilt from Kafka."
+                ) from exc
+            settings = body["template"]["settings"]
+            client.indices.put_settings(index=index, settings={
+                "refresh_interval": settings["refresh_interval"], "number_of_replicas": replicas})
     return written

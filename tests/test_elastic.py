@@ -1,0 +1,51 @@
+"""Tests of bp_spark/elastic.py against the real Elasticsearch node."""
+
+from __future__ import annotations
+
+import pytest
+from elasticsearch import Elasticsearch
+
+from bp_spark.elastic import ElasticsearchUnavailable, connector_options, install_templates, load_template
+
+
+def test_templates_are_installed_and_older_indices_brought_up_to_them(es: Elasticsearch, unique_name: str) -> None:
+    anomalies, alerts = f"{unique_name}_anomalies", f"{unique_name}_alerts"
+    # An index made by an earlier version: strict, without the Kafka arrival time.
+    es.indices.create(index=anomalies, settings={"number_of_replicas": 0}, mappings={
+        "dynamic": "strict", "properties": {"observation_id": {"type": "keyword"},
+                                            "kafka": {"properties": {"offset": {"type": "long"}}}}})
+    written = install_templates(es, {"anomalies": anomalies, "alerts": alerts}, 0)
+    assert written == [f"bp-monitor-{anomalies}", f"bp-monitor-{alerts}"]
+    mapping = es.indices.get_mapping(index=anomalies)[anomalies]["mappings"]
+    assert mapping["properties"]["kafka"]["properties"]["timestamp"] == {"type": "date"}
+    assert mapping["properties"]["anomaly_types"] == {"type": "keyword"}
+    es.index(index=anomalies, id="o1", document={"observation_id": "o1", "kafka": {"offset": 1, "timestamp": 0}})
+    # a second start changes nothing and writes no template
+    assert install_templates(es, {"anomalies": anomalies, "alerts": alerts}, 0) == []
+    # an index created after the template takes its mapping and settings
+    es.index(index=alerts, id="a1", document={"alert_type": "critical_reading", "observation_id": "o1"})
+    settings = es.indices.get_settings(index=alerts)[alerts]["settings"]["index"]
+    assert settings["number_of_replicas"] == "0"
+    with pytest.raises(Exception, match="strict_dynamic_mapping_exception"):
+        es.index(index=alerts, id="a2", document={"no_such_field": 1})
+    for name in written:
+        es.indices.delete_index_template(name=name)
+
+
+def test_conflicting_older_index_gets_a_clear_error(es: Elasticsearch, unique_name: str) -> None:
+    index = f"{unique_name}_deadletter"
+    es.indices.create(index=index, settings={"number_of_replicas": 0},
+                      mappings={"properties": {"reason": {"type": "long"}}})
+    with pytest.raises(ElasticsearchUnavailable, match=rf"index {index} has a mapping that conflicts with conf/elasticsearch/deadletter.json"):
+        install_templates(es, {"deadletter": index}, 0)
+    es.indices.delete_index_template(name=f"bp-monitor-{index}")
+
+
+def test_template_and_connector_options() -> None:
+    body = load_template("anomalies", "x_anomalies", 2)
+    assert body["index_patterns"] == ["x_anomalies"]
+    assert body["template"]["settings"]["number_of_replicas"] == 2
+    assert body["template"]["mappings"]["dynamic"] == "strict"
+    assert connector_options("https://es.example:9243") == {
+        "es.nodes": "es.example", "es.port": "9243", "es.nodes.wan.only": "true", "es.net.ssl": "true"}
+    assert connector_options("http://localhost")["es.port"] == "9200"
