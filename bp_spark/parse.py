@@ -64,14 +64,14 @@ def patient_id_from_reference(reference: Column) -> Column:
     return F.when(from_path != "", from_path).when(from_urn != "", from_urn)
 
 
-def _quantity_problem(quantity: Column, present: Column, name: str, code: str) -> Column:
-    """Why a component's quantity cannot be used, or null."""
+def _quantity_problem(quantity: Column, in_mmhg: Column, present: Column, name: str, code: str) -> Column:
+    """Why a component's quantity cannot be used, or null; ``in_mmhg`` is its already converted value."""
     value = quantity["value"]
     return (
         F.when(~present, F.lit(f"no {name} component (LOINC {code})"))
         .when(value.isNull(), F.lit(f"{name} component has no valueQuantity.value"))
         .when(value.cast("double").isNull(), F.concat(F.lit(f"{name} value '"), value, F.lit("' is not a number")))
-        .when(quantity_in_mmhg(quantity).isNull(),
+        .when(in_mmhg.isNull(),
               F.concat(F.lit(f"{name} unit '"), F.coalesce(quantity["code"], quantity["unit"], F.lit("")),
                        F.lit("' is not mm[Hg], mmHg or kPa")))
     )
@@ -148,8 +148,9 @@ def parse_observations(kafka_df: DataFrame) -> DataFrame:
         .when(F.col("effective_time").isNull(),
               F.concat(F.lit("effective time '"), F.col("_effective"), F.lit("' is not a FHIR dateTime")))
         .otherwise(F.coalesce(
-            _quantity_problem(F.col("_systolic_q"), F.col("_has_systolic"), "systolic", SYSTOLIC_CODE),
-            _quantity_problem(F.col("_diastolic_q"), F.col("_has_diastolic"), "diastolic", DIASTOLIC_CODE),
+            _quantity_problem(F.col("_systolic_q"), F.col("systolic"), F.col("_has_systolic"), "systolic", SYSTOLIC_CODE),
+            _quantity_problem(F.col("_diastolic_q"), F.col("diastolic"), F.col("_has_diastolic"), "diastolic",
+                              DIASTOLIC_CODE),
             _plausibility_problem(F.col("systolic"), F.col("diastolic")),
         ))
     )
