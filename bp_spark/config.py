@@ -37,6 +37,7 @@ class KafkaConfig:
     topic: str
     starting_offsets: str
     max_offsets_per_trigger: int
+    alerts_topic: str
 
 
 @dataclass(frozen=True)
@@ -86,6 +87,25 @@ class StreamConfig:
 
 
 @dataclass(frozen=True)
+class TrendsConfig:
+    """The trend query: windowed aggregations on event time, and sustained hypertension."""
+
+    enabled: bool
+    windows: str
+    watermark: str
+    sustained_window: str
+    sustained_slide: str
+    sustained_systolic: float
+    sustained_diastolic: float
+    sustained_min_readings: int
+
+    @property
+    def window_list(self) -> list[tuple[str, str]]:
+        """``windows`` as ``[(label, duration), ...]``, e.g. ``[("hourly", "1 hour")]``."""
+        return [tuple(part.strip() for part in item.split("=", 1)) for item in self.windows.split(",")]
+
+
+@dataclass(frozen=True)
 class GeneratorConfig:
     """The synthetic workload of jobs/generate.py."""
 
@@ -116,6 +136,7 @@ class Config:
     thresholds: Thresholds
     paths: PathsConfig
     stream: StreamConfig
+    trends: TrendsConfig
     generator: GeneratorConfig
 
 
@@ -180,6 +201,34 @@ def _duration(value: str) -> str | None:
     return None if _DURATION.match(value) else "a duration such as '7 days', '12 hours', '30 minutes'"
 
 
+def _windows(value: str) -> str | None:
+    items = [item.strip() for item in value.split(",")]
+    labels = []
+    for item in items:
+        label, _, duration = (part.strip() for part in item.partition("="))
+        if not re.fullmatch(r"[a-z][a-z0-9_]*", label) or _duration(duration):
+            return 'a comma-separated list of label=duration, e.g. "hourly=1 hour, daily=1 day"'
+        labels.append(label)
+    if len(set(labels)) != len(labels):
+        return "each window label once"
+    return None
+
+
+def _topic_or_empty(value: str) -> str | None:
+    return None if value == "" else _topic(value)
+
+
+_UNIT_SECONDS = {"second": 1, "minute": 60, "hour": 3600, "day": 86400, "week": 604800}
+
+
+def duration_seconds(value: str) -> int:
+    """A duration the configuration allows (``"7 days"``, ``"1 hour"``) in seconds."""
+    match = re.fullmatch(r"\s*(\d+)\s*(second|minute|hour|day|week)s?\s*", value)
+    if not match:
+        raise ConfigError(f"{value!r} is not a duration such as '1 hour' or '7 days'")
+    return int(match.group(1)) * _UNIT_SECONDS[match.group(2)]
+
+
 def _trigger(value: str) -> str | None:
     if value in _TRIGGER_WORDS or _INTERVAL.match(value):
         return None
@@ -219,6 +268,7 @@ VALIDATORS: dict[str, Callable[[Any], str | None]] = {
     "kafka.topic": _topic,
     "kafka.starting_offsets": _starting_offsets,
     "kafka.max_offsets_per_trigger": _bound,
+    "kafka.alerts_topic": _topic_or_empty,
     "elasticsearch.url": _es_url,
     "elasticsearch.anomalies_index": _index,
     "elasticsearch.alerts_index": _index,
@@ -241,6 +291,13 @@ VALIDATORS: dict[str, Callable[[Any], str | None]] = {
     "paths.checkpoint_dir": _non_empty,
     "stream.trigger": _trigger,
     "stream.app_name": _non_empty,
+    "trends.windows": _windows,
+    "trends.watermark": _duration,
+    "trends.sustained_window": _duration,
+    "trends.sustained_slide": _duration,
+    "trends.sustained_systolic": _mmhg,
+    "trends.sustained_diastolic": _mmhg,
+    "trends.sustained_min_readings": _positive,
     "generator.patients": _positive,
     "generator.days": _positive,
     "generator.per_day": _positive,
@@ -293,6 +350,11 @@ def _coerce(key: str, raw: Any, kind: type, source: str) -> Any:
     if kind is str:
         if isinstance(raw, str):
             return raw
+    elif kind is bool:
+        if isinstance(raw, bool):
+            return raw
+        if isinstance(raw, str) and raw.strip().lower() in ("true", "false", "1", "0", "yes", "no"):
+            return raw.strip().lower() in ("true", "1", "yes")
     elif kind is int:
         if isinstance(raw, int) and not isinstance(raw, bool):
             return raw
@@ -389,6 +451,11 @@ def _check_consistency(config: Config) -> None:
         raise ConfigError("generator.mix_* weights must not all be 0")
     if g.start and g.end and datetime.fromisoformat(g.start) >= datetime.fromisoformat(g.end):
         raise ConfigError(f"generator.start ({g.start}) must be before generator.end ({g.end})")
+    tr = config.trends
+    window_s, slide_s = duration_seconds(tr.sustained_window), duration_seconds(tr.sustained_slide)
+    if window_s % slide_s:
+        raise ConfigError(f"trends.sustained_window ({tr.sustained_window}) must be a whole number of "
+                          f"trends.sustained_slide ({tr.sustained_slide})")
     es = config.elasticsearch
     names = [es.anomalies_index, es.alerts_index, es.trends_index, es.deadletter_index]
     if len(set(names)) != len(names):

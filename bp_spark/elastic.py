@@ -11,6 +11,7 @@ from elasticsearch import Elasticsearch
 from elasticsearch import exceptions as es_exceptions
 from elastic_transport import TransportError
 
+from bp_spark.config import Config
 from bp_spark.versions import elasticsearch_version
 
 
@@ -81,6 +82,13 @@ def load_template(kind: str, index: str, replicas: int) -> dict:
     body["index_patterns"] = [index]
     body["template"]["settings"]["number_of_replicas"] = replicas
     return body
+
+
+def pipeline_indices(config: Config) -> dict[str, str]:
+    """``{template kind: index}`` for every index the stream job writes."""
+    e = config.elasticsearch
+    return {"anomalies": e.anomalies_index, "alerts": e.alerts_index, "deadletter": e.deadletter_index,
+            "trends": e.trends_index}
 
 
 def install_templates(client: Elasticsearch, indices: dict[str, str], replicas: int) -> list[str]:

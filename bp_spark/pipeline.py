@@ -20,8 +20,11 @@ from pyspark.sql.streaming import StreamingQuery
 
 from bp_spark.classify import CRITICAL, with_classification
 from bp_spark.config import Config
+from bp_spark.config import duration_seconds as seconds
 from bp_spark.parse import RETRACTED_STATUS, is_update, parse_observations
 from bp_spark.sinks import Sinks
+from bp_spark.trends import (SUSTAINED, aggregate_windows, longest_window_s, previous_window_id, sustained_onsets,
+                             with_windows)
 
 log = logging.getLogger("bp_spark.pipeline")
 
@@ -61,6 +64,31 @@ def readings_stream(source_df: DataFrame, config: Config) -> DataFrame:
         # arriving now is on time here, and nothing is dropped for being clinically late.
         .withWatermark("kafka_timestamp", config.stream.dedup_horizon)
         .dropDuplicatesWithinWatermark(["dedup_key"])
+    )
+
+
+def trends_stream(source_df: DataFrame, config: Config) -> DataFrame:
+    """Parse and classify the Kafka stream, then aggregate it into trend windows on event time.
+
+    The watermark is on each window's end, allowing ``trends.watermark`` plus the longest window:
+    a window closes once the readings have moved ``trends.watermark`` past its end, and a reading
+    arriving after that is left out of that window (Spark counts it) while the routing query
+    still stores it. Each observation counts once in a window (its first version; a correction
+    is not subtracted).
+    """
+    t = config.trends
+    allowed_s = seconds(t.watermark) + longest_window_s(t)
+    return (
+        source_df.transform(parse_observations)
+        .where(F.col("error").isNull() & (F.col("status") != RETRACTED_STATUS))
+        .transform(lambda df: with_classification(df, config.thresholds))
+        .select("observation_id", "patient_id", "effective_time", "systolic", "diastolic", "is_anomaly",
+                "anomaly_types")
+        .transform(lambda df: with_windows(df, t))
+        .withWatermark("window_end", f"{allowed_s} seconds")
+        .dropDuplicatesWithinWatermark(["observation_id", "scope", "period", "window_start"])
+        .transform(lambda df: aggregate_windows(df, t))
+        .withColumn("previous_trend_id", F.when(F.col("scope") == SUSTAINED, previous_window_id(t)))
     )
 
 
@@ -169,30 +197,135 @@ class BatchRouter:
             docs["alerts"] = self.sinks.alert_docs(current_df.where(F.col("severity") == CRITICAL), batch_id)
         with timed(stats, "elasticsearch"):
             self.sinks.write_documents(docs, batch_id)
+        if stats.alerts:
+            self.sinks.publish_alerts(docs["alerts"], batch_id)
         if stats.normals:
             with timed(stats, "archive"):
                 self.sinks.write_archive(current_df.where(~F.col("is_anomaly")), batch_id)
         return stats
 
 
-def start_query(spark: SparkSession, config: Config, router: BatchRouter) -> StreamingQuery:
-    """Start the stream: Kafka -> readings -> ``router`` per micro-batch, checkpointed."""
+class TrendRouter:
+    """The trend query's foreachBatch function: trend windows to the trends index, onsets of
+    sustained hypertension to the alert index (and the alert topic)."""
+
+    def __init__(self, config: Config, sinks: Sinks) -> None:
+        self.config = config
+        self.sinks = sinks
+        self.last: dict[str, int] | None = None
+
+    def __call__(self, batch_df: DataFrame, batch_id: int) -> None:
+        started = time.monotonic()
+        batch_df = batch_df.persist()
+        try:
+            counts = self._route(batch_df, batch_id)
+        finally:
+            batch_df.unpersist()
+        self.last = counts
+        by_scope = ", ".join(f"{scope} {n}" for scope, n in sorted(counts.items()) if scope != "onsets")
+        log.info("trends batch %d: %d windows updated (%s); sustained-hypertension onsets %d; %.2f s",
+                 batch_id, sum(n for scope, n in counts.items() if scope != "onsets"), by_scope or "none",
+                 counts.get("onsets", 0), time.monotonic() - started)
+
+    def _route(self, batch_df: DataFrame, batch_id: int) -> dict[str, int]:
+        counts = {r.scope: r["count"] for r in batch_df.groupBy("scope").count().collect()}
+        if not counts:
+            return counts
+        sustained = F.col("scope") == SUSTAINED
+        windows = [(r.trend_id, r.previous_trend_id, r.is_sustained) for r in
+                   batch_df.where(sustained).select("trend_id", "previous_trend_id", "is_sustained").collect()]
+        in_batch = {window_id for window_id, _, _ in windows}
+        unknown = {previous for _, previous, is_sustained in windows if is_sustained and previous not in in_batch}
+        onsets = sustained_onsets(windows, self.sinks.sustained_states(unknown, batch_id))
+        counts["onsets"] = len(onsets)
+        docs = {"trends": self.sinks.trend_docs(batch_df, batch_id)}
+        if onsets:
+            docs["alerts"] = self.sinks.sustained_alert_docs(batch_df.where(F.col("trend_id").isin(onsets)), batch_id)
+        self.sinks.write_documents(docs, batch_id)
+        if onsets:
+            self.sinks.publish_alerts(docs["alerts"], batch_id)
+        return counts
+
+
+def _checkpointed(writer, config: Config, name: str):
+    """The query's checkpoint ``<checkpoint-dir>/<name>`` and trigger."""
+    writer = writer.option("checkpointLocation", f"{config.paths.checkpoint_dir.rstrip('/')}/{name}")
+    if config.stream.trigger == "available-now":
+        return writer.trigger(availableNow=True)
+    return writer.trigger(processingTime=config.stream.trigger)
+
+
+def start_trends_query(spark: SparkSession, config: Config, router: TrendRouter) -> StreamingQuery:
+    """Start the trend query: Kafka -> readings -> windowed aggregations (update mode) -> ``router``.
+
+    A second query on the same topic, not a branch of the routing query: the routing query
+    appends each reading once, while aggregations emit updated windows (update mode), and one
+    query has one output mode. Its own checkpoint also lets trends be rebuilt from Kafka alone.
+    """
+    _configure_state(spark, config)
+    writer = (trends_stream(kafka_source(spark, config), config)
+              .writeStream.queryName("bp_monitor_trends").outputMode("update").foreachBatch(router))
+    return _checkpointed(writer, config, "trends").start()
+
+
+def _configure_state(spark: SparkSession, config: Config) -> None:
     # The de-duplication state lives in RocksDB (off-heap, on disk), not on the JVM heap; its
     # partition count is fixed by the checkpoint after the first run.
     spark.conf.set("spark.sql.streaming.stateStore.providerClass",
                    "org.apache.spark.sql.execution.streaming.state.RocksDBStateStoreProvider")
     spark.conf.set("spark.sql.shuffle.partitions", str(config.stream.state_partitions))
+
+
+def start_query(spark: SparkSession, config: Config, router: BatchRouter) -> StreamingQuery:
+    """Start the routing query: Kafka -> readings -> ``router`` per micro-batch, checkpointed."""
+    _configure_state(spark, config)
     # Each micro-batch is cached once and read by every sink; compressing that short-lived
     # cache costs more CPU than the memory it saves (measured: +3.0 s vs +1.5 s per 200k rows).
     spark.conf.set("spark.sql.inMemoryColumnarStorage.compressed", "false")
-    writer = (
-        readings_stream(kafka_source(spark, config), config)
-        .writeStream.queryName("bp_monitor")
-        .foreachBatch(router)
-        .option("checkpointLocation", config.paths.checkpoint_dir)
-    )
-    if config.stream.trigger == "available-now":
-        writer = writer.trigger(availableNow=True)
-    else:
-        writer = writer.trigger(processingTime=config.stream.trigger)
-    return writer.start()
+    writer = readings_stream(kafka_source(spark, config), config).writeStream.queryName("bp_monitor").foreachBatch(router)
+    return _checkpointed(writer, config, "routing").start()
+
+
+class CheckpointLayoutError(RuntimeError):
+    """The checkpoint directory was written by a version with a single query."""
+
+
+def check_checkpoint_layout(spark: SparkSession, config: Config) -> None:
+    """Refuse a checkpoint of the one-query layout (offsets directly under the directory), which
+    this version would silently ignore, re-reading the topic from the start."""
+    root = config.paths.checkpoint_dir.rstrip("/")
+    jvm = spark._jvm
+    path = jvm.org.apache.hadoop.fs.Path(f"{root}/offsets")
+    if path.getFileSystem(spark._jsc.hadoopConfiguration()).exists(path):
+        raise CheckpointLayoutError(
+            f"{root} holds a checkpoint of an earlier bp-monitor, which ran one query. Each query now "
+            f"has its own folder: move its contents into {root}/routing (mkdir {root}/routing, then move "
+            f"commits, metadata, offsets, sources and state there) to resume where it stopped.")
+
+
+def start_pipeline(spark: SparkSession, config: Config, sinks: Sinks | None) -> tuple[BatchRouter, list[StreamingQuery]]:
+    """Start the routing query and, when trends are on and there are sinks, the trend query."""
+    check_checkpoint_layout(spark, config)
+    router = BatchRouter(config, sinks)
+    queries = [start_query(spark, config, router)]
+    if sinks is not None and config.trends.enabled:
+        queries.append(start_trends_query(spark, config, TrendRouter(config, sinks)))
+    return router, queries
+
+
+def await_queries(queries: list[StreamingQuery], timeout_s: float | None = None) -> None:
+    """Wait until every query has stopped (``available-now``) or one fails; a failure stops the
+    others and is raised. ``timeout_s``: give up waiting (the queries keep running)."""
+    deadline = None if timeout_s is None else time.monotonic() + timeout_s
+    while True:
+        for query in queries:
+            if not query.isActive and query.exception() is not None:
+                for other in queries:
+                    if other.isActive:
+                        other.stop()
+                raise query.exception()
+        if not any(query.isActive for query in queries):
+            return
+        if deadline is not None and time.monotonic() > deadline:
+            raise TimeoutError(f"the queries were still running after {timeout_s:.0f} s")
+        next(query for query in queries if query.isActive).awaitTermination(1)

@@ -140,10 +140,58 @@ class Sinks:
                                  F.col("systolic").cast("int").cast("string"), F.col("diastolic").cast("int").cast("string"))
         return critical_df.select(
             F.lit(self.config.elasticsearch.alerts_index).alias("_target"), F.col("observation_id").alias("_doc_id"),
-            F.lit("critical_reading").alias("alert_type"), reason.alias("reason"),
+            F.lit("critical_reading").alias("alert_type"), F.col("observation_id").alias("alert_id"),
+            reason.alias("reason"),
             "observation_id", "patient_id", "effective_time", "systolic", "diastolic", "category", "severity",
             *_provenance(batch_id),
         )
+
+    def trend_docs(self, trends_df: DataFrame, batch_id: int) -> DataFrame:
+        """Trend windows, ``_id`` = ``trend_id``: a window updated by a later batch overwrites its document."""
+        fields = [c for c in trends_df.columns if c != "previous_trend_id"]
+        return trends_df.select(
+            F.lit(self.config.elasticsearch.trends_index).alias("_target"), F.col("trend_id").alias("_doc_id"),
+            *fields, F.lit(batch_id).cast("long").alias("batch_id"), F.current_timestamp().alias("processed_at"))
+
+    def sustained_alert_docs(self, onset_df: DataFrame, batch_id: int) -> DataFrame:
+        """Onsets of sustained hypertension as alerts, ``_id`` = the window's ``trend_id``."""
+        t = self.config.trends
+        reason = F.format_string(
+            "sustained hypertension: mean %s/%s mmHg over %s readings in %s (limit %s/%s)",
+            F.round("systolic_mean").cast("int").cast("string"), F.round("diastolic_mean").cast("int").cast("string"),
+            F.col("readings").cast("string"), F.lit(t.sustained_window),
+            F.lit(f"{t.sustained_systolic:g}"), F.lit(f"{t.sustained_diastolic:g}"))
+        return onset_df.select(
+            F.lit(self.config.elasticsearch.alerts_index).alias("_target"), F.col("trend_id").alias("_doc_id"),
+            F.lit("sustained_hypertension").alias("alert_type"), F.col("trend_id").alias("alert_id"),
+            reason.alias("reason"), "patient_id", F.col("last_reading_time").alias("effective_time"),
+            "window_start", "window_end", "readings", "systolic_mean", "diastolic_mean",
+            F.lit("warning").alias("severity"),
+            F.lit(batch_id).cast("long").alias("batch_id"), F.current_timestamp().alias("processed_at"))
+
+    def sustained_states(self, trend_ids: Iterable[str], batch_id: int) -> dict[str, bool]:
+        """``is_sustained`` of the given sustained windows as the trends index holds them (absent: left out)."""
+        ids = sorted(set(trend_ids))
+        index = self.config.elasticsearch.trends_index
+        if not ids or not self.es.indices.exists(index=index):
+            return {}
+
+        def run() -> dict[str, bool]:
+            found = self.es.mget(index=index, ids=ids, source_includes=["is_sustained"])["docs"]
+            return {doc["_id"]: bool(doc["_source"].get("is_sustained")) for doc in found if doc.get("found")}
+        return self._retry(run, f"trends batch {batch_id}: reading {len(ids)} earlier sustained windows")
+
+    def publish_alerts(self, alert_docs_df: DataFrame, batch_id: int) -> None:
+        """Alerts to the Kafka topic ``kafka.alerts_topic`` (when set) as JSON keyed by patient.
+        At-least-once: a replayed batch sends its alerts again, with the same ``alert_id``."""
+        topic = self.config.kafka.alerts_topic
+        if not topic:
+            return
+        fields = [c for c in alert_docs_df.columns if c not in ("_target", "_doc_id")]
+        records_df = alert_docs_df.select(F.col("patient_id").alias("key"), F.to_json(F.struct(*fields)).alias("value"))
+        writer = (records_df.write.format("kafka")
+                  .option("kafka.bootstrap.servers", self.config.kafka.bootstrap_servers).option("topic", topic))
+        self._retry(writer.save, f"batch {batch_id}: publishing alerts to Kafka topic {topic}")
 
     def deadletter_docs(self, dead_df: DataFrame, batch_id: int) -> DataFrame:
         """Unusable messages with the raw payload and the reason, ``_id`` = topic-partition-offset."""

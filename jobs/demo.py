@@ -86,7 +86,9 @@ def summary(config: Config, es: Elasticsearch, started: float) -> None:
         print(f"      {category:<28} {n:>8,}")
     for kind, n in terms(es, e.anomalies_index, "anomaly_types"):
         print(f"      rule {kind:<23} {n:>8,}")
-    print(f"  {e.alerts_index:<32} {alerts:>8,}  critical readings")
+    print(f"  {e.alerts_index:<32} {alerts:>8,}  alerts")
+    for kind, n in terms(es, e.alerts_index, "alert_type"):
+        print(f"      {kind:<28} {n:>8,}")
     print(f"  {str(archive) + '/':<32} {len(lines):>8,}  normal readings, "
           f"{len(list(archive.glob('patient_id=*')))} patients")
     for category, n in normal_categories.most_common():
@@ -94,6 +96,13 @@ def summary(config: Config, es: Elasticsearch, started: float) -> None:
     print(f"  {e.deadletter_index:<32} {dead:>8,}  unreadable messages")
     for reason, n in terms(es, e.deadletter_index, "reason"):
         print(f"      {reason[:60]:<60} {n:>4,}")
+    print(f"  {e.trends_index:<32} {count(es, e.trends_index):>8,}  trend windows")
+    for scope, n in terms(es, e.trends_index, "scope"):
+        print(f"      {scope:<28} {n:>8,}")
+    if es.indices.exists(index=e.trends_index):
+        sustained = es.search(index=e.trends_index, size=0, query={"term": {"is_sustained": True}},
+                              aggs={"p": {"cardinality": {"field": "patient_id"}}})["aggregations"]["p"]["value"]
+        print(f"      {'patients with sustained hypertension':<36} {sustained:>8,}")
     stored = anomalies + len(lines) + dead
     print(f"  reconciliation: {anomalies:,} + {len(lines):,} + {dead:,} = {stored:,} stored for {on_topic:,} messages"
           + (f" ({on_topic - stored:,} duplicates of stored messages dropped)" if on_topic > stored else ""))

@@ -21,8 +21,9 @@ from pyspark.errors import StreamingQueryException
 
 from bp_spark.logs import configure_logging
 from bp_spark.config import ConfigError, add_config_flags, load_config_from_args
-from bp_spark.elastic import ElasticsearchUnavailable, install_templates, make_client, probe_cluster
-from bp_spark.pipeline import BatchRouter, start_query
+from bp_spark.elastic import ElasticsearchUnavailable, install_templates, make_client, pipeline_indices, probe_cluster
+from bp_spark.monitoring import ProgressLog
+from bp_spark.pipeline import CheckpointLayoutError, await_queries, start_pipeline
 from bp_spark.session import build_session
 from bp_spark.sinks import Sinks
 
@@ -42,9 +43,7 @@ def main(argv: list[str] | None = None) -> int:
         config = load_config_from_args(args)
         es = make_client(config.elasticsearch.url)
         probe_cluster(es, config.elasticsearch.url)
-        e = config.elasticsearch
-        written = install_templates(es, {"anomalies": e.anomalies_index, "alerts": e.alerts_index,
-                                         "deadletter": e.deadletter_index}, e.number_of_replicas)
+        written = install_templates(es, pipeline_indices(config), config.elasticsearch.number_of_replicas)
         for name in written:
             log.info("installed index template %s", name)
     except (ConfigError, ElasticsearchUnavailable) as exc:
@@ -53,18 +52,24 @@ def main(argv: list[str] | None = None) -> int:
 
     spark = build_session(config.stream.app_name)
     log.info("Spark UI: %s", spark.sparkContext.uiWebUrl)
-    router = BatchRouter(config, None if args.no_sinks else Sinks(spark, config, es))
-    query = start_query(spark, config, router)
-    log.info("reading %s from %s; checkpoint %s", config.kafka.topic, config.kafka.bootstrap_servers,
-             config.paths.checkpoint_dir)
+    spark.streams.addListener(ProgressLog())
     try:
-        query.awaitTermination()
+        _, queries = start_pipeline(spark, config, None if args.no_sinks else Sinks(spark, config, es))
+    except CheckpointLayoutError as exc:
+        print(f"stream: {exc}", file=sys.stderr)
+        spark.stop()
+        return 2
+    log.info("reading %s from %s; queries %s; checkpoints under %s", config.kafka.topic,
+             config.kafka.bootstrap_servers, ", ".join(q.name for q in queries), config.paths.checkpoint_dir)
+    try:
+        await_queries(queries)
     except StreamingQueryException as exc:
         print(f"stream: the query stopped: {str(exc).splitlines()[0]}\n"
               "Restart on the same checkpoint to resume; nothing acknowledged was lost.", file=sys.stderr)
         return 1
     except KeyboardInterrupt:
-        query.stop()
+        for query in queries:
+            query.stop()
     finally:
         spark.stop()
     return 0

@@ -1,5 +1,6 @@
 """Integration tests of the stream job on the real broker and Elasticsearch: every sink by id,
-reconciliation, duplicates, a correction, a retraction, and a kill -9 followed by a restart."""
+reconciliation, duplicates, a correction, a retraction, a kill -9 followed by a restart, and the
+trend query (windows, sustained-hypertension onsets, late readings, the alert topic)."""
 
 from __future__ import annotations
 
@@ -14,15 +15,16 @@ from pathlib import Path
 
 import orjson
 import pytest
-from confluent_kafka import Producer
+from confluent_kafka import Consumer, Producer
 from elasticsearch import Elasticsearch
 from pyspark.errors import StreamingQueryException
 from pyspark.sql import SparkSession
 
 from bp_spark.config import Config, load_config
-from bp_spark.elastic import install_templates
+from bp_spark.elastic import install_templates, pipeline_indices
+from bp_spark.monitoring import TRENDS_QUERY, late_rows
 from bp_spark.generator import encode, make_patients, readings, window
-from bp_spark.pipeline import BatchRouter, start_query
+from bp_spark.pipeline import BatchRouter, await_queries, start_pipeline, start_query
 from bp_spark.sinks import Sinks
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -41,6 +43,7 @@ def stream_config(name: str, tmp_path: Path, **extra) -> Config:
         "paths.archive_dir": str(tmp_path / "archive"),
         "paths.checkpoint_dir": str(tmp_path / "checkpoint"),
         "stream.trigger": "available-now",
+        "trends.enabled": False,  # on where a test is about trends: it is a second query to run
         **extra,
     }
     return load_config(env={}, overrides=overrides)
@@ -57,25 +60,28 @@ def publish(config: Config, messages: list[tuple[bytes, bytes]]) -> list[tuple[i
     return [coordinates[i] for i in range(len(messages))]
 
 
-def run_once(spark: SparkSession, config: Config, es: Elasticsearch) -> BatchRouter:
-    """Run the stream job's query with --trigger available-now, as the job wires it."""
-    e = config.elasticsearch
-    install_templates(es, {"anomalies": e.anomalies_index, "alerts": e.alerts_index, "deadletter": e.deadletter_index}, 0)
-    router = BatchRouter(config, Sinks(spark, config, es))
-    query = start_query(spark, config, router)
+def run_queries(spark: SparkSession, config: Config, es: Elasticsearch) -> tuple[BatchRouter, list]:
+    """Run the stream job's queries with --trigger available-now, as the job wires them."""
+    install_templates(es, pipeline_indices(config), 0)
+    router, queries = start_pipeline(spark, config, Sinks(spark, config, es))
     try:
-        query.awaitTermination(300)
-        assert query.exception() is None, query.exception()
+        await_queries(queries, timeout_s=300)
     finally:
-        query.stop()
-    return router
+        for query in queries:
+            query.stop()
+    return router, queries
 
 
-def ids_in(es: Elasticsearch, index: str) -> dict[str, dict]:
+def run_once(spark: SparkSession, config: Config, es: Elasticsearch) -> BatchRouter:
+    return run_queries(spark, config, es)[0]
+
+
+def ids_in(es: Elasticsearch, index: str, **terms: str) -> dict[str, dict]:
     if not es.indices.exists(index=index):
         return {}
     es.indices.refresh(index=index)
-    hits = es.search(index=index, size=10_000, query={"match_all": {}})["hits"]["hits"]
+    query = {"bool": {"filter": [{"term": {k: v}} for k, v in terms.items()]}} if terms else {"match_all": {}}
+    hits = es.search(index=index, size=10_000, query=query)["hits"]["hits"]
     return {h["_id"]: h["_source"] for h in hits}
 
 
@@ -240,7 +246,11 @@ def test_kill_minus_nine_mid_stream_then_restart_gives_each_observation_once(
     second = subprocess.run(command, env=env, capture_output=True, text=True, timeout=600)
     assert second.returncode == 0, second.stderr[-3000:]
     assert set(ids_in(es, config.elasticsearch.anomalies_index)) == abnormal
-    assert set(ids_in(es, config.elasticsearch.alerts_index)) == critical
+    alerts = ids_in(es, config.elasticsearch.alerts_index)
+    assert {i for i, doc in alerts.items() if doc["alert_type"] == "critical_reading"} == critical
+    # the trend query (on, as the job runs by default) counted every observation once
+    cohort_days = ids_in(es, config.elasticsearch.trends_index, scope="cohort", period="daily")
+    assert sum(doc["readings"] for doc in cohort_days.values()) == len(good)
     lines = archive_lines(config)
     assert len(lines) == len(normal)
     assert set(lines) == normal
@@ -257,8 +267,7 @@ def test_refused_writes_are_retried_then_stop_the_job_and_a_restart_completes(
     es.indices.create(index=config.elasticsearch.anomalies_index, settings={"number_of_replicas": 0})
     es.indices.put_settings(index=config.elasticsearch.anomalies_index, settings={"index.blocks.write": True})
 
-    e = config.elasticsearch
-    install_templates(es, {"anomalies": e.anomalies_index, "alerts": e.alerts_index, "deadletter": e.deadletter_index}, 0)
+    install_templates(es, pipeline_indices(config), 0)
     query = start_query(spark, config, BatchRouter(config, Sinks(spark, config, es)))
     try:
         with pytest.raises(StreamingQueryException) as failure:
@@ -277,3 +286,79 @@ def test_refused_writes_are_retried_then_stop_the_job_and_a_restart_completes(
     abnormal, _, normal = expectations(config, [v for _, v in good])
     assert set(ids_in(es, config.elasticsearch.anomalies_index)) == abnormal
     assert sorted(archive_lines(config)) == sorted(normal)
+
+
+def _reading(patient: str, when: str, systolic: int, diastolic: int) -> tuple[bytes, bytes]:
+    obs_id = f"{patient}-{when[:13].replace(':', '')}"
+    body = {
+        "resourceType": "Observation", "id": obs_id, "status": "final",
+        "code": {"coding": [{"system": "http://loinc.org", "code": "85354-9"}]},
+        "subject": {"reference": f"Patient/{patient}"}, "effectiveDateTime": when,
+        "component": [
+            {"code": {"coding": [{"system": "http://loinc.org", "code": "8480-6"}]},
+             "valueQuantity": {"value": systolic, "unit": "mmHg", "system": "http://unitsofmeasure.org", "code": "mm[Hg]"}},
+            {"code": {"coding": [{"system": "http://loinc.org", "code": "8462-4"}]},
+             "valueQuantity": {"value": diastolic, "unit": "mmHg", "system": "http://unitsofmeasure.org", "code": "mm[Hg]"}},
+        ],
+    }
+    return patient.encode(), orjson.dumps(body)
+
+
+def test_trends_sustained_onsets_and_late_readings(
+    spark: SparkSession, es: Elasticsearch, kafka_admin, unique_name: str, tmp_path: Path
+) -> None:
+    config = stream_config(unique_name, tmp_path, **{
+        "trends.enabled": True, "trends.watermark": "1 day", "trends.sustained_min_readings": 3,
+        "kafka.alerts_topic": f"{unique_name}_alerts"})
+    hypertensive = [_reading("pa", f"2026-01-0{d}T08:00:00Z", 150, 95) for d in range(1, 6)]
+    normal = [_reading("pb", f"2026-01-0{d}T08:30:00+01:00", 118, 76) for d in range(1, 6)]
+    crisis = [_reading("pc", "2026-01-03T09:15:00Z", 185, 125)]
+    publish(config, hypertensive + normal + crisis + normal[:1])  # and one duplicate
+    run_queries(spark, config, es)
+
+    trends = ids_in(es, config.elasticsearch.trends_index)
+    day1 = trends["patient|daily|pa|2026-01-01 00:00:00"]
+    assert (day1["readings"], day1["systolic_max"], day1["diastolic_mean"]) == (1, 150.0, 95.0)
+    assert day1["anomalies"] == {"systolic_high": 1, "systolic_low": 0, "diastolic_high": 1, "diastolic_low": 0}
+    assert trends["patient|hourly|pb|2026-01-01 07:00:00"]["readings"] == 1  # 08:30+01:00, counted once
+    cohort = trends["cohort|daily|2026-01-03 00:00:00"]
+    assert (cohort["readings"], cohort["abnormal_readings"], cohort["abnormal_patients"]) == (3, 2, 2)
+    assert cohort["peak"]["observation_id"] == "pc-2026-01-03T09" and cohort["peak"]["systolic"] == 185.0
+    # pa's 7-day windows reach 3 readings (the minimum here) in the window starting Dec 28: the onset
+    onset = "sustained|7 days/1 day|pa|2025-12-28 00:00:00"
+    assert trends[onset]["is_sustained"] and trends[onset]["readings"] == 3
+    assert not trends["sustained|7 days/1 day|pa|2025-12-27 00:00:00"]["is_sustained"]  # 2 readings
+    assert not any(doc["is_sustained"] for doc in trends.values() if doc["scope"] == "sustained" and doc["patient_id"] == "pb")
+    alerts = ids_in(es, config.elasticsearch.alerts_index)
+    assert set(alerts) == {onset, "pc-2026-01-03T09"}
+    assert alerts[onset]["alert_type"] == "sustained_hypertension" and alerts[onset]["systolic_mean"] == 150.0
+    assert alerts[onset]["reason"] == "sustained hypertension: mean 150/95 mmHg over 3 readings in 7 days (limit 135/85)"
+
+    # The watermark is now 1 day before the latest reading's day: Jan 4, 00:00.
+    inside = _reading("pb", "2026-01-04T12:00:00Z", 121, 79)   # its windows are still open
+    outside = _reading("pa", "2025-12-20T08:00:00Z", 160, 100)  # every window of it closed
+    publish(config, [inside, outside])
+    _, queries = run_queries(spark, config, es)
+
+    trends = ids_in(es, config.elasticsearch.trends_index)
+    assert trends["patient|daily|pb|2026-01-04 00:00:00"]["readings"] == 2
+    assert "patient|daily|pa|2025-12-20 00:00:00" not in trends
+    trend_query = next(q for q in queries if q.name == TRENDS_QUERY)
+    # dropped: 2 patient + 2 cohort windows and its 7 sliding windows
+    assert sum(late_rows(p) for p in trend_query.recentProgress) == 11
+    # the late reading still reached the anomaly index; the one inside the watermark the archive
+    assert "pa-2025-12-20T08" in ids_in(es, config.elasticsearch.anomalies_index)
+    assert inside[1] in archive_lines(config)
+    assert set(ids_in(es, config.elasticsearch.alerts_index)) == {onset, "pc-2026-01-03T09"}  # no second onset
+
+    consumer = Consumer({"bootstrap.servers": config.kafka.bootstrap_servers, "group.id": unique_name,
+                         "auto.offset.reset": "earliest"})
+    consumer.subscribe([config.kafka.alerts_topic])
+    published = []
+    deadline = time.monotonic() + 30
+    while len(published) < 2 and time.monotonic() < deadline:
+        message = consumer.poll(1.0)
+        if message is not None and not message.error():
+            published.append((message.key(), orjson.loads(message.value())))
+    consumer.close()
+    assert sorted((key, doc["alert_id"]) for key, doc in published) == [(b"pa", onset), (b"pc", "pc-2026-01-03T09")]

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 from datetime import datetime
 
 import pytest
@@ -11,8 +12,17 @@ from pyspark.sql import functions as F
 from pyspark.sql import types as T
 
 from bp_spark.classify import with_classification
-from bp_spark.config import Config
-from bp_spark.trends import cohort_trends, patient_trends, sustained_hypertension
+from bp_spark.config import Config, TrendsConfig
+from bp_spark.trends import all_trends, sustained_onsets
+
+TRENDS = TrendsConfig(enabled=True, windows="hourly=1 hour, daily=1 day", watermark="1 day",
+                      sustained_window="7 days", sustained_slide="1 day", sustained_systolic=135.0,
+                      sustained_diastolic=85.0, sustained_min_readings=1)
+
+
+def trends(df: DataFrame, scope: str, period: str | None = None, config: TrendsConfig = TRENDS) -> DataFrame:
+    out = all_trends(df, config).where(F.col("scope") == scope)
+    return out.where(F.col("period") == period) if period else out
 
 READINGS = T.StructType([
     T.StructField("observation_id", T.StringType()),
@@ -43,7 +53,7 @@ def sample_df(spark: SparkSession, config: Config) -> DataFrame:
 
 
 def test_patient_hourly_aggregates_and_peak(spark: SparkSession, sample_df: DataFrame) -> None:
-    out = {(r.patient_id, r.window_start): r for r in patient_trends(sample_df, "1 hour", "hourly").collect()}
+    out = {(r.patient_id, r.window_start): r for r in trends(sample_df, "patient", "hourly").collect()}
     assert len(out) == 4
     p1 = out[("p1", at(1, 8))]
     assert p1.trend_id == "patient|hourly|p1|2026-01-01 08:00:00"
@@ -57,14 +67,14 @@ def test_patient_hourly_aggregates_and_peak(spark: SparkSession, sample_df: Data
 
 
 def test_patient_daily_windows(sample_df: DataFrame) -> None:
-    out = {(r.patient_id, r.window_start): r for r in patient_trends(sample_df, "1 day", "daily").collect()}
+    out = {(r.patient_id, r.window_start): r for r in trends(sample_df, "patient", "daily").collect()}
     assert set(out) == {("p1", at(1, 0)), ("p2", at(1, 0)), ("p2", at(2, 0))}
     assert out[("p1", at(1, 0))].readings == 3
     assert out[("p1", at(1, 0))].systolic_min == 118.0
 
 
 def test_cohort_daily_counts_distinct_abnormal_patients(spark: SparkSession, sample_df: DataFrame) -> None:
-    out = cohort_trends(sample_df, "1 day", "daily").select(
+    out = trends(sample_df, "cohort", "daily").select(
         "trend_id", "window_start", "readings", "abnormal_readings", "abnormal_patients", "systolic_max", "diastolic_max")
     expected = spark.createDataFrame([
         ("cohort|daily|2026-01-01 00:00:00", at(1, 0), 4, 3, 2, 165.0, 95.0),
@@ -86,19 +96,47 @@ def _week(spark: SparkSession, config: Config, systolic: float, diastolic: float
     (120.0, 85.0, True),    # at the diastolic threshold
 ])
 def test_sustained_hypertension_at_and_below_threshold(spark, config, systolic, diastolic, expected) -> None:
-    df = sustained_hypertension(_week(spark, config, systolic, diastolic), "7 days", "1 day")
+    df = trends(_week(spark, config, systolic, diastolic), "sustained")
     # The 7-day window that holds all seven daily readings starts on the first day.
     full = df.where((F.col("window_start") == at(1, 0)) & (F.col("readings") == 7)).collect()
     assert len(full) == 1
     row = full[0]
     assert row.systolic_mean == pytest.approx(systolic) and row.diastolic_mean == pytest.approx(diastolic)
     assert row.is_sustained is expected
-    assert row.trend_id == "sustained|p1|2026-01-01 00:00:00|2026-01-08 00:00:00"
+    assert row.trend_id == "sustained|7 days/1 day|p1|2026-01-01 00:00:00"
+    assert (row.window_end, row.last_reading_time) == (at(8, 0), at(7, 7))
 
 
 def test_sustained_windows_slide_by_a_day(spark, config) -> None:
-    df = sustained_hypertension(_week(spark, config, 140.0, 90.0), "7 days", "1 day")
+    df = trends(_week(spark, config, 140.0, 90.0), "sustained")
     starts = sorted(r.window_start for r in df.collect())
     # every 7-day window, sliding daily, that holds a reading of Jan 1-7: Dec 26 to Jan 7
     assert (starts[0], starts[-1], len(starts)) == (datetime(2025, 12, 26), at(7, 0), 13)
     assert all(r.is_sustained for r in df.collect())
+
+
+def test_sustained_needs_enough_readings(spark, config) -> None:
+    twelve = dataclasses.replace(TRENDS, sustained_min_readings=12)
+    rows = [(f"o{d}-{h}", "p1", at(d, h), 150.0, 95.0) for d in range(1, 8) for h in (7, 19)]  # 14 readings
+    out = {r.window_start: r for r in trends(readings(spark, config, rows), "sustained", config=twelve).collect()}
+    assert (out[at(1, 0)].readings, out[at(1, 0)].is_sustained) == (14, True)
+    assert (out[at(2, 0)].readings, out[at(2, 0)].is_sustained) == (12, True)
+    assert (out[at(3, 0)].readings, out[at(3, 0)].is_sustained) == (10, False)
+
+
+def test_every_scope_and_window_has_one_row_per_key(spark, config, sample_df) -> None:
+    counts = {(r.scope, r.period): r["count"] for r in all_trends(sample_df, TRENDS).groupBy("scope", "period").count().collect()}
+    # p1: 2 hours on day 1; p2: one hour on day 1 and one on day 2; sustained: 7 windows per reading day
+    assert counts == {("patient", "hourly"): 4, ("patient", "daily"): 3, ("cohort", "hourly"): 3,
+                      ("cohort", "daily"): 2, ("sustained", "7 days/1 day"): 7 + 8}
+    ids = [r.trend_id for r in all_trends(sample_df, TRENDS).collect()]
+    assert len(ids) == len(set(ids))
+    cohort = trends(sample_df, "cohort", "hourly").where(F.col("window_start") == at(1, 8)).first()
+    assert cohort.trend_id == "cohort|hourly|2026-01-01 08:00:00" and cohort.patient_id is None
+
+
+def test_onset_is_the_first_sustained_window_of_a_run() -> None:
+    windows = [("w2", "w1", True), ("w3", "w2", True), ("w5", "w4", True), ("w4", "w3", False), ("w9", "w8", True)]
+    # w2: w1 unknown -> onset; w3 follows w2; w5 follows a non-sustained w4; w9: w8 sustained in the index
+    assert sustained_onsets(windows, {"w8": True}) == ["w2", "w5"]
+    assert sustained_onsets(windows, {}) == ["w2", "w5", "w9"]
