@@ -6,7 +6,8 @@
 2. runs `python jobs/stream.py --trigger available-now` on them, each run on a fresh
    checkpoint, archive and indices: end-to-end observations/s (process start to exit, Spark
    start-up included), the rate inside the batches, and the peak memory (RSS of the job's
-   process tree: Python driver plus JVM);
+   process tree: Python driver plus JVM), with the trend query off (routing only);
+   then the same with the trend query on, as the job runs by default;
 3. the same job with --no-sinks (Kafka read + parse + classify + de-duplicate, nothing
    written): the machine's ceiling;
 4. a plain Python consumer doing the prototype's work (json.loads, if/else, one Elasticsearch
@@ -78,13 +79,14 @@ def tree_rss_bytes(pid: int) -> int:
     return total
 
 
-def run_job(topic: str, observations: int, no_sinks: bool, workdir: Path) -> dict:
+def run_job(topic: str, observations: int, no_sinks: bool, workdir: Path, trends: bool = False) -> dict:
     name = f"bench_{uuid.uuid4().hex[:8]}"
     env = {**os.environ, "SPARK_LOCAL_IP": "127.0.0.1", "BP_KAFKA_TOPIC": topic,
            "BP_ELASTICSEARCH_ANOMALIES_INDEX": f"{name}_anomalies", "BP_ELASTICSEARCH_ALERTS_INDEX": f"{name}_alerts",
            "BP_ELASTICSEARCH_TRENDS_INDEX": f"{name}_trends", "BP_ELASTICSEARCH_DEADLETTER_INDEX": f"{name}_deadletter",
            "BP_PATHS_ARCHIVE_DIR": str(workdir / name / "archive"),
-           "BP_PATHS_CHECKPOINT_DIR": str(workdir / name / "checkpoint")}
+           "BP_PATHS_CHECKPOINT_DIR": str(workdir / name / "checkpoint"),
+           "BP_TRENDS_ENABLED": str(trends).lower()}
     command = [sys.executable, str(ROOT / "jobs" / "stream.py"), "--trigger", "available-now"]
     if no_sinks:
         command.append("--no-sinks")
@@ -174,13 +176,14 @@ def main() -> int:
         t0 = time.perf_counter()
         publish(topic, args.observations)
         print(f"published {args.observations:,} observations to {topic} in {time.perf_counter() - t0:.1f} s", flush=True)
-        full, bare, proto = [], [], []
+        full, with_trends, bare, proto = [], [], [], []
         for i in range(args.repeats):
             full.append(run_job(topic, args.observations, False, workdir))
+            with_trends.append(run_job(topic, args.observations, False, workdir, trends=True))
             bare.append(run_job(topic, args.observations, True, workdir))
             proto.append(prototype_consumer(topic, args.prototype_seconds, workdir))
             print(f"run {i + 1}: job {full[-1]['e2e']:,.0f} obs/s end to end ({full[-1]['seconds']:.0f} s, "
-                  f"peak {full[-1]['peak_mb']:,.0f} MB); no sinks {bare[-1]['e2e']:,.0f} obs/s; "
+                  f"peak {full[-1]['peak_mb']:,.0f} MB); with trends {with_trends[-1]['e2e']:,.0f} obs/s; no sinks {bare[-1]['e2e']:,.0f} obs/s; "
                   f"prototype {proto[-1]:,.0f} obs/s", flush=True)
     finally:
         AdminClient({"bootstrap.servers": bootstrap}).delete_topics([topic])
@@ -192,6 +195,8 @@ def main() -> int:
     print(f"\nstream benchmark: {args.observations:,} observations, {args.repeats} runs, medians")
     print(f"  stream job, all sinks      end to end {med(full, 'e2e'):>9,.0f} obs/s   inside batches "
           f"{med(full, 'in_batches'):>9,.0f} obs/s   peak memory {med(full, 'peak_mb'):,.0f} MB")
+    print(f"  the same and trends        end to end {med(with_trends, 'e2e'):>9,.0f} obs/s   inside batches "
+          f"{med(with_trends, 'in_batches'):>9,.0f} obs/s   peak memory {med(with_trends, 'peak_mb'):,.0f} MB")
     print(f"  stream job, no sinks       end to end {med(bare, 'e2e'):>9,.0f} obs/s   inside batches "
           f"{med(bare, 'in_batches'):>9,.0f} obs/s   peak memory {med(bare, 'peak_mb'):,.0f} MB")
     print(f"  prototype-style consumer   {statistics.median(proto):>9,.0f} obs/s (first {args.prototype_seconds:.0f} s of the topic)")

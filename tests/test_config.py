@@ -59,6 +59,11 @@ def test_env_name() -> None:
         ({"BP_THRESHOLDS_DIASTOLIC_LOW": "low"}, "thresholds.diastolic_low", "expected float"),
         ({"BP_STREAM_TRIGGER": "sometimes"}, "stream.trigger", "available-now"),
         ({"BP_PATHS_ARCHIVE_DIR": "  "}, "paths.archive_dir", "non-empty"),
+        ({"BP_TRENDS_WINDOWS": "hourly=1 hour, daily"}, "trends.windows", "label=duration"),
+        ({"BP_TRENDS_WINDOWS": "h=1 hour, h=2 hours"}, "trends.windows", "each window label once"),
+        ({"BP_TRENDS_WATERMARK": "soon"}, "trends.watermark", "duration"),
+        ({"BP_TRENDS_ENABLED": "maybe"}, "trends.enabled", "expected bool"),
+        ({"BP_KAFKA_ALERTS_TOPIC": "bad topic!"}, "kafka.alerts_topic", "letters, digits"),
     ],
 )
 def test_bad_value_names_key_source_and_what_is_allowed(env: dict[str, str], key: str, hint: str) -> None:
@@ -75,6 +80,14 @@ def test_relations_between_thresholds_are_checked() -> None:
         load_config(env={"BP_THRESHOLDS_SYSTOLIC_LOW": "150"})
     with pytest.raises(ConfigError, match="crisis_diastolic"):
         load_config(env={"BP_THRESHOLDS_CRISIS_DIASTOLIC": "85"})
+
+
+def test_trend_settings() -> None:
+    config = load_config(env={"BP_TRENDS_WINDOWS": "quarter=15 minutes, weekly=1 week", "BP_TRENDS_ENABLED": "false"})
+    assert config.trends.window_list == [("quarter", "15 minutes"), ("weekly", "1 week")]
+    assert config.trends.enabled is False
+    with pytest.raises(ConfigError, match=r"trends.sustained_window \(7 days\) must be a whole number of trends.sustained_slide \(5 days\)"):
+        load_config(env={"BP_TRENDS_SUSTAINED_SLIDE": "5 days"})
 
 
 def test_unknown_key_and_section_in_file_are_refused(tmp_path: Path) -> None:
