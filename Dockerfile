@@ -13,6 +13,6 @@ WORKDIR /app
 COPY pyproject.toml README.md .env ./
 COPY bp_spark ./bp_spark
 # Editable, so the library finds conf/ and .env beside it in /app.
-RUN pip install --no-cache-dir -e .
+RUN pip install --no-cache-dir -e . && python -m bp_spark.package
 COPY conf ./conf
 COPY jobs ./jobs

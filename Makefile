@@ -5,7 +5,7 @@ PY := $(VENV)/bin/python
 # The hostname may resolve to another interface; Spark binds to loopback here.
 export SPARK_LOCAL_IP ?= 127.0.0.1
 
-.PHONY: demo test install system-deps up down status clean
+.PHONY: demo test install system-deps up down status clean dist
 
 ## demo: install, start the local stack, run the pipeline end to end, print a summary
 demo: install up
@@ -27,6 +27,10 @@ $(VENV)/.installed: pyproject.toml
 	$(PY) -m pip install -q -e '.[dev]'
 	touch $@
 
+## dist: dist/bp_spark.zip, the package for spark-submit --py-files on a cluster
+dist: install
+	$(PY) -m bp_spark.package
+
 ## up / down / status: the local Kafka + Elasticsearch stack, as plain processes
 up:
 	@python3 stack/localstack.py up
@@ -39,4 +43,4 @@ status:
 
 ## clean: stop the stack and remove its data, downloads and the demo's output
 clean: down
-	rm -rf .stack var
+	rm -rf .stack var dist

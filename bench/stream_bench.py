@@ -84,6 +84,7 @@ def run_job(topic: str, observations: int, no_sinks: bool, workdir: Path, trends
     env = {**os.environ, "SPARK_LOCAL_IP": "127.0.0.1", "BP_KAFKA_TOPIC": topic,
            "BP_ELASTICSEARCH_ANOMALIES_INDEX": f"{name}_anomalies", "BP_ELASTICSEARCH_ALERTS_INDEX": f"{name}_alerts",
            "BP_ELASTICSEARCH_TRENDS_INDEX": f"{name}_trends", "BP_ELASTICSEARCH_DEADLETTER_INDEX": f"{name}_deadletter",
+           "BP_ELASTICSEARCH_METRICS_INDEX": f"{name}_metrics",
            "BP_PATHS_ARCHIVE_DIR": str(workdir / name / "archive"),
            "BP_PATHS_CHECKPOINT_DIR": str(workdir / name / "checkpoint"),
            "BP_TRENDS_ENABLED": str(trends).lower()}

@@ -49,6 +49,7 @@ class ElasticsearchConfig:
     alerts_index: str
     trends_index: str
     deadletter_index: str
+    metrics_index: str
     number_of_replicas: int
     write_retries: int
     retry_backoff_s: float
@@ -274,6 +275,7 @@ VALIDATORS: dict[str, Callable[[Any], str | None]] = {
     "elasticsearch.alerts_index": _index,
     "elasticsearch.trends_index": _index,
     "elasticsearch.deadletter_index": _index,
+    "elasticsearch.metrics_index": _index,
     "thresholds.systolic_high": _mmhg,
     "thresholds.systolic_low": _mmhg,
     "thresholds.diastolic_high": _mmhg,
@@ -457,9 +459,9 @@ def _check_consistency(config: Config) -> None:
         raise ConfigError(f"trends.sustained_window ({tr.sustained_window}) must be a whole number of "
                           f"trends.sustained_slide ({tr.sustained_slide})")
     es = config.elasticsearch
-    names = [es.anomalies_index, es.alerts_index, es.trends_index, es.deadletter_index]
+    names = [es.anomalies_index, es.alerts_index, es.trends_index, es.deadletter_index, es.metrics_index]
     if len(set(names)) != len(names):
-        raise ConfigError(f"elasticsearch.*_index must be four different indices, got {names}")
+        raise ConfigError(f"elasticsearch.*_index must be five different indices, got {names}")
 
 
 def add_config_flags(parser: Any, flags: list[str]) -> None:

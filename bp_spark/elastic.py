@@ -88,7 +88,7 @@ def pipeline_indices(config: Config) -> dict[str, str]:
     """``{template kind: index}`` for every index the stream job writes."""
     e = config.elasticsearch
     return {"anomalies": e.anomalies_index, "alerts": e.alerts_index, "deadletter": e.deadletter_index,
-            "trends": e.trends_index}
+            "trends": e.trends_index, "metrics": e.metrics_index}
 
 
 def install_templates(client: Elasticsearch, indices: dict[str, str], replicas: int) -> list[str]:

@@ -1,48 +1,129 @@
-"""Watching the running queries: a StreamingQueryListener that reads each batch's progress.
+"""Pipeline health: a StreamingQueryListener that turns each micro-batch's progress into one
+structured record, logs it as a JSON line and indexes it into ``fhir_observations_metrics``.
 
-Spark reports, per micro-batch, what every stateful operator did; readings that arrived later
-than the trend query's watermark are dropped there and counted in ``numRowsDroppedByWatermark``.
+A record holds: input rows, input and processed rows per second, the batch duration, the rows
+each sink received (from the query's foreachBatch router), the watermark, the rows dropped as
+later than the watermark, and the Kafka lag (latest offsets minus processed offsets, per
+partition and in total). Monitoring never stops the pipeline: a record that cannot be indexed
+is logged and dropped.
 """
 
 from __future__ import annotations
 
 import json
 import logging
-from collections import Counter
+import time
+from collections.abc import Callable
 from typing import Any
 
+from elasticsearch import Elasticsearch
 from pyspark.sql.streaming import StreamingQueryListener
 
 log = logging.getLogger("bp_spark.monitoring")
+metrics_log = logging.getLogger("bp_spark.metrics")
 
+ROUTING_QUERY = "bp_monitor"
 TRENDS_QUERY = "bp_monitor_trends"
+EPOCH = "1970-01-01T00:00:00.000Z"
+
+SinkCounts = Callable[[str, int], dict[str, int] | None]
 
 
 def late_rows(progress: dict[str, Any]) -> int:
-    """Readings of this batch left out as later than the watermark. Each branch of the trend
-    query (one per aggregation) drops the same late readings, so the count is their maximum."""
+    """Rows of this batch left out as later than the watermark: the most any stateful operator
+    dropped (the first one drops them; those after it never see them)."""
     return max((op.get("numRowsDroppedByWatermark", 0) for op in progress.get("stateOperators", [])), default=0)
 
 
-class ProgressLog(StreamingQueryListener):
-    """Logs readings left out of trends for being late, and keeps running totals per query."""
+def _offsets(value: Any) -> dict[str, dict[str, int]]:
+    """A Kafka source's offsets as ``{topic: {partition: offset}}`` (progress gives JSON text)."""
+    if not value:
+        return {}
+    return json.loads(value) if isinstance(value, str) else value
 
-    def __init__(self) -> None:
+
+def kafka_lag(progress: dict[str, Any]) -> list[dict[str, Any]]:
+    """Per Kafka partition: the offset processed up to, the latest offset the source saw, and the lag."""
+    lag = []
+    for source in progress.get("sources", []):
+        if not str(source.get("description", "")).startswith("KafkaV2"):
+            continue
+        processed, latest = _offsets(source.get("endOffset")), _offsets(source.get("latestOffset"))
+        for topic, partitions in sorted(latest.items()):
+            for partition, latest_offset in sorted(partitions.items(), key=lambda item: int(item[0])):
+                end = processed.get(topic, {}).get(partition, 0)
+                lag.append({"topic": topic, "partition": int(partition), "processed_offset": end,
+                            "latest_offset": latest_offset, "lag": max(latest_offset - end, 0)})
+    return lag
+
+
+def progress_record(progress: dict[str, Any], sinks: dict[str, int] | None) -> dict[str, Any]:
+    """The health record of one micro-batch, from Spark's progress and the router's counts."""
+    watermark = progress.get("eventTime", {}).get("watermark")
+    partitions = kafka_lag(progress)
+    return {
+        "timestamp": progress["timestamp"],
+        "query": progress.get("name"),
+        "query_id": progress["id"],
+        "run_id": progress["runId"],
+        "batch_id": progress["batchId"],
+        "input_rows": progress.get("numInputRows", 0),
+        "input_rows_per_second": round(progress.get("inputRowsPerSecond") or 0.0, 1),
+        "processed_rows_per_second": round(progress.get("processedRowsPerSecond") or 0.0, 1),
+        "batch_duration_ms": progress.get("durationMs", {}).get("triggerExecution", 0),
+        "sinks": sinks or {},
+        "watermark": None if watermark in (None, EPOCH) else watermark,
+        "late_rows": late_rows(progress),
+        "state_rows": sum(op.get("numRowsTotal", 0) for op in progress.get("stateOperators", [])),
+        "kafka_lag": sum(p["lag"] for p in partitions),
+        "kafka_partitions": partitions,
+    }
+
+
+class ProgressLog(StreamingQueryListener):
+    """One JSON line per micro-batch of every query (logger ``bp_spark.metrics``), the same
+    record indexed into ``index`` when a client is given, and a warning for late readings."""
+
+    def __init__(self, sink_counts: SinkCounts | None = None, es: Elasticsearch | None = None,
+                 index: str | None = None) -> None:
         super().__init__()
-        self.late: Counter[str] = Counter()
+        self.sink_counts = sink_counts or (lambda query, batch_id: None)
+        self.es = es
+        self.index = index
+        self.records: list[dict[str, Any]] = []  # this run's records, newest last (bounded)
+        self.seen: set[tuple[str, int, str]] = set()
 
     def onQueryStarted(self, event: Any) -> None:
         log.info("query %s started (id %s, run %s)", event.name, event.id, event.runId)
 
     def onQueryProgress(self, event: Any) -> None:
         progress = json.loads(event.progress.json)
-        late = late_rows(progress)
-        if late and progress.get("name") == TRENDS_QUERY:
-            self.late[progress["name"]] += late
+        record = progress_record(progress, self.sink_counts(progress.get("name"), progress["batchId"]))
+        self.records = self.records[-999:] + [record]
+        self.seen.add((record["run_id"], record["batch_id"], record["timestamp"]))
+        metrics_log.info(json.dumps(record, separators=(",", ":")))
+        if record["late_rows"] and record["query"] == TRENDS_QUERY:
             log.warning("trends batch %s: %d readings arrived later than the watermark (%s) and were left out of "
-                        "trends; they are still in the anomaly index or the archive (total so far: %d)",
-                        progress.get("batchId"), late, progress.get("eventTime", {}).get("watermark", "none"),
-                        self.late[progress["name"]])
+                        "those trend windows; they are still in the anomaly index or the archive",
+                        record["batch_id"], record["late_rows"], record["watermark"])
+        if self.es is not None and self.index:
+            try:
+                self.es.index(index=self.index, id=f"{record['run_id']}|{record['batch_id']}|{record['timestamp']}",
+                              document=record)
+            except Exception as exc:  # monitoring must never stop the pipeline
+                log.warning("could not index the metrics of %s batch %s into %s: %s", record["query"],
+                            record["batch_id"], self.index, exc)
+
+    def wait_for(self, progresses: list[dict[str, Any]], timeout_s: float = 10.0) -> bool:
+        """Wait until these progress reports have reached the listener (Spark delivers them
+        asynchronously); return whether they all did in time."""
+        wanted = {(p["runId"], p["batchId"], p["timestamp"]) for p in progresses if p}
+        deadline = time.monotonic() + timeout_s
+        while not wanted <= self.seen:
+            if time.monotonic() > deadline:
+                return False
+            time.sleep(0.05)
+        return True
 
     def onQueryIdle(self, event: Any) -> None:
         pass
@@ -50,3 +131,5 @@ class ProgressLog(StreamingQueryListener):
     def onQueryTerminated(self, event: Any) -> None:
         if event.exception:
             log.error("query %s stopped with an error: %s", event.id, event.exception.splitlines()[0])
+        else:
+            log.info("query %s stopped", event.id)

@@ -16,13 +16,17 @@ from __future__ import annotations
 import argparse
 import logging
 import sys
+from pathlib import Path
+
+# The driver uses the checkout's bp_spark (conf/ lies beside it), also when spark-submit's
+# --py-files puts the executors' copy (dist/bp_spark.zip) first on the path.
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from pyspark.errors import StreamingQueryException
 
 from bp_spark.logs import configure_logging
 from bp_spark.config import ConfigError, add_config_flags, load_config_from_args
 from bp_spark.elastic import ElasticsearchUnavailable, install_templates, make_client, pipeline_indices, probe_cluster
-from bp_spark.monitoring import ProgressLog
 from bp_spark.pipeline import CheckpointLayoutError, await_queries, start_pipeline
 from bp_spark.session import build_session
 from bp_spark.sinks import Sinks
@@ -51,26 +55,26 @@ def main(argv: list[str] | None = None) -> int:
         return 2 if isinstance(exc, ConfigError) else 1
 
     spark = build_session(config.stream.app_name)
-    log.info("Spark UI: %s", spark.sparkContext.uiWebUrl)
-    spark.streams.addListener(ProgressLog())
+    log.info("Spark master %s; Spark UI: %s (Structured Streaming tab; Prometheus: /metrics/prometheus)",
+             spark.sparkContext.master, spark.sparkContext.uiWebUrl)
     try:
-        _, queries = start_pipeline(spark, config, None if args.no_sinks else Sinks(spark, config, es))
+        pipeline = start_pipeline(spark, config, None if args.no_sinks else Sinks(spark, config, es))
     except CheckpointLayoutError as exc:
         print(f"stream: {exc}", file=sys.stderr)
         spark.stop()
         return 2
     log.info("reading %s from %s; queries %s; checkpoints under %s", config.kafka.topic,
-             config.kafka.bootstrap_servers, ", ".join(q.name for q in queries), config.paths.checkpoint_dir)
+             config.kafka.bootstrap_servers, ", ".join(q.name for q in pipeline.queries), config.paths.checkpoint_dir)
     try:
-        await_queries(queries)
+        await_queries(pipeline.queries)
     except StreamingQueryException as exc:
         print(f"stream: the query stopped: {str(exc).splitlines()[0]}\n"
               "Restart on the same checkpoint to resume; nothing acknowledged was lost.", file=sys.stderr)
         return 1
     except KeyboardInterrupt:
-        for query in queries:
-            query.stop()
+        pass
     finally:
+        pipeline.stop()
         spark.stop()
     return 0
 

@@ -38,7 +38,11 @@ def test_compose_file_is_a_self_contained_full_stack() -> None:
     # interpolation compose would do from .env.
     doc = yaml.safe_load(_interpolate(COMPOSE.read_text(), read_env_file()))
     services = doc["services"]
-    assert {"kafka", "elasticsearch", "kibana", "generator", "stream"} <= set(services)
+    assert {"kafka", "elasticsearch", "kibana", "generator", "spark-master", "spark-worker", "stream"} <= set(services)
+    submit = services["stream"]["command"]
+    assert submit[submit.index("--master") + 1] == "spark://spark-master:7077"
+    assert submit[submit.index("--py-files") + 1] == "dist/bp_spark.zip"
+    assert "--port" in services["spark-master"]["command"] and "7077" in services["spark-master"]["command"]
     env = read_env_file()
     assert services["elasticsearch"]["image"].endswith(f":{env['ES_VERSION']}")
     assert services["kibana"]["image"].endswith(f":{env['ES_VERSION']}")

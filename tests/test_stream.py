@@ -5,6 +5,7 @@ trend query (windows, sustained-hypertension onsets, late readings, the alert to
 from __future__ import annotations
 
 import copy
+import json
 import os
 import re
 import signal
@@ -22,9 +23,9 @@ from pyspark.sql import SparkSession
 
 from bp_spark.config import Config, load_config
 from bp_spark.elastic import install_templates, pipeline_indices
-from bp_spark.monitoring import TRENDS_QUERY, late_rows
+from bp_spark.monitoring import ROUTING_QUERY, TRENDS_QUERY, late_rows
 from bp_spark.generator import encode, make_patients, readings, window
-from bp_spark.pipeline import BatchRouter, await_queries, start_pipeline, start_query
+from bp_spark.pipeline import BatchRouter, Pipeline, await_queries, start_pipeline, start_query
 from bp_spark.sinks import Sinks
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -39,6 +40,7 @@ def stream_config(name: str, tmp_path: Path, **extra) -> Config:
         "elasticsearch.alerts_index": f"{name}_alerts",
         "elasticsearch.trends_index": f"{name}_trends",
         "elasticsearch.deadletter_index": f"{name}_deadletter",
+        "elasticsearch.metrics_index": f"{name}_metrics",
         "elasticsearch.retry_backoff_s": 0.2,
         "paths.archive_dir": str(tmp_path / "archive"),
         "paths.checkpoint_dir": str(tmp_path / "checkpoint"),
@@ -60,20 +62,19 @@ def publish(config: Config, messages: list[tuple[bytes, bytes]]) -> list[tuple[i
     return [coordinates[i] for i in range(len(messages))]
 
 
-def run_queries(spark: SparkSession, config: Config, es: Elasticsearch) -> tuple[BatchRouter, list]:
+def run_pipeline(spark: SparkSession, config: Config, es: Elasticsearch) -> Pipeline:
     """Run the stream job's queries with --trigger available-now, as the job wires them."""
     install_templates(es, pipeline_indices(config), 0)
-    router, queries = start_pipeline(spark, config, Sinks(spark, config, es))
+    pipeline = start_pipeline(spark, config, Sinks(spark, config, es))
     try:
-        await_queries(queries, timeout_s=300)
+        await_queries(pipeline.queries, timeout_s=300)
     finally:
-        for query in queries:
-            query.stop()
-    return router, queries
+        pipeline.stop()
+    return pipeline
 
 
 def run_once(spark: SparkSession, config: Config, es: Elasticsearch) -> BatchRouter:
-    return run_queries(spark, config, es)[0]
+    return run_pipeline(spark, config, es).router
 
 
 def ids_in(es: Elasticsearch, index: str, **terms: str) -> dict[str, dict]:
@@ -223,6 +224,7 @@ def test_kill_minus_nine_mid_stream_then_restart_gives_each_observation_once(
            "BP_ELASTICSEARCH_ALERTS_INDEX": config.elasticsearch.alerts_index,
            "BP_ELASTICSEARCH_TRENDS_INDEX": config.elasticsearch.trends_index,
            "BP_ELASTICSEARCH_DEADLETTER_INDEX": config.elasticsearch.deadletter_index,
+           "BP_ELASTICSEARCH_METRICS_INDEX": config.elasticsearch.metrics_index,
            "BP_PATHS_ARCHIVE_DIR": config.paths.archive_dir,
            "BP_PATHS_CHECKPOINT_DIR": config.paths.checkpoint_dir}
     command = [sys.executable, str(ROOT / "jobs" / "stream.py"), "--trigger", "available-now",
@@ -314,7 +316,7 @@ def test_trends_sustained_onsets_and_late_readings(
     normal = [_reading("pb", f"2026-01-0{d}T08:30:00+01:00", 118, 76) for d in range(1, 6)]
     crisis = [_reading("pc", "2026-01-03T09:15:00Z", 185, 125)]
     publish(config, hypertensive + normal + crisis + normal[:1])  # and one duplicate
-    run_queries(spark, config, es)
+    run_pipeline(spark, config, es)
 
     trends = ids_in(es, config.elasticsearch.trends_index)
     day1 = trends["patient|daily|pa|2026-01-01 00:00:00"]
@@ -338,7 +340,7 @@ def test_trends_sustained_onsets_and_late_readings(
     inside = _reading("pb", "2026-01-04T12:00:00Z", 121, 79)   # its windows are still open
     outside = _reading("pa", "2025-12-20T08:00:00Z", 160, 100)  # every window of it closed
     publish(config, [inside, outside])
-    _, queries = run_queries(spark, config, es)
+    queries = run_pipeline(spark, config, es).queries
 
     trends = ids_in(es, config.elasticsearch.trends_index)
     assert trends["patient|daily|pb|2026-01-04 00:00:00"]["readings"] == 2
@@ -362,3 +364,33 @@ def test_trends_sustained_onsets_and_late_readings(
             published.append((message.key(), orjson.loads(message.value())))
     consumer.close()
     assert sorted((key, doc["alert_id"]) for key, doc in published) == [(b"pa", onset), (b"pc", "pc-2026-01-03T09")]
+
+
+def test_health_metrics_are_logged_and_indexed_per_batch(
+    spark: SparkSession, es: Elasticsearch, kafka_admin, unique_name: str, tmp_path: Path, caplog
+) -> None:
+    config = stream_config(unique_name, tmp_path, **{"kafka.max_offsets_per_trigger": 120, "trends.enabled": True})
+    good = generated(patients=10, days=8, seed=10)  # 320 observations: three batches of at most 120
+    publish(config, good + [(b"x", b"not json")])
+    with caplog.at_level("INFO", logger="bp_spark.metrics"):
+        pipeline = run_pipeline(spark, config, es)
+
+    logged = [json.loads(r.message) for r in caplog.records if r.name == "bp_spark.metrics"]
+    routing = [r for r in logged if r["query"] == ROUTING_QUERY and r["input_rows"]]
+    assert sum(r["input_rows"] for r in routing) == len(good) + 1
+    assert len(routing) >= 3 and all(r["input_rows"] <= 120 for r in routing)
+    assert sum(sum(r["sinks"][k] for k in ("anomalies", "archive", "dead_letters")) for r in routing) == len(good) + 1
+    assert sum(r["sinks"]["dead_letters"] for r in routing) == 1
+    assert routing[0]["kafka_lag"] == len(good) + 1 - routing[0]["input_rows"] > 0
+    assert routing[-1]["kafka_lag"] == 0  # the lag reaches zero
+    assert all(r["batch_duration_ms"] > 0 and r["processed_rows_per_second"] > 0 for r in routing)
+    trends = [r for r in logged if r["query"] == TRENDS_QUERY and r["input_rows"]]
+    assert sum(r["input_rows"] for r in trends) == len(good) + 1 and trends[-1]["watermark"]
+    assert all(r["sinks"]["trend_windows"] > 0 for r in trends)
+    assert logged == pipeline.listener.records
+
+    es.indices.refresh(index=config.elasticsearch.metrics_index)
+    indexed = [h["_source"] for h in es.search(index=config.elasticsearch.metrics_index, size=100,
+                                               query={"term": {"query": ROUTING_QUERY}})["hits"]["hits"]]
+    assert sorted(r["input_rows"] for r in indexed) == sorted(r["input_rows"] for r in logged if r["query"] == ROUTING_QUERY)
+    assert min(r["kafka_lag"] for r in indexed) == 0

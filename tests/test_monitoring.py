@@ -1,0 +1,49 @@
+"""Tests of bp_spark/monitoring.py's record on a progress report as Spark writes it."""
+
+from __future__ import annotations
+
+import json
+
+from bp_spark.monitoring import kafka_lag, late_rows, progress_record
+
+PROGRESS = {
+    "id": "q-1", "runId": "r-1", "name": "bp_monitor_trends", "timestamp": "2026-11-28T10:00:00.000Z",
+    "batchId": 7, "numInputRows": 1500, "inputRowsPerSecond": 150.04, "processedRowsPerSecond": 1234.56,
+    "durationMs": {"addBatch": 1100, "triggerExecution": 1215},
+    "eventTime": {"watermark": "2026-01-04T00:00:00.000Z"},
+    "stateOperators": [
+        {"operatorName": "dedupeWithinWatermark", "numRowsTotal": 900, "numRowsDroppedByWatermark": 11},
+        {"operatorName": "stateStoreSave", "numRowsTotal": 100, "numRowsDroppedByWatermark": 0},
+    ],
+    "sources": [{
+        "description": "KafkaV2[Subscribe[vitals]]",
+        "startOffset": json.dumps({"vitals": {"0": 0, "1": 0}}),
+        "endOffset": json.dumps({"vitals": {"0": 700, "1": 800}}),
+        "latestOffset": json.dumps({"vitals": {"0": 1000, "1": 800}}),
+    }],
+}
+
+
+def test_kafka_lag_per_partition() -> None:
+    assert kafka_lag(PROGRESS) == [
+        {"topic": "vitals", "partition": 0, "processed_offset": 700, "latest_offset": 1000, "lag": 300},
+        {"topic": "vitals", "partition": 1, "processed_offset": 800, "latest_offset": 800, "lag": 0},
+    ]
+
+
+def test_record_of_a_batch() -> None:
+    record = progress_record(PROGRESS, {"trend_windows": 40, "alerts": 1})
+    assert record == {
+        "timestamp": "2026-11-28T10:00:00.000Z", "query": "bp_monitor_trends", "query_id": "q-1", "run_id": "r-1",
+        "batch_id": 7, "input_rows": 1500, "input_rows_per_second": 150.0, "processed_rows_per_second": 1234.6,
+        "batch_duration_ms": 1215, "sinks": {"trend_windows": 40, "alerts": 1},
+        "watermark": "2026-01-04T00:00:00.000Z", "late_rows": 11, "state_rows": 1000, "kafka_lag": 300,
+        "kafka_partitions": kafka_lag(PROGRESS),
+    }
+
+
+def test_no_watermark_and_no_state() -> None:
+    bare = {**PROGRESS, "eventTime": {"watermark": "1970-01-01T00:00:00.000Z"}, "stateOperators": [], "sources": []}
+    record = progress_record(bare, None)
+    assert (record["watermark"], record["late_rows"], record["kafka_lag"], record["sinks"]) == (None, 0, 0, {})
+    assert late_rows({}) == 0
