@@ -5,8 +5,9 @@
 1. checks Kafka and Elasticsearch;
 2. publishes the reference workload with the generator job (200 patients x 30 days x 4
    readings) and three unreadable messages, to show the dead letter;
-3. runs the stream job with ``--trigger available-now`` on ``var/checkpoints``;
-4. prints what each sink holds: counts per sink and per category.
+3. runs the stream job with ``--trigger available-now`` on ``var/checkpoints`` (routing and trends);
+4. writes the HTML report ``var/report.html`` (jobs/report.py: the dashboard's panels);
+5. prints what each sink holds: counts per sink, per category, per alert type and trend scope.
 
 Run it again and the stream job resumes from its checkpoint: the same observations (same id,
 same bytes) are not stored twice.
@@ -140,7 +141,13 @@ def main() -> int:
         print("demo: the stream job failed (see above)", file=sys.stderr)
         return 1
 
+    step("writing the HTML report (the dashboard's panels, for machines without Kibana)")
+    if subprocess.run([sys.executable, str(JOBS / "report.py"), "--output", "var/report.html"]).returncode != 0:
+        print("demo: the report failed (see above)", file=sys.stderr)
+        return 1
+
     summary(config, es, started)
+    print(f"  report: {Path('var/report.html').resolve()}  (open it in a browser)")
     return 0
 
 

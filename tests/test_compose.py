@@ -38,7 +38,9 @@ def test_compose_file_is_a_self_contained_full_stack() -> None:
     # interpolation compose would do from .env.
     doc = yaml.safe_load(_interpolate(COMPOSE.read_text(), read_env_file()))
     services = doc["services"]
-    assert {"kafka", "elasticsearch", "kibana", "generator", "spark-master", "spark-worker", "stream"} <= set(services)
+    assert {"kafka", "elasticsearch", "kibana", "kibana-setup", "generator", "spark-master", "spark-worker",
+            "stream"} <= set(services)
+    assert "jobs/kibana_setup.py" in services["kibana-setup"]["command"]
     submit = services["stream"]["command"]
     assert submit[submit.index("--master") + 1] == "spark://spark-master:7077"
     assert submit[submit.index("--py-files") + 1] == "dist/bp_spark.zip"

@@ -1,0 +1,128 @@
+"""Put the dashboard and the alert rule into Kibana: waits for Kibana, imports the saved objects
+of conf/kibana/ (data views, visualisations, the "Blood pressure monitoring" dashboard) and
+creates or updates the Elasticsearch query rule on the alerts index. Idempotent: run it again
+and the same objects and the same rule are overwritten in place.
+
+    python jobs/kibana_setup.py [--kibana-url http://localhost:5601] [--timeout 300]
+
+The data views and the rule point at the indices the configuration names (conf/pipeline.toml,
+BP_ELASTICSEARCH_*_INDEX).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+import time
+from pathlib import Path
+
+import urllib3
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+from bp_spark.config import Config, ConfigError, load_config  # noqa: E402
+from bp_spark.dashboards import ALERT_RULE, DASHBOARD_ID, data_view_indices, load_saved_objects  # noqa: E402
+
+RULE_ID = "bp-monitor-critical-alerts"
+HEADERS = {"kbn-xsrf": "bp-monitor"}
+
+
+class KibanaError(RuntimeError):
+    """Kibana did not come up or refused a request."""
+
+
+def import_payload(config: Config) -> bytes:
+    """The saved objects as NDJSON, with each data view aimed at the configured index."""
+    indices = data_view_indices(config)
+    lines = []
+    for obj in load_saved_objects():
+        if obj["type"] == "index-pattern" and obj["id"] in indices:
+            obj = {**obj, "attributes": {**obj["attributes"], "title": indices[obj["id"]]}}
+        lines.append(json.dumps(obj, separators=(",", ":")))
+    return ("\n".join(lines) + "\n").encode()
+
+
+def rule_body(config: Config) -> dict:
+    """The alert rule of conf/kibana/alert_rule.json on the configured alerts index."""
+    rule = json.loads(ALERT_RULE.read_text())
+    rule["params"]["index"] = [config.elasticsearch.alerts_index]
+    return rule
+
+
+class Kibana:
+    def __init__(self, url: str) -> None:
+        self.url = url.rstrip("/")
+        self.http = urllib3.PoolManager(timeout=urllib3.Timeout(connect=5, read=60), retries=False)
+
+    def request(self, method: str, path: str, **kwargs) -> tuple[int, dict]:
+        response = self.http.request(method, self.url + path, headers={**HEADERS, **kwargs.pop("headers", {})}, **kwargs)
+        try:
+            body = json.loads(response.data or b"{}")
+        except ValueError:
+            body = {"raw": response.data[:300].decode(errors="replace")}
+        return response.status, body
+
+    def wait(self, timeout_s: float) -> None:
+        deadline = time.monotonic() + timeout_s
+        last = "no answer"
+        while time.monotonic() < deadline:
+            try:
+                status, body = self.request("GET", "/api/status")
+                level = body.get("status", {}).get("overall", {}).get("level")
+                if status == 200 and level == "available":
+                    return
+                last = f"HTTP {status}, status {level}"
+            except urllib3.exceptions.HTTPError as exc:
+                last = str(exc)
+            print(f"kibana-setup: waiting for Kibana at {self.url} ({last})", flush=True)
+            time.sleep(5)
+        raise KibanaError(f"Kibana at {self.url} was not available after {timeout_s:.0f} s (last: {last}). "
+                          "Is it running and pointed at Elasticsearch? See its log.")
+
+    def import_objects(self, ndjson: bytes) -> int:
+        fields = {"file": ("bp-monitor.ndjson", ndjson, "application/ndjson")}
+        body, content_type = urllib3.encode_multipart_formdata(fields)
+        status, result = self.request("POST", "/api/saved_objects/_import?overwrite=true", body=body,
+                                      headers={"Content-Type": content_type})
+        if status != 200 or not result.get("success"):
+            raise KibanaError(f"importing the saved objects failed: HTTP {status} {json.dumps(result)[:800]}")
+        return result.get("successCount", 0)
+
+    def put_rule(self, rule: dict) -> str:
+        path = f"/api/alerting/rule/{RULE_ID}"
+        status, _ = self.request("GET", path)
+        if status == 404:
+            status, result = self.request("POST", path, body=json.dumps(rule), headers={"Content-Type": "application/json"})
+            done = "created"
+        else:  # update: the type and consumer of a rule cannot change
+            update = {k: v for k, v in rule.items() if k not in ("rule_type_id", "consumer")}
+            status, result = self.request("PUT", path, body=json.dumps(update), headers={"Content-Type": "application/json"})
+            done = "updated"
+        if status != 200:
+            raise KibanaError(f"the alert rule {RULE_ID} could not be {done}: HTTP {status} {json.dumps(result)[:800]}")
+        return done
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--kibana-url", default=os.environ.get("BP_KIBANA_URL", "http://localhost:5601"))
+    parser.add_argument("--timeout", type=float, default=300.0, help="seconds to wait for Kibana (default 300)")
+    args = parser.parse_args(argv)
+    try:
+        config = load_config()
+        kibana = Kibana(args.kibana_url)
+        kibana.wait(args.timeout)
+        imported = kibana.import_objects(import_payload(config))
+        done = kibana.put_rule(rule_body(config))
+    except (ConfigError, KibanaError) as exc:
+        print(f"kibana-setup: {exc}", file=sys.stderr)
+        return 1
+    print(f"kibana-setup: {imported} saved objects imported; alert rule {RULE_ID} {done}; dashboard: "
+          f"{kibana.url}/app/dashboards#/view/{DASHBOARD_ID}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

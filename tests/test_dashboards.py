@@ -1,0 +1,221 @@
+"""The dashboard as code: the Kibana saved objects and alert rule are well formed and use only
+fields the index templates define, with suitable types; every panel's aggregation runs on the
+real Elasticsearch and returns the expected buckets; the HTML report renders every panel in
+headless Chromium without console errors."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import socket
+import subprocess
+import sys
+from datetime import datetime, timezone
+from pathlib import Path
+
+import pytest
+from elasticsearch import Elasticsearch
+from elasticsearch.helpers import bulk
+from selenium import webdriver
+from selenium.webdriver.chrome.service import Service
+
+from bp_spark.config import Config, load_config
+from bp_spark.dashboards import (ALERT_RULE, DASHBOARD_ID, dashboard_panels, data_view_indices, kql_filters,
+                                 load_saved_objects, rows)
+from bp_spark.elastic import install_templates, load_template, pipeline_indices
+
+ROOT = Path(__file__).resolve().parent.parent
+TEMPLATE_OF_VIEW = {"bp-anomalies": "anomalies", "bp-alerts": "alerts", "bp-trends": "trends", "bp-metrics": "metrics"}
+NUMERIC = {"float", "double", "long", "integer", "short", "byte"}
+SUITABLE = {"terms": {"keyword", "boolean"} | NUMERIC, "date_histogram": {"date"}, "max": NUMERIC | {"date"},
+            "sum": NUMERIC, "cardinality": {"keyword"} | NUMERIC}
+
+
+def field_types(kind: str) -> dict[str, str]:
+    """``{"a.b": type}`` of a template's mapping."""
+    out: dict[str, str] = {}
+
+    def walk(properties: dict, prefix: str) -> None:
+        for name, spec in properties.items():
+            if "properties" in spec:
+                walk(spec["properties"], f"{prefix}{name}.")
+            else:
+                out[f"{prefix}{name}"] = spec["type"]
+                for sub, sub_spec in spec.get("fields", {}).items():
+                    out[f"{prefix}{name}.{sub}"] = sub_spec["type"]
+    walk(load_template(kind, "x", 0)["template"]["mappings"]["properties"], "")
+    return out
+
+
+def test_saved_objects_reference_existing_fields_with_suitable_types() -> None:
+    objects = load_saved_objects()
+    by_id = {o["id"]: o for o in objects}
+    assert len(by_id) == len(objects)
+    views = {o["id"]: o for o in objects if o["type"] == "index-pattern"}
+    assert set(views) == set(TEMPLATE_OF_VIEW)
+    for view_id, view in views.items():
+        types = field_types(TEMPLATE_OF_VIEW[view_id])
+        assert types[view["attributes"]["timeFieldName"]] == "date", view_id
+    for obj in objects:
+        for ref in obj["references"]:  # every reference resolves to an object of the export
+            assert ref["id"] in by_id and by_id[ref["id"]]["type"] == ref["type"], (obj["id"], ref)
+    panels = dashboard_panels(objects)
+    assert len(panels) == 7
+    for obj in objects:
+        if obj["type"] not in ("visualization", "search"):
+            continue
+        view = next(r["id"] for r in obj["references"] if r["type"] == "index-pattern")
+        types = field_types(TEMPLATE_OF_VIEW[view])
+        if obj["type"] == "search":
+            for column in obj["attributes"]["columns"] + [obj["attributes"]["sort"][0][0]]:
+                assert column in types, (obj["id"], column)
+            continue
+        for agg in json.loads(obj["attributes"]["visState"])["aggs"]:
+            field = agg["params"].get("field")
+            if agg["type"] == "count":
+                continue
+            assert field in types, (obj["id"], field)
+            assert types[field] in SUITABLE[agg["type"]], (obj["id"], agg["type"], field, types[field])
+        search = json.loads(obj["attributes"]["kibanaSavedObjectMeta"]["searchSourceJSON"])
+        for term in kql_filters(search["query"]["query"]):
+            (field, _), = term["term"].items()
+            assert types[field] == "keyword", (obj["id"], field)
+        assert search["indexRefName"] == "kibanaSavedObjectMeta.searchSourceJSON.index"
+    dashboard = by_id[DASHBOARD_ID]["attributes"]
+    assert dashboard["title"] == "Blood pressure monitoring"
+    controls = json.loads(dashboard["controlGroupInput"]["panelsJSON"])
+    anomaly_fields = field_types("anomalies")
+    assert {c["explicitInput"]["fieldName"] for c in controls.values()} == {"patient_id", "category"}
+    assert all(anomaly_fields[c["explicitInput"]["fieldName"]] == "keyword" for c in controls.values())
+
+
+def test_alert_rule_is_an_es_query_rule_on_the_alerts_index() -> None:
+    rule = json.loads(ALERT_RULE.read_text())
+    assert rule["rule_type_id"] == ".es-query" and rule["consumer"] == "stackAlerts"
+    params = rule["params"]
+    assert params["index"] == [load_config(env={}).elasticsearch.alerts_index]
+    types = field_types("alerts")
+    assert types[params["timeField"]] == "date"
+    query = json.loads(params["esQuery"])["query"]
+    for field in query["term"]:
+        assert types[field] == "keyword"
+
+
+def _docs(config: Config) -> list[dict]:
+    e = config.elasticsearch
+    day = lambda d, h=8: datetime(2026, 1, d, h, tzinfo=timezone.utc).isoformat()  # noqa: E731
+    anomalies = [
+        ("o1", "p1", day(1), "hypertension_stage_2", ["systolic_high"], 150, 85),
+        ("o2", "p1", day(1, 9), "hypertensive_crisis", ["systolic_high", "diastolic_high"], 190, 125),
+        ("o3", "p2", day(2), "hypotension", ["systolic_low", "diastolic_low"], 85, 55),
+        ("o4", "p1", day(2), "hypertension_stage_2", ["diastolic_high"], 135, 95),
+    ]
+    docs = [{"_index": e.anomalies_index, "_id": i, "observation_id": i, "patient_id": p, "effective_time": t,
+             "category": c, "anomaly_types": a, "systolic": s, "diastolic": d, "severity": "warning"}
+            for i, p, t, c, a, s, d in anomalies]
+    docs += [{"_index": e.alerts_index, "_id": "o2", "alert_id": "o2", "alert_type": "critical_reading",
+              "patient_id": "p1", "effective_time": day(1, 9), "reason": "hypertensive crisis: 190/125 mmHg",
+              "severity": "critical", "processed_at": day(1, 10)}]
+    docs += [{"_index": e.trends_index, "_id": f"cohort|daily|{d}", "scope": "cohort", "period": "daily",
+              "window_start": day(d, 0), "systolic_max": s, "diastolic_max": dia}
+             for d, s, dia in ((1, 190, 125), (2, 135, 95))]
+    docs += [{"_index": e.trends_index, "_id": "patient|daily|p1|1", "scope": "patient", "period": "daily",
+              "patient_id": "p1", "window_start": day(1, 0), "systolic_max": 250, "diastolic_max": 150}]
+    docs += [{"_index": e.metrics_index, "_id": f"m{b}", "query": "bp_monitor", "batch_id": b,
+              "timestamp": f"2026-01-02T08:0{b}:00+00:00", "input_rows": n, "kafka_lag": lag}
+             for b, n, lag in ((0, 100, 50), (1, 50, 0))]
+    return docs
+
+
+@pytest.fixture
+def dashboard_data(es: Elasticsearch, unique_name: str) -> Config:
+    config = load_config(env={}, overrides={f"elasticsearch.{kind}_index": f"{unique_name}_{kind}"
+                                            for kind in ("anomalies", "alerts", "trends", "deadletter", "metrics")})
+    install_templates(es, pipeline_indices(config), 0)
+    bulk(es, _docs(config), refresh=True)
+    return config
+
+
+def test_every_panel_query_returns_the_expected_buckets(es: Elasticsearch, dashboard_data: Config) -> None:
+    results = {}
+    for panel in dashboard_panels(indices=data_view_indices(dashboard_data)):
+        results[panel.id] = rows(panel, es.search(index=panel.index, **panel.body))
+    assert [(r["key"], r["1"]) for r in results["bp-by-category"]] == [
+        ("hypertension_stage_2", 2), ("hypertensive_crisis", 1), ("hypotension", 1)]
+    assert [(r["key"], r["1"]) for r in results["bp-by-anomaly-type"]] == [
+        ("diastolic_high", 2), ("systolic_high", 2), ("diastolic_low", 1), ("systolic_low", 1)]  # ties by key
+    assert [(r["key"], r["1"]) for r in results["bp-top-patients"]] == [("p1", 3), ("p2", 1)]
+    assert [(r["key"][:10], r["1"]) for r in results["bp-abnormal-patients"]] == [("2026-01-01", 1), ("2026-01-02", 2)]
+    # cohort daily windows only: the patient window's 250 is not a cohort peak
+    assert [(r["key"][:10], r["1"], r["3"]) for r in results["bp-daily-peaks"]] == [
+        ("2026-01-01", 190.0, 125.0), ("2026-01-02", 135.0, 95.0)]
+    assert [(r["1"], r["3"]) for r in results["bp-pipeline-health"]] == [(100.0, 50.0), (50.0, 0.0)]
+    assert [r["patient_id"] for r in results["bp-latest-alerts"]] == ["p1"]
+
+
+def test_html_report_renders_every_panel_in_headless_chromium(
+    es: Elasticsearch, dashboard_data: Config, tmp_path: Path
+) -> None:
+    env = {**os.environ, **{f"BP_ELASTICSEARCH_{kind.upper()}_INDEX": getattr(dashboard_data.elasticsearch, f"{kind}_index")
+                            for kind in ("anomalies", "alerts", "trends", "deadletter", "metrics")}}
+    output = tmp_path / "report.html"
+    result = subprocess.run([sys.executable, str(ROOT / "jobs" / "report.py"), "--output", str(output)],
+                            env=env, capture_output=True, text=True, timeout=120)
+    assert result.returncode == 0, result.stderr
+    assert f"report: {output}" in result.stdout
+    assert "<script src=" not in output.read_text()  # self-contained: plotly.js is inside
+
+    browser = shutil.which("chromium")
+    driver_path = shutil.which("chromedriver")
+    assert browser and driver_path, "headless Chromium is missing: make test installs chromium and chromium-driver"
+    options = webdriver.ChromeOptions()
+    options.binary_location = browser
+    for flag in ("--headless", "--no-sandbox", "--disable-gpu", "--no-first-run", "--disable-background-networking",
+                 "--window-size=1400,2400"):
+        options.add_argument(flag)
+    options.set_capability("goog:loggingPrefs", {"browser": "ALL"})
+    driver = webdriver.Chrome(service=Service(driver_path), options=options)
+    try:
+        driver.get(output.as_uri())
+        panels = driver.find_elements("css selector", "section.panel")
+        assert len(panels) == 7
+        for section in panels:
+            plot = section.find_element("css selector", ".js-plotly-plot")
+            assert plot.find_elements("css selector", "svg.main-svg"), section.get_attribute("data-panel")
+        titles = driver.execute_script(
+            "return Array.from(document.querySelectorAll('.gtitle')).map(e => e.textContent)")
+        assert "Abnormal readings by category" in titles and "Latest alerts" in titles
+        assert "4" in driver.find_element("id", "summary").text  # 4 abnormal readings
+        legend = driver.execute_script(
+            "return Array.from(document.querySelectorAll('#panel-bp-by-category .legendtext')).map(e => e.textContent)")
+        assert sorted(legend) == ["hypertension_stage_2", "hypertensive_crisis", "hypotension"]
+        errors = [entry for entry in driver.get_log("browser") if entry["level"] == "SEVERE"]
+        assert errors == []
+        driver.save_screenshot(str(tmp_path / "report.png"))
+    finally:
+        driver.quit()
+    assert (tmp_path / "report.png").stat().st_size > 10_000
+
+
+def test_kibana_setup_aims_objects_and_rule_at_the_configured_indices() -> None:
+    sys.path.insert(0, str(ROOT / "jobs"))
+    import kibana_setup
+
+    config = load_config(env={}, overrides={"elasticsearch.anomalies_index": "ward7_anomalies",
+                                            "elasticsearch.alerts_index": "ward7_alerts"})
+    objects = [json.loads(line) for line in kibana_setup.import_payload(config).decode().splitlines()]
+    titles = {o["id"]: o["attributes"]["title"] for o in objects if o["type"] == "index-pattern"}
+    assert titles["bp-anomalies"] == "ward7_anomalies" and titles["bp-alerts"] == "ward7_alerts"
+    assert len(objects) == len(load_saved_objects())
+    assert kibana_setup.rule_body(config)["params"]["index"] == ["ward7_alerts"]
+
+
+def test_kibana_setup_without_kibana_fails_clearly() -> None:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]  # nothing listens here
+    result = subprocess.run([sys.executable, str(ROOT / "jobs" / "kibana_setup.py"), "--kibana-url",
+                             f"http://127.0.0.1:{port}", "--timeout", "1"], capture_output=True, text=True, timeout=60)
+    assert result.returncode == 1
+    assert f"Kibana at http://127.0.0.1:{port} was not available after 1 s" in result.stderr
