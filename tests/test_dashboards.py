@@ -24,6 +24,7 @@ from bp_spark.config import Config, load_config
 from bp_spark.dashboards import (ALERT_RULE, DASHBOARD_ID, dashboard_panels, data_view_indices, kql_filters,
                                  load_saved_objects, rows)
 from bp_spark.elastic import install_templates, load_template, pipeline_indices
+from bp_spark.versions import read_env_file
 
 ROOT = Path(__file__).resolve().parent.parent
 TEMPLATE_OF_VIEW = {"bp-anomalies": "anomalies", "bp-alerts": "alerts", "bp-trends": "trends", "bp-metrics": "metrics"}
@@ -84,6 +85,8 @@ def test_saved_objects_reference_existing_fields_with_suitable_types() -> None:
         assert search["indexRefName"] == "kibanaSavedObjectMeta.searchSourceJSON.index"
     dashboard = by_id[DASHBOARD_ID]["attributes"]
     assert dashboard["title"] == "Blood pressure monitoring"
+    # made for the Kibana the project pins (compose runs Kibana at ES_VERSION)
+    assert {p["version"] for p in json.loads(dashboard["panelsJSON"])} == {read_env_file()["ES_VERSION"]}
     controls = json.loads(dashboard["controlGroupInput"]["panelsJSON"])
     anomaly_fields = field_types("anomalies")
     assert {c["explicitInput"]["fieldName"] for c in controls.values()} == {"patient_id", "category"}
