@@ -229,6 +229,7 @@ class TrendRouter:
 
     def __call__(self, batch_df: DataFrame, batch_id: int) -> None:
         started = time.monotonic()
+        self.steps: dict[str, float] = {}
         batch_df = batch_df.persist()
         try:
             counts = self._route(batch_df, batch_id)
@@ -239,14 +240,18 @@ class TrendRouter:
             "trend_windows": sum(n for scope, n in counts.items() if scope != "onsets"),
             "alerts": counts.get("onsets", 0)})
         by_scope = ", ".join(f"{scope} {n}" for scope, n in sorted(counts.items()) if scope != "onsets")
-        log.info("trends batch %d: %d windows updated (%s); sustained-hypertension onsets %d; %.2f s",
+        steps = ", ".join(f"{name} {seconds:.1f}" for name, seconds in self.steps.items())
+        log.info("trends batch %d: %d windows updated (%s); sustained-hypertension onsets %d; %.2f s%s",
                  batch_id, sum(n for scope, n in counts.items() if scope != "onsets"), by_scope or "none",
-                 counts.get("onsets", 0), time.monotonic() - started)
+                 counts.get("onsets", 0), time.monotonic() - started, f"; seconds per step: {steps}" if steps else "")
 
     def _route(self, batch_df: DataFrame, batch_id: int) -> dict[str, int]:
+        started = time.monotonic()
         counts = {r.scope: r["count"] for r in batch_df.groupBy("scope").count().collect()}
+        self.steps["aggregate"] = time.monotonic() - started
         if not counts:
             return counts
+        started = time.monotonic()
         sustained = F.col("scope") == SUSTAINED
         windows = [(r.trend_id, r.previous_trend_id, r.is_sustained) for r in
                    batch_df.where(sustained).select("trend_id", "previous_trend_id", "is_sustained").collect()]
@@ -254,10 +259,13 @@ class TrendRouter:
         unknown = {previous for _, previous, is_sustained in windows if is_sustained and previous not in in_batch}
         onsets = sustained_onsets(windows, self.sinks.sustained_states(unknown, batch_id))
         counts["onsets"] = len(onsets)
+        self.steps["onsets"] = time.monotonic() - started
         docs = {"trends": self.sinks.trend_docs(batch_df, batch_id)}
         if onsets:
             docs["alerts"] = self.sinks.sustained_alert_docs(batch_df.where(F.col("trend_id").isin(onsets)), batch_id)
+        started = time.monotonic()
         self.sinks.write_documents(docs, batch_id)
+        self.steps["elasticsearch"] = time.monotonic() - started
         if onsets:
             self.sinks.publish_alerts(docs["alerts"], batch_id)
         return counts
