@@ -381,4 +381,7 @@ def await_queries(queries: list[StreamingQuery], timeout_s: float | None = None)
             return
         if deadline is not None and time.monotonic() > deadline:
             raise TimeoutError(f"the queries were still running after {timeout_s:.0f} s")
-        next(query for query in queries if query.isActive).awaitTermination(1)
+        # A query may end between the checks above and here; then the loop looks again.
+        active = [query for query in queries if query.isActive]
+        if active:
+            active[0].awaitTermination(1)
