@@ -152,7 +152,7 @@ _INTERVAL = re.compile(
     r"^\d+(\.\d+)?\s*(ms|millisecond|milliseconds|s|sec|second|seconds|min|minute|minutes|h|hour|hours)$"
 )
 _TRIGGER_WORDS = ("available-now",)
-_DURATION = re.compile(r"^\d+\s*(second|seconds|minute|minutes|hour|hours|day|days|week|weeks)$")
+_DURATION = re.compile(r"^(\d+)\s*(second|minute|hour|day|week)s?$")
 
 
 def _bootstrap_servers(value: str) -> str | None:
@@ -224,7 +224,7 @@ _UNIT_SECONDS = {"second": 1, "minute": 60, "hour": 3600, "day": 86400, "week": 
 
 def duration_seconds(value: str) -> int:
     """A duration the configuration allows (``"7 days"``, ``"1 hour"``) in seconds."""
-    match = re.fullmatch(r"\s*(\d+)\s*(second|minute|hour|day|week)s?\s*", value)
+    match = _DURATION.match(value)
     if not match:
         raise ConfigError(f"{value!r} is not a duration such as '1 hour' or '7 days'")
     return int(match.group(1)) * _UNIT_SECONDS[match.group(2)]

@@ -73,6 +73,28 @@ def connector_options(url: str) -> dict[str, str]:
     }
 
 
+def count_documents(client: Elasticsearch, index: str, query: dict | None = None) -> int:
+    """Documents of ``index`` matching ``query`` (all by default); 0 when the index does not exist yet."""
+    if not client.indices.exists(index=index):
+        return 0
+    return client.count(index=index, query=query or {"match_all": {}})["count"]
+
+
+def distinct_count(client: Elasticsearch, index: str, field: str, query: dict | None = None) -> int:
+    """Distinct values of ``field`` (Elasticsearch's cardinality) among the matching documents; 0 without the index."""
+    if not client.indices.exists(index=index):
+        return 0
+    result = client.search(index=index, size=0, query=query or {"match_all": {}},
+                           aggs={"n": {"cardinality": {"field": field}}})
+    return result["aggregations"]["n"]["value"]
+
+
+def refresh_indices(client: Elasticsearch, config: Config) -> None:
+    """Make everything the stream job wrote searchable now (indices refresh every 5 s otherwise)."""
+    client.indices.refresh(index=",".join(pipeline_indices(config).values()), ignore_unavailable=True,
+                           allow_no_indices=True)
+
+
 TEMPLATE_DIR = Path(__file__).resolve().parent.parent / "conf" / "elasticsearch"
 
 

@@ -91,7 +91,6 @@ class ProgressLog(StreamingQueryListener):
         self.es = es
         self.index = index
         self.records: list[dict[str, Any]] = []  # this run's records, newest last (bounded)
-        self.seen: set[tuple[str, int, str]] = set()
 
     def onQueryStarted(self, event: Any) -> None:
         log.info("query %s started (id %s, run %s)", event.name, event.id, event.runId)
@@ -100,7 +99,6 @@ class ProgressLog(StreamingQueryListener):
         progress = json.loads(event.progress.json)
         record = progress_record(progress, self.sink_counts(progress.get("name"), progress["batchId"]))
         self.records = self.records[-999:] + [record]
-        self.seen.add((record["run_id"], record["batch_id"], record["timestamp"]))
         metrics_log.info(json.dumps(record, separators=(",", ":")))
         if record["late_rows"] and record["query"] == TRENDS_QUERY:
             log.warning("trends batch %s: %d readings arrived later than the watermark (%s) and were left out of "
@@ -119,7 +117,7 @@ class ProgressLog(StreamingQueryListener):
         asynchronously); return whether they all did in time."""
         wanted = {(p["runId"], p["batchId"], p["timestamp"]) for p in progresses if p}
         deadline = time.monotonic() + timeout_s
-        while not wanted <= self.seen:
+        while not wanted <= {(r["run_id"], r["batch_id"], r["timestamp"]) for r in self.records}:
             if time.monotonic() > deadline:
                 return False
             time.sleep(0.05)

@@ -337,10 +337,6 @@ class Pipeline:
     queries: list[StreamingQuery]
     listener: ProgressLog
 
-    def sink_counts(self, query: str, batch_id: int) -> dict[str, int] | None:
-        router = {ROUTING_QUERY: self.router, TRENDS_QUERY: self.trend_router}.get(query)
-        return None if router is None else router.counts.get(batch_id)
-
     def stop(self) -> None:
         """Stop the queries, let the listener record their last batches, then remove it."""
         for query in self.queries:
@@ -356,10 +352,15 @@ def start_pipeline(spark: SparkSession, config: Config, sinks: Sinks | None) -> 
     check_checkpoint_layout(spark, config)
     router = BatchRouter(config, sinks)
     trend_router = TrendRouter(config, sinks) if sinks is not None and config.trends.enabled else None
-    pipeline = Pipeline(spark, router, trend_router, [], ProgressLog())
-    pipeline.listener = ProgressLog(pipeline.sink_counts, sinks.es if sinks else None,
-                                    config.elasticsearch.metrics_index)
-    spark.streams.addListener(pipeline.listener)
+    routers = {ROUTING_QUERY: router, TRENDS_QUERY: trend_router}
+
+    def sink_counts(query: str, batch_id: int) -> dict[str, int] | None:
+        query_router = routers.get(query)
+        return None if query_router is None else query_router.counts.get(batch_id)
+
+    listener = ProgressLog(sink_counts, sinks.es if sinks else None, config.elasticsearch.metrics_index)
+    pipeline = Pipeline(spark, router, trend_router, [], listener)
+    spark.streams.addListener(listener)
     pipeline.queries.append(start_query(spark, config, router))
     if trend_router is not None:
         pipeline.queries.append(start_trends_query(spark, config, trend_router))

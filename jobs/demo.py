@@ -19,6 +19,7 @@ import subprocess
 import sys
 import time
 from collections import Counter
+from collections.abc import Iterable
 from pathlib import Path
 
 import orjson
@@ -26,7 +27,8 @@ from confluent_kafka import Consumer, KafkaException, Producer, TopicPartition
 from elasticsearch import Elasticsearch
 
 from bp_spark.config import Config, ConfigError, load_config
-from bp_spark.elastic import ElasticsearchUnavailable, make_client, probe_cluster
+from bp_spark.elastic import (ElasticsearchUnavailable, count_documents, distinct_count, make_client, probe_cluster,
+                              refresh_indices)
 from bp_spark.generator import aha_category
 
 JOBS = Path(__file__).resolve().parent
@@ -55,18 +57,17 @@ def topic_size(config: Config) -> int:
         consumer.close()
 
 
-def count(es: Elasticsearch, index: str) -> int:
-    if not es.indices.exists(index=index):
-        return 0
-    es.indices.refresh(index=index)
-    return es.count(index=index)["count"]
-
-
 def terms(es: Elasticsearch, index: str, field: str) -> list[tuple[str, int]]:
     if not es.indices.exists(index=index):
         return []
     result = es.search(index=index, size=0, aggs={"t": {"terms": {"field": field, "size": 20}}})
     return [(b["key"], b["doc_count"]) for b in result["aggregations"]["t"]["buckets"]]
+
+
+def breakdown(counts: Iterable[tuple[str, int]]) -> None:
+    """One indented line per (name, count) under a summary line."""
+    for name, n in counts:
+        print(f"      {name:<28} {n:>8,}")
 
 
 def summary(config: Config, es: Elasticsearch, started: float) -> None:
@@ -77,33 +78,28 @@ def summary(config: Config, es: Elasticsearch, started: float) -> None:
     for line in lines:
         s, d = (c["valueQuantity"]["value"] for c in orjson.loads(line)["component"])
         normal_categories[aha_category(s, d)] += 1
-    anomalies, alerts, dead = count(es, e.anomalies_index), count(es, e.alerts_index), count(es, e.deadletter_index)
+    refresh_indices(es, config)
+    anomalies, alerts = count_documents(es, e.anomalies_index), count_documents(es, e.alerts_index)
+    dead = count_documents(es, e.deadletter_index)
     on_topic = topic_size(config)
 
     print("\nsummary")
     print(f"  topic {config.kafka.topic}: {on_topic:,} messages")
     print(f"  {e.anomalies_index:<32} {anomalies:>8,}  abnormal readings")
-    for category, n in terms(es, e.anomalies_index, "category"):
-        print(f"      {category:<28} {n:>8,}")
-    for kind, n in terms(es, e.anomalies_index, "anomaly_types"):
-        print(f"      rule {kind:<23} {n:>8,}")
+    breakdown(terms(es, e.anomalies_index, "category"))
+    breakdown((f"rule {kind}", n) for kind, n in terms(es, e.anomalies_index, "anomaly_types"))
     print(f"  {e.alerts_index:<32} {alerts:>8,}  alerts")
-    for kind, n in terms(es, e.alerts_index, "alert_type"):
-        print(f"      {kind:<28} {n:>8,}")
+    breakdown(terms(es, e.alerts_index, "alert_type"))
     print(f"  {str(archive) + '/':<32} {len(lines):>8,}  normal readings, "
           f"{len(list(archive.glob('patient_id=*')))} patients")
-    for category, n in normal_categories.most_common():
-        print(f"      {category:<28} {n:>8,}")
+    breakdown(normal_categories.most_common())
     print(f"  {e.deadletter_index:<32} {dead:>8,}  unreadable messages")
     for reason, n in terms(es, e.deadletter_index, "reason"):
         print(f"      {reason[:60]:<60} {n:>4,}")
-    print(f"  {e.trends_index:<32} {count(es, e.trends_index):>8,}  trend windows")
-    for scope, n in terms(es, e.trends_index, "scope"):
-        print(f"      {scope:<28} {n:>8,}")
-    if es.indices.exists(index=e.trends_index):
-        sustained = es.search(index=e.trends_index, size=0, query={"term": {"is_sustained": True}},
-                              aggs={"p": {"cardinality": {"field": "patient_id"}}})["aggregations"]["p"]["value"]
-        print(f"      {'patients with sustained hypertension':<36} {sustained:>8,}")
+    print(f"  {e.trends_index:<32} {count_documents(es, e.trends_index):>8,}  trend windows")
+    breakdown(terms(es, e.trends_index, "scope"))
+    sustained = distinct_count(es, e.trends_index, "patient_id", {"term": {"is_sustained": True}})
+    print(f"      {'patients with sustained hypertension':<36} {sustained:>8,}")
     stored = anomalies + len(lines) + dead
     print(f"  reconciliation: {anomalies:,} + {len(lines):,} + {dead:,} = {stored:,} stored for {on_topic:,} messages"
           + (f" ({on_topic - stored:,} duplicates of stored messages dropped)" if on_topic > stored else ""))

@@ -22,7 +22,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from bp_spark.config import ConfigError, add_config_flags, load_config_from_args  # noqa: E402
 from bp_spark.dashboards import Panel, dashboard_panels, data_view_indices, rows  # noqa: E402
-from bp_spark.elastic import ElasticsearchUnavailable, make_client, probe_cluster  # noqa: E402
+from bp_spark.elastic import (ElasticsearchUnavailable, count_documents, distinct_count, make_client,  # noqa: E402
+                              probe_cluster, refresh_indices)
 
 METRIC_NAMES = {"count": "readings", "cardinality": "distinct", "max": "max", "sum": "sum"}
 
@@ -62,25 +63,14 @@ def figure(panel: Panel, data: list[dict]) -> go.Figure:
 
 def summary_counts(es, config) -> list[tuple[str, int]]:
     e = config.elasticsearch
-
-    def count(index: str, query: dict | None = None) -> int:
-        if not es.indices.exists(index=index):
-            return 0
-        return es.count(index=index, query=query or {"match_all": {}})["count"]
-
-    def distinct(index: str, field: str) -> int:
-        if not es.indices.exists(index=index):
-            return 0
-        result = es.search(index=index, size=0, aggs={"n": {"cardinality": {"field": field}}})
-        return result["aggregations"]["n"]["value"]
-
     return [
-        ("abnormal readings", count(e.anomalies_index)),
-        ("patients with abnormal readings", distinct(e.anomalies_index, "patient_id")),
-        ("critical readings", count(e.alerts_index, {"term": {"alert_type": "critical_reading"}})),
-        ("onsets of sustained hypertension", count(e.alerts_index, {"term": {"alert_type": "sustained_hypertension"}})),
-        ("unreadable messages (dead letters)", count(e.deadletter_index)),
-        ("trend windows", count(e.trends_index)),
+        ("abnormal readings", count_documents(es, e.anomalies_index)),
+        ("patients with abnormal readings", distinct_count(es, e.anomalies_index, "patient_id")),
+        ("critical readings", count_documents(es, e.alerts_index, {"term": {"alert_type": "critical_reading"}})),
+        ("onsets of sustained hypertension",
+         count_documents(es, e.alerts_index, {"term": {"alert_type": "sustained_hypertension"}})),
+        ("unreadable messages (dead letters)", count_documents(es, e.deadletter_index)),
+        ("trend windows", count_documents(es, e.trends_index)),
     ]
 
 
@@ -127,6 +117,7 @@ def main(argv: list[str] | None = None) -> int:
     except (ConfigError, ElasticsearchUnavailable) as exc:
         print(f"report: {exc}", file=sys.stderr)
         return 1
+    refresh_indices(es, config)
     results = []
     for p in dashboard_panels(indices=data_view_indices(config)):
         if es.indices.exists(index=p.index):

@@ -22,7 +22,7 @@ from elasticsearch import Elasticsearch
 from bp_spark.config import Config
 from bp_spark.package import build
 from bp_spark.versions import connector_conf
-from test_stream import archive_lines, expectations, generated, ids_in, publish, stream_config
+from test_stream import archive_lines, expectations, generated, ids_in, job_env, publish, stream_config
 
 ROOT = Path(__file__).resolve().parent.parent
 SPARK_HOME = Path(pyspark.__file__).resolve().parent
@@ -86,11 +86,8 @@ def test_stream_job_on_a_standalone_cluster_fills_every_sink(
     publish(config, good + [(b"x", b"{not json")])
     py_files = build(tmp_path / "dist" / "bp_spark.zip")
     e = config.elasticsearch
-    env = {**os.environ, "SPARK_HOME": str(SPARK_HOME), "SPARK_LOCAL_IP": "127.0.0.1",
-           "PYSPARK_PYTHON": sys.executable, "PYSPARK_DRIVER_PYTHON": sys.executable,
-           "BP_KAFKA_TOPIC": unique_name, "BP_ELASTICSEARCH_ANOMALIES_INDEX": e.anomalies_index,
-           "BP_ELASTICSEARCH_ALERTS_INDEX": e.alerts_index, "BP_ELASTICSEARCH_TRENDS_INDEX": e.trends_index,
-           "BP_ELASTICSEARCH_DEADLETTER_INDEX": e.deadletter_index, "BP_ELASTICSEARCH_METRICS_INDEX": e.metrics_index}
+    env = {**job_env(config), "SPARK_HOME": str(SPARK_HOME), "PYSPARK_PYTHON": sys.executable,
+           "PYSPARK_DRIVER_PYTHON": sys.executable}
     settings = [arg for key, value in connector_conf().items() for arg in ("--conf", f"{key}={value}")]
     command = [str(SPARK_HOME / "bin" / "spark-submit"), "--master", standalone_cluster,
                "--py-files", str(py_files), "--executor-memory", "1g",

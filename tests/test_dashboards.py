@@ -6,7 +6,6 @@ headless Chromium without console errors."""
 from __future__ import annotations
 
 import json
-import os
 import shutil
 import socket
 import subprocess
@@ -25,6 +24,7 @@ from bp_spark.dashboards import (ALERT_RULE, DASHBOARD_ID, dashboard_panels, dat
                                  load_saved_objects, rows)
 from bp_spark.elastic import install_templates, load_template, pipeline_indices
 from bp_spark.versions import read_env_file
+from test_stream import job_env
 
 ROOT = Path(__file__).resolve().parent.parent
 TEMPLATE_OF_VIEW = {"bp-anomalies": "anomalies", "bp-alerts": "alerts", "bp-trends": "trends", "bp-metrics": "metrics"}
@@ -160,8 +160,7 @@ def test_every_panel_query_returns_the_expected_buckets(es: Elasticsearch, dashb
 def test_html_report_renders_every_panel_in_headless_chromium(
     es: Elasticsearch, dashboard_data: Config, tmp_path: Path
 ) -> None:
-    env = {**os.environ, **{f"BP_ELASTICSEARCH_{kind.upper()}_INDEX": getattr(dashboard_data.elasticsearch, f"{kind}_index")
-                            for kind in ("anomalies", "alerts", "trends", "deadletter", "metrics")}}
+    env = job_env(dashboard_data)
     output = tmp_path / "report.html"
     result = subprocess.run([sys.executable, str(ROOT / "jobs" / "report.py"), "--output", str(output)],
                             env=env, capture_output=True, text=True, timeout=120)

@@ -21,7 +21,7 @@ from elasticsearch import Elasticsearch
 from pyspark.errors import StreamingQueryException
 from pyspark.sql import SparkSession
 
-from bp_spark.config import Config, load_config
+from bp_spark.config import Config, env_name, load_config
 from bp_spark.elastic import install_templates, pipeline_indices
 from bp_spark.monitoring import ROUTING_QUERY, TRENDS_QUERY, late_rows
 from bp_spark.generator import encode, make_patients, readings, window
@@ -49,6 +49,14 @@ def stream_config(name: str, tmp_path: Path, **extra) -> Config:
         **extra,
     }
     return load_config(env={}, overrides=overrides)
+
+
+def job_env(config: Config) -> dict[str, str]:
+    """The environment that gives a job subprocess ``config``'s topic, indices and paths."""
+    keys = ["kafka.topic", "paths.archive_dir", "paths.checkpoint_dir",
+            *[f"elasticsearch.{kind}_index" for kind in ("anomalies", "alerts", "trends", "deadletter", "metrics")]]
+    values = {key: getattr(getattr(config, key.split(".")[0]), key.split(".")[1]) for key in keys}
+    return {**os.environ, "SPARK_LOCAL_IP": "127.0.0.1", **{env_name(key): value for key, value in values.items()}}
 
 
 def publish(config: Config, messages: list[tuple[bytes, bytes]]) -> list[tuple[int, int]]:
@@ -218,15 +226,7 @@ def test_kill_minus_nine_mid_stream_then_restart_gives_each_observation_once(
     config = stream_config(unique_name, tmp_path)
     good = generated(patients=100, days=30, seed=8)  # 12,000 observations
     publish(config, good)
-    env = {**os.environ, "SPARK_LOCAL_IP": "127.0.0.1",
-           "BP_KAFKA_TOPIC": unique_name,
-           "BP_ELASTICSEARCH_ANOMALIES_INDEX": config.elasticsearch.anomalies_index,
-           "BP_ELASTICSEARCH_ALERTS_INDEX": config.elasticsearch.alerts_index,
-           "BP_ELASTICSEARCH_TRENDS_INDEX": config.elasticsearch.trends_index,
-           "BP_ELASTICSEARCH_DEADLETTER_INDEX": config.elasticsearch.deadletter_index,
-           "BP_ELASTICSEARCH_METRICS_INDEX": config.elasticsearch.metrics_index,
-           "BP_PATHS_ARCHIVE_DIR": config.paths.archive_dir,
-           "BP_PATHS_CHECKPOINT_DIR": config.paths.checkpoint_dir}
+    env = job_env(config)
     command = [sys.executable, str(ROOT / "jobs" / "stream.py"), "--trigger", "available-now",
                "--max-offsets-per-trigger", "1500"]
     log_path = tmp_path / "first.log"
