@@ -37,6 +37,7 @@ class KafkaConfig:
     topic: str
     starting_offsets: str
     max_offsets_per_trigger: int
+    min_partitions: int
     alerts_topic: str
 
 
@@ -269,6 +270,7 @@ VALIDATORS: dict[str, Callable[[Any], str | None]] = {
     "kafka.topic": _topic,
     "kafka.starting_offsets": _starting_offsets,
     "kafka.max_offsets_per_trigger": _bound,
+    "kafka.min_partitions": _non_negative,
     "kafka.alerts_topic": _topic_or_empty,
     "elasticsearch.url": _es_url,
     "elasticsearch.anomalies_index": _index,

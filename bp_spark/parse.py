@@ -13,7 +13,7 @@ from __future__ import annotations
 from pyspark.sql import Column, DataFrame
 from pyspark.sql import functions as F
 
-from bp_spark.schema import CORRUPT_RECORD, OBSERVATION_SCHEMA
+from bp_spark.schema import JSON_OBJECT, OBSERVATION_SCHEMA
 
 PANEL_CODE = "85354-9"
 SYSTOLIC_CODE = "8480-6"
@@ -100,7 +100,7 @@ def parse_observations(kafka_df: DataFrame) -> DataFrame:
     obs = F.col("_obs")
     parsed_df = kafka_df.select(
         raw.alias("raw"),
-        F.from_json(raw, OBSERVATION_SCHEMA, {"columnNameOfCorruptRecord": CORRUPT_RECORD}).alias("_obs"),
+        F.from_json(raw, OBSERVATION_SCHEMA).alias("_obs"),
         F.col("topic").alias("kafka_topic"),
         F.col("partition").alias("kafka_partition"),
         F.col("offset").alias("kafka_offset"),
@@ -108,7 +108,6 @@ def parse_observations(kafka_df: DataFrame) -> DataFrame:
     )
     pieces_df = parsed_df.select(
         "raw", "kafka_topic", "kafka_partition", "kafka_offset", "kafka_timestamp",
-        obs[CORRUPT_RECORD].isNotNull().alias("_corrupt"),
         obs["resourceType"].alias("_resource_type"),
         obs["id"].alias("observation_id"),
         obs["status"].alias("status"),
@@ -130,7 +129,8 @@ def parse_observations(kafka_df: DataFrame) -> DataFrame:
     status = F.col("status")
     error = (
         F.when(F.col("raw").isNull(), F.lit("empty message"))
-        .when(F.col("_corrupt"), F.lit("not a JSON object"))
+        # Malformed JSON parses to nulls, so only a record without resourceType is parsed again.
+        .when(F.col("_resource_type").isNull() & F.from_json("raw", JSON_OBJECT).isNull(), F.lit("not a JSON object"))
         .when(F.col("_resource_type").isNull(), F.lit("not a FHIR resource (no resourceType)"))
         .when(F.col("_resource_type") != "Observation",
               F.concat(F.lit("not an Observation: resourceType "), F.col("_resource_type")))

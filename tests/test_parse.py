@@ -123,6 +123,9 @@ def test_variants_real_feeds_send(spark: SparkSession) -> None:
 
 BAD = [
     ("{not json", "not a JSON object"),
+    # Cut short by one byte: every field is there, but the document is not JSON.
+    (json.dumps(BASE)[:-1], "not a JSON object"),
+    ('{"resourceType": "Observation", "status": final}', "not a JSON object"),
     (None, "empty message"),
     ({}, "not a FHIR resource (no resourceType)"),
     ([1, 2], "not a JSON object"),

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+import json
 from datetime import datetime
 
 import pytest
@@ -12,8 +13,10 @@ from pyspark.sql import functions as F
 from pyspark.sql import types as T
 
 from bp_spark.classify import with_classification
-from bp_spark.config import Config, TrendsConfig
+from bp_spark.config import Config, TrendsConfig, load_config
+from bp_spark.pipeline import keep_rows, readings_stream, trends_stream
 from bp_spark.trends import all_trends, sustained_onsets
+from test_parse import BASE
 
 TRENDS = TrendsConfig(enabled=True, windows="hourly=1 hour, daily=1 day", watermark="1 day",
                       sustained_window="7 days", sustained_slide="1 day", sustained_systolic=135.0,
@@ -140,3 +143,27 @@ def test_onset_is_the_first_sustained_window_of_a_run() -> None:
     # w2: w1 unknown -> onset; w3 follows w2; w5 follows a non-sustained w4; w9: w8 sustained in the index
     assert sustained_onsets(windows, {"w8": True}) == ["w2", "w5"]
     assert sustained_onsets(windows, {}) == ["w2", "w5", "w9"]
+
+
+def test_the_queries_parse_each_message_once(spark: SparkSession) -> None:
+    """A filter after the parser is pushed down into it, and Spark copies from_json into the
+    condition once per field the parser derives (133 times, 15x slower: bench/parse_bench.py).
+    Neither query may hold more than the parser's own two (the parse, and the JSON check of a
+    record without resourceType)."""
+    source_df = (spark.readStream.format("rate").load()
+                 # an id per row: a constant payload would be parsed once by the optimizer itself
+                 .select(F.format_string(json.dumps(BASE).replace('"bp-1"', '"bp-%d"'), "value").cast("binary")
+                         .alias("value"), F.lit("t").alias("topic"),
+                         F.lit(0).alias("partition"), F.col("value").alias("offset"), "timestamp"))
+    config = dataclasses.replace(load_config(), trends=TRENDS)
+    for query_df in (readings_stream(source_df, config), trends_stream(source_df, config)):
+        # The optimizer's plan (a streaming plan's own optimizedPlan() insists on start()).
+        analyzed = query_df._jdf.queryExecution().analyzed()
+        plan = spark._jsparkSession.sessionState().optimizer().execute(analyzed).toString()
+        assert plan.count("from_json(") == 2, plan[:3000]
+
+
+def test_keep_rows_is_a_filter_spark_cannot_push_down(spark: SparkSession, sample_df: DataFrame) -> None:
+    kept = keep_rows(sample_df, F.col("patient_id") != "p1")
+    assert_df_equality(kept, sample_df.where(F.col("patient_id") != "p1"), ignore_row_order=True)
+    assert "Filter" not in kept._jdf.queryExecution().optimizedPlan().toString()

@@ -1,0 +1,109 @@
+"""Benchmark of parsing: the stream job's parser against the ways it chose not to parse.
+
+    .venv/bin/python bench/parse_bench.py [--observations 300000] [--repeats 3]
+
+No stack needed: N generator observations (954 bytes each) are cached in Spark as strings,
+then each variant is run to the end (the ``noop`` sink) and timed, median of the repeats:
+
+- the cached strings alone (the floor of any parser);
+- ``from_json`` alone with every FHIR field the generator sends declared, and Spark's
+  ``_corrupt_record`` column, as the parser once did;
+- ``parse_observations``: the pipeline's whole parser (the declared fields only, no corrupt-record column);
+- the parser followed by ``where(usable)``, which Spark pushes down into the parser, copying
+  ``from_json`` into the condition once per derived field;
+- the parser followed by ``keep_rows(usable)`` (bp_spark/pipeline.py), as the trend query does.
+"""
+
+from __future__ import annotations
+
+import argparse
+import statistics
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+from pyspark.sql import DataFrame
+from pyspark.sql import functions as F
+from pyspark.sql import types as T
+
+from bp_spark.generator import encode, make_patients, readings, window
+from bp_spark.parse import parse_observations
+from bp_spark.pipeline import keep_rows
+from bp_spark.session import build_session
+
+S, A = T.StructType, T.ArrayType
+
+
+def _strings(*names: str) -> list[T.StructField]:
+    return [T.StructField(name, T.StringType()) for name in names]
+
+
+# Every field of the generator's Observations, with the corrupt-record column.
+CODING = S(_strings("system", "code", "display"))
+CONCEPT = S([T.StructField("coding", A(CODING)), *_strings("text")])
+EVERY_FIELD = S([
+    *_strings("resourceType", "id", "status"), T.StructField("category", A(CONCEPT)), T.StructField("code", CONCEPT),
+    T.StructField("subject", S(_strings("reference", "display"))), *_strings("effectiveDateTime"),
+    T.StructField("effectivePeriod", S(_strings("start", "end"))),
+    T.StructField("component", A(S([T.StructField("code", CONCEPT),
+                                    T.StructField("valueQuantity", S(_strings("value", "unit", "system", "code")))]))),
+    *_strings("_corrupt_record"),
+])
+
+
+def timed(df: DataFrame, repeats: int) -> float:
+    runs = []
+    for _ in range(repeats):
+        started = time.perf_counter()
+        df.write.format("noop").mode("overwrite").save()
+        runs.append(time.perf_counter() - started)
+    return statistics.median(runs)
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--observations", type=int, default=200_000)
+    parser.add_argument("--repeats", type=int, default=3)
+    args = parser.parse_args()
+    start, end = window("", "2026-03-01T00:00:00+00:00", -(-args.observations // (200 * 4)))
+    values = [encode(r)[1] for _, r in zip(range(args.observations),
+                                            readings(make_patients(200, 42, {"normotensive": 1.0}), start, end, 4, 42,
+                                                     0.01, 0.02))]
+    spark = build_session("bp-monitor-parse-bench")
+    spark.sparkContext.setLogLevel("WARN")
+    with tempfile.TemporaryDirectory(prefix="bp-parse-bench-") as folder:
+        lines = Path(folder) / "observations.jsonl"
+        lines.write_bytes(b"\n".join(values) + b"\n")
+        # The Kafka source's columns, from a file read by the JVM alone (no Python workers).
+        kafka_df = spark.read.text(str(lines)).select(
+            F.col("value").cast("binary").alias("value"), F.lit("t").alias("topic"), F.lit(0).alias("partition"),
+            F.monotonically_increasing_id().alias("offset"), F.current_timestamp().alias("timestamp"))
+        kafka_df = kafka_df.repartition(spark.sparkContext.defaultParallelism * 3).cache()
+        kafka_df.count()
+    print(f"{kafka_df.count():,} observations of {len(values[0])} bytes cached", flush=True)
+    raw = F.col("value").cast("string")
+    floor = timed(kafka_df.select(raw.alias("raw")).where(F.length("raw") > 0), args.repeats)
+    old = timed(kafka_df.select(F.from_json(raw, EVERY_FIELD, {"columnNameOfCorruptRecord": "_corrupt_record"})
+                                .alias("o")).where(F.col("o.id").isNotNull()), args.repeats)
+    parsed_df = kafka_df.transform(parse_observations)
+    ours = timed(parsed_df, args.repeats)
+    usable = F.col("error").isNull()
+    filtered = timed(parsed_df.where(usable), args.repeats)
+    kept = timed(keep_rows(parsed_df, usable), args.repeats)
+    n = args.observations
+    print(f"\nparse benchmark: {n:,} observations, medians of {args.repeats} runs, {spark.sparkContext.defaultParallelism} cores")
+    for label, took in (("cached strings alone", floor), ("from_json alone, every field + _corrupt_record", old),
+                        ("parse_observations (the whole parser)", ours), ("the parser, then where(usable)", filtered),
+                        ("the parser, then keep_rows(usable)", kept)):
+        print(f"  {label:48s} {took:6.2f} s   {n / took:>9,.0f} obs/s")
+    print(f"  above the floor: from_json with every field {(old - floor) / (ours - floor):.1f}x the whole parser; "
+          f"where() {(filtered - floor) / (kept - floor):.1f}x keep_rows()")
+    spark.stop()
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
