@@ -86,6 +86,7 @@ class StreamConfig:
     app_name: str
     dedup_horizon: str
     state_partitions: int
+    driver_memory: str
 
 
 @dataclass(frozen=True)
@@ -195,6 +196,10 @@ def _mmhg(value: float) -> str | None:
     return None if 20 <= value <= 300 else "a pressure in mmHg between 20 and 300"
 
 
+def _memory(value: str) -> str | None:
+    return None if re.fullmatch(r"[1-9]\d*[mg]", value) else "a JVM memory size such as '512m' or '3g'"
+
+
 def _non_empty(value: str) -> str | None:
     return None if value.strip() else "a non-empty path or URI"
 
@@ -291,6 +296,7 @@ VALIDATORS: dict[str, Callable[[Any], str | None]] = {
     "elasticsearch.retry_backoff_s": _non_negative,
     "stream.dedup_horizon": _duration,
     "stream.state_partitions": _positive,
+    "stream.driver_memory": _memory,
     "paths.archive_dir": _non_empty,
     "paths.checkpoint_dir": _non_empty,
     "stream.trigger": _trigger,

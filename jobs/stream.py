@@ -54,7 +54,7 @@ def main(argv: list[str] | None = None) -> int:
         print(f"stream: {exc}", file=sys.stderr)
         return 2 if isinstance(exc, ConfigError) else 1
 
-    spark = build_session(config.stream.app_name)
+    spark = build_session(config.stream.app_name, {"spark.driver.memory": config.stream.driver_memory})
     log.info("Spark master %s; Spark UI: %s (Structured Streaming tab; Prometheus: /metrics/prometheus)",
              spark.sparkContext.master, spark.sparkContext.uiWebUrl)
     try:

@@ -22,7 +22,8 @@ def test_defaults_match_the_design_contracts() -> None:
     t = config.thresholds
     assert (t.systolic_high, t.systolic_low, t.diastolic_high, t.diastolic_low) == (140.0, 90.0, 90.0, 60.0)
     assert isinstance(t.systolic_high, float)
-    assert config.kafka.max_offsets_per_trigger == 100_000
+    assert config.kafka.max_offsets_per_trigger == 250_000
+    assert config.stream.driver_memory == "3g"
 
 
 def test_config_is_frozen() -> None:
@@ -64,6 +65,8 @@ def test_env_name() -> None:
         ({"BP_TRENDS_WATERMARK": "soon"}, "trends.watermark", "duration"),
         ({"BP_TRENDS_ENABLED": "maybe"}, "trends.enabled", "expected bool"),
         ({"BP_KAFKA_ALERTS_TOPIC": "bad topic!"}, "kafka.alerts_topic", "letters, digits"),
+        ({"BP_KAFKA_MIN_PARTITIONS": "-1"}, "kafka.min_partitions", ">= 0"),
+        ({"BP_STREAM_DRIVER_MEMORY": "3 GB"}, "stream.driver_memory", "'3g'"),
     ],
 )
 def test_bad_value_names_key_source_and_what_is_allowed(env: dict[str, str], key: str, hint: str) -> None:
