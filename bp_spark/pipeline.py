@@ -20,8 +20,8 @@ from pyspark.sql.streaming import StreamingQuery
 
 from bp_spark.classify import CRITICAL, with_classification
 from bp_spark.config import Config
-from bp_spark.monitoring import ROUTING_QUERY, TRENDS_QUERY, ProgressLog
 from bp_spark.config import duration_seconds as seconds
+from bp_spark.monitoring import ROUTING_QUERY, TRENDS_QUERY, ProgressLog
 from bp_spark.parse import RETRACTED_STATUS, is_update, parse_observations
 from bp_spark.sinks import Sinks
 from bp_spark.trends import (SUSTAINED, aggregate_windows, longest_window_s, previous_window_id, sustained_onsets,
@@ -132,11 +132,14 @@ class BatchStats:
 
     def line(self) -> str:
         rate = self.rows / self.seconds if self.seconds else 0.0
-        steps = ", ".join(f"{name} {seconds:.1f}" for name, seconds in self.steps.items())
         return (f"batch {self.batch_id}: {self.rows} rows in {self.seconds:.2f} s ({rate:,.0f} rows/s); "
                 f"anomalies {self.anomalies}, alerts {self.alerts}, normals {self.normals}, "
-                f"dead letters {self.dead_letters}, corrections/retractions {self.updates}"
-                + (f"; seconds per step: {steps}" if steps else ""))
+                f"dead letters {self.dead_letters}, corrections/retractions {self.updates}{per_step(self.steps)}")
+
+
+def per_step(steps: dict[str, float]) -> str:
+    """``"; seconds per step: read+parse 3.1, ..."`` for a batch's log line, or nothing."""
+    return "; seconds per step: " + ", ".join(f"{name} {took:.1f}" for name, took in steps.items()) if steps else ""
 
 
 def _remember(counts: dict[int, dict[str, int]], batch_id: int, entry: dict[str, int]) -> dict[int, dict[str, int]]:
@@ -147,12 +150,13 @@ def _remember(counts: dict[int, dict[str, int]], batch_id: int, entry: dict[str,
 
 
 @contextmanager
-def timed(stats: BatchStats, step: str) -> Iterator[None]:
+def timed(steps: dict[str, float], step: str) -> Iterator[None]:
+    """Add the seconds the block takes to ``steps[step]``."""
     started = time.monotonic()
     try:
         yield
     finally:
-        stats.steps[step] = stats.steps.get(step, 0.0) + time.monotonic() - started
+        steps[step] = steps.get(step, 0.0) + time.monotonic() - started
 
 
 class BatchRouter:
@@ -210,7 +214,7 @@ class BatchRouter:
 
         ok_df = batch_df.where(usable)
         if stats.updates:
-            with timed(stats, "corrections"):
+            with timed(stats.steps, "corrections"):
                 ok_df = self._clear_earlier_versions(ok_df, batch_id)
         current_df = ok_df.where(F.col("status") != RETRACTED_STATUS)
 
@@ -223,12 +227,12 @@ class BatchRouter:
             docs["anomalies"] = self.sinks.anomaly_docs(current_df.where(F.col("is_anomaly")), batch_id)
         if stats.alerts:
             docs["alerts"] = self.sinks.alert_docs(current_df.where(F.col("severity") == CRITICAL), batch_id)
-        with timed(stats, "elasticsearch"):
+        with timed(stats.steps, "elasticsearch"):
             self.sinks.write_documents(docs, batch_id)
         if stats.alerts:
             self.sinks.publish_alerts(docs["alerts"], batch_id)
         if stats.normals:
-            with timed(stats, "archive"):
+            with timed(stats.steps, "archive"):
                 self.sinks.write_archive(current_df.where(~F.col("is_anomaly")), batch_id)
         return stats
 
@@ -240,48 +244,42 @@ class TrendRouter:
     def __init__(self, config: Config, sinks: Sinks) -> None:
         self.config = config
         self.sinks = sinks
-        self.last: dict[str, int] | None = None
         self.counts: dict[int, dict[str, int]] = {}
 
     def __call__(self, batch_df: DataFrame, batch_id: int) -> None:
         started = time.monotonic()
-        self.steps: dict[str, float] = {}
+        steps: dict[str, float] = {}
         batch_df = batch_df.persist()
         try:
-            counts = self._route(batch_df, batch_id)
+            counts = self._route(batch_df, batch_id, steps)
         finally:
             batch_df.unpersist()
-        self.last = counts
-        self.counts = _remember(self.counts, batch_id, {
-            "trend_windows": sum(n for scope, n in counts.items() if scope != "onsets"),
-            "alerts": counts.get("onsets", 0)})
-        by_scope = ", ".join(f"{scope} {n}" for scope, n in sorted(counts.items()) if scope != "onsets")
-        steps = ", ".join(f"{name} {seconds:.1f}" for name, seconds in self.steps.items())
+        onsets = counts.pop("onsets", 0)
+        windows = sum(counts.values())
+        self.counts = _remember(self.counts, batch_id, {"trend_windows": windows, "alerts": onsets})
+        by_scope = ", ".join(f"{scope} {n}" for scope, n in sorted(counts.items()))
         log.info("trends batch %d: %d windows updated (%s); sustained-hypertension onsets %d; %.2f s%s",
-                 batch_id, sum(n for scope, n in counts.items() if scope != "onsets"), by_scope or "none",
-                 counts.get("onsets", 0), time.monotonic() - started, f"; seconds per step: {steps}" if steps else "")
+                 batch_id, windows, by_scope or "none", onsets, time.monotonic() - started, per_step(steps))
 
-    def _route(self, batch_df: DataFrame, batch_id: int) -> dict[str, int]:
-        started = time.monotonic()
-        counts = {r.scope: r["count"] for r in batch_df.groupBy("scope").count().collect()}
-        self.steps["aggregate"] = time.monotonic() - started
+    def _route(self, batch_df: DataFrame, batch_id: int, steps: dict[str, float]) -> dict[str, int]:
+        """Write the batch's windows and onsets; return the windows per scope and ``onsets``."""
+        with timed(steps, "aggregate"):
+            counts = {r.scope: r["count"] for r in batch_df.groupBy("scope").count().collect()}
         if not counts:
             return counts
-        started = time.monotonic()
-        sustained = F.col("scope") == SUSTAINED
-        windows = [(r.trend_id, r.previous_trend_id, r.is_sustained) for r in
-                   batch_df.where(sustained).select("trend_id", "previous_trend_id", "is_sustained").collect()]
-        in_batch = {window_id for window_id, _, _ in windows}
-        unknown = {previous for _, previous, is_sustained in windows if is_sustained and previous not in in_batch}
-        onsets = sustained_onsets(windows, self.sinks.sustained_states(unknown, batch_id))
+        with timed(steps, "onsets"):
+            sustained = F.col("scope") == SUSTAINED
+            windows = [(r.trend_id, r.previous_trend_id, r.is_sustained) for r in
+                       batch_df.where(sustained).select("trend_id", "previous_trend_id", "is_sustained").collect()]
+            in_batch = {window_id for window_id, _, _ in windows}
+            unknown = {previous for _, previous, is_sustained in windows if is_sustained and previous not in in_batch}
+            onsets = sustained_onsets(windows, self.sinks.sustained_states(unknown, batch_id))
         counts["onsets"] = len(onsets)
-        self.steps["onsets"] = time.monotonic() - started
         docs = {"trends": self.sinks.trend_docs(batch_df, batch_id)}
         if onsets:
             docs["alerts"] = self.sinks.sustained_alert_docs(batch_df.where(F.col("trend_id").isin(onsets)), batch_id)
-        started = time.monotonic()
-        self.sinks.write_documents(docs, batch_id)
-        self.steps["elasticsearch"] = time.monotonic() - started
+        with timed(steps, "elasticsearch"):
+            self.sinks.write_documents(docs, batch_id)
         if onsets:
             self.sinks.publish_alerts(docs["alerts"], batch_id)
         return counts

@@ -91,8 +91,12 @@ def _provenance(batch_id: int) -> list[Column]:
     """Where a document came from: its Kafka record, the batch, and when it was written."""
     kafka = F.struct(F.col("kafka_topic").alias("topic"), F.col("kafka_partition").alias("partition"),
                      F.col("kafka_offset").alias("offset"), F.col("kafka_timestamp").alias("timestamp"))
-    return [kafka.alias("kafka"), F.lit(batch_id).cast("long").alias("batch_id"),
-            F.current_timestamp().alias("processed_at")]
+    return [kafka.alias("kafka"), *_written(batch_id)]
+
+
+def _written(batch_id: int) -> list[Column]:
+    """The batch that wrote a document, and when."""
+    return [F.lit(batch_id).cast("long").alias("batch_id"), F.current_timestamp().alias("processed_at")]
 
 
 @dataclass
@@ -151,7 +155,7 @@ class Sinks:
         fields = [c for c in trends_df.columns if c != "previous_trend_id"]
         return trends_df.select(
             F.lit(self.config.elasticsearch.trends_index).alias("_target"), F.col("trend_id").alias("_doc_id"),
-            *fields, F.lit(batch_id).cast("long").alias("batch_id"), F.current_timestamp().alias("processed_at"))
+            *fields, *_written(batch_id))
 
     def sustained_alert_docs(self, onset_df: DataFrame, batch_id: int) -> DataFrame:
         """Onsets of sustained hypertension as alerts, ``_id`` = the window's ``trend_id``."""
@@ -166,8 +170,7 @@ class Sinks:
             F.lit("sustained_hypertension").alias("alert_type"), F.col("trend_id").alias("alert_id"),
             reason.alias("reason"), "patient_id", F.col("last_reading_time").alias("effective_time"),
             "window_start", "window_end", "readings", "systolic_mean", "diastolic_mean",
-            F.lit("warning").alias("severity"),
-            F.lit(batch_id).cast("long").alias("batch_id"), F.current_timestamp().alias("processed_at"))
+            F.lit("warning").alias("severity"), *_written(batch_id))
 
     def sustained_states(self, trend_ids: Iterable[str], batch_id: int) -> dict[str, bool]:
         """``is_sustained`` of the given sustained windows as the trends index holds them (absent: left out)."""
