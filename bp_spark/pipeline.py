@@ -24,8 +24,7 @@ from bp_spark.config import duration_seconds as seconds
 from bp_spark.monitoring import ROUTING_QUERY, TRENDS_QUERY, ProgressLog
 from bp_spark.parse import RETRACTED_STATUS, is_update, parse_observations
 from bp_spark.sinks import Sinks
-from bp_spark.trends import (SUSTAINED, aggregate_windows, longest_window_s, previous_window_id, sustained_onsets,
-                             with_windows)
+from bp_spark.trends import SUSTAINED, aggregate_windows, previous_window_id, sustained_onsets, with_windows
 
 log = logging.getLogger("bp_spark.pipeline")
 
@@ -87,26 +86,44 @@ def keep_rows(df: DataFrame, condition: Column) -> DataFrame:
 def trends_stream(source_df: DataFrame, config: Config) -> DataFrame:
     """Parse and classify the Kafka stream, then aggregate it into trend windows on event time.
 
-    The watermark is on each window's end, allowing ``trends.watermark`` plus the longest window:
-    a window closes once the readings have moved ``trends.watermark`` past its end, and a reading
-    arriving after that is left out of that window (Spark counts it) while the routing query
-    still stores it. Each observation counts once in a window (its first version; a correction
-    is not subtracted).
+    The watermark sits ``trends.watermark`` behind the latest effective time. A reading older
+    than the watermark is left out of trends (Spark counts it; the routing query still stores
+    it), and a window is final, its state dropped, once the watermark passes its end. Each
+    observation counts once (its first version; a correction is not subtracted): it is
+    de-duplicated once per reading, before it is placed in its windows (11 by default).
     """
     t = config.trends
-    allowed_s = seconds(t.watermark) + longest_window_s(t)
     return (
         source_df.transform(parse_observations)
         .transform(lambda df: keep_rows(df, F.col("error").isNull() & (F.col("status") != RETRACTED_STATUS)))
         .transform(lambda df: with_classification(df, config.thresholds))
         .select("observation_id", "patient_id", "effective_time", "systolic", "diastolic", "is_anomaly",
                 "anomaly_types")
+        .withWatermark("effective_time", f"{seconds(t.watermark)} seconds")
+        .dropDuplicatesWithinWatermark(["observation_id"])
         .transform(lambda df: with_windows(df, t))
-        .withWatermark("window_end", f"{allowed_s} seconds")
-        .dropDuplicatesWithinWatermark(["observation_id", "scope", "period", "window_start"])
+        .transform(lambda df: on_event_time(df, "window_end", seconds(t.watermark)))
         .transform(lambda df: aggregate_windows(df, t))
         .withColumn("previous_trend_id", F.when(F.col("scope") == SUSTAINED, previous_window_id(t)))
     )
+
+
+# Spark's mark of an event-time column (EventTimeWatermark.delayKey): a watermarked column
+# carries it, and so does the window that window() derives from one.
+EVENT_TIME_MARK = "spark.watermarkDelayMs"
+
+
+def on_event_time(df: DataFrame, column: str, delay_s: int) -> DataFrame:
+    """``df`` with ``column`` marked as event time, as ``window()`` marks the windows it derives.
+
+    The windows of a reading are made by an explode, which Spark does not follow: without the
+    mark, the aggregation would never see a window end as event time, and would keep every
+    window in its state forever. Marked, a window is dropped from the state once the watermark
+    passes its end. (A second ``withWatermark`` on the window end would do the same, but Spark
+    refuses to redefine a watermark, and the de-duplication before it needs one.)
+    """
+    marked = F.col(column).alias(column, metadata={EVENT_TIME_MARK: delay_s * 1000})
+    return df.select(*[marked if name == column else F.col(name) for name in df.columns])
 
 
 def latest_versions(ok_df: DataFrame) -> DataFrame:
@@ -293,6 +310,12 @@ def _checkpointed(writer, config: Config, name: str):
     return writer.trigger(processingTime=config.stream.trigger)
 
 
+# The trend query's checkpoint folder. Its state changed shape (one de-duplication entry per
+# reading, not per window), which Spark cannot read from the earlier folder, ``trends``.
+TRENDS_CHECKPOINT = "trends-v2"
+EARLIER_TRENDS_CHECKPOINT = "trends"
+
+
 def start_trends_query(spark: SparkSession, config: Config, router: TrendRouter) -> StreamingQuery:
     """Start the trend query: Kafka -> readings -> windowed aggregations (update mode) -> ``router``.
 
@@ -303,7 +326,7 @@ def start_trends_query(spark: SparkSession, config: Config, router: TrendRouter)
     _configure_state(spark, config)
     writer = (trends_stream(kafka_source(spark, config), config)
               .writeStream.queryName(TRENDS_QUERY).outputMode("update").foreachBatch(router))
-    return _checkpointed(writer, config, "trends").start()
+    return _checkpointed(writer, config, TRENDS_CHECKPOINT).start()
 
 
 def _configure_state(spark: SparkSession, config: Config) -> None:
@@ -330,15 +353,25 @@ class CheckpointLayoutError(RuntimeError):
 
 def check_checkpoint_layout(spark: SparkSession, config: Config) -> None:
     """Refuse a checkpoint of the one-query layout (offsets directly under the directory), which
-    this version would silently ignore, re-reading the topic from the start."""
+    this version would silently ignore, re-reading the topic from the start; say so when the
+    trend query's state of an earlier version is left behind."""
     root = config.paths.checkpoint_dir.rstrip("/")
-    jvm = spark._jvm
-    path = jvm.org.apache.hadoop.fs.Path(f"{root}/offsets")
-    if path.getFileSystem(spark._jsc.hadoopConfiguration()).exists(path):
+    if _exists(spark, f"{root}/offsets"):
         raise CheckpointLayoutError(
             f"{root} holds a checkpoint of an earlier bp-monitor, which ran one query. Each query now "
             f"has its own folder: move its contents into {root}/routing (mkdir {root}/routing, then move "
             f"commits, metadata, offsets, sources and state there) to resume where it stopped.")
+    earlier = f"{root}/{EARLIER_TRENDS_CHECKPOINT}"
+    if config.trends.enabled and _exists(spark, earlier) and not _exists(spark, f"{root}/{TRENDS_CHECKPOINT}"):
+        log.warning("%s holds the trend query's state of an earlier bp-monitor, which this version cannot read: "
+                    "trends are rebuilt from the topic (kafka.starting_offsets) into %s/%s, overwriting each "
+                    "window's document by id. Delete %s once the rebuild has caught up.",
+                    earlier, root, TRENDS_CHECKPOINT, earlier)
+
+
+def _exists(spark: SparkSession, uri: str) -> bool:
+    path = spark._jvm.org.apache.hadoop.fs.Path(uri)
+    return path.getFileSystem(spark._jsc.hadoopConfiguration()).exists(path)
 
 
 @dataclass

@@ -32,11 +32,6 @@ def sustained_period(config: TrendsConfig) -> str:
     return f"{config.sustained_window}/{config.sustained_slide}"
 
 
-def longest_window_s(config: TrendsConfig) -> int:
-    """The longest window of the configuration, in seconds."""
-    return max([seconds(duration) for _, duration in config.window_list] + [seconds(config.sustained_window)])
-
-
 def _window(start_s: Column, length_s: int) -> Column:
     return F.struct(F.timestamp_seconds(start_s).alias("window_start"),
                     F.timestamp_seconds(start_s + length_s).alias("window_end"))

@@ -25,7 +25,8 @@ from bp_spark.config import Config, env_name, load_config
 from bp_spark.elastic import install_templates, pipeline_indices
 from bp_spark.monitoring import ROUTING_QUERY, TRENDS_QUERY, late_rows
 from bp_spark.generator import encode, make_patients, readings, window
-from bp_spark.pipeline import BatchRouter, Pipeline, await_queries, start_pipeline, start_query
+from bp_spark.pipeline import (TRENDS_CHECKPOINT, BatchRouter, CheckpointLayoutError, Pipeline, await_queries,
+                               check_checkpoint_layout, start_pipeline, start_query)
 from bp_spark.sinks import Sinks
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -316,7 +317,7 @@ def test_trends_sustained_onsets_and_late_readings(
     normal = [_reading("pb", f"2026-01-0{d}T08:30:00+01:00", 118, 76) for d in range(1, 6)]
     crisis = [_reading("pc", "2026-01-03T09:15:00Z", 185, 125)]
     publish(config, hypertensive + normal + crisis + normal[:1])  # and one duplicate
-    run_pipeline(spark, config, es)
+    first = next(q for q in run_pipeline(spark, config, es).queries if q.name == TRENDS_QUERY)
 
     trends = ids_in(es, config.elasticsearch.trends_index)
     day1 = trends["patient|daily|pa|2026-01-01 00:00:00"]
@@ -336,9 +337,13 @@ def test_trends_sustained_onsets_and_late_readings(
     assert alerts[onset]["alert_type"] == "sustained_hypertension" and alerts[onset]["systolic_mean"] == 150.0
     assert alerts[onset]["reason"] == "sustained hypertension: mean 150/95 mmHg over 3 readings in 7 days (limit 135/85)"
 
-    # The watermark is now 1 day before the latest reading's day: Jan 4, 00:00.
-    inside = _reading("pb", "2026-01-04T12:00:00Z", 121, 79)   # its windows are still open
-    outside = _reading("pa", "2025-12-20T08:00:00Z", 160, 100)  # every window of it closed
+    # Windows that end before the watermark (Jan 4, 08:00) are final and leave the state; readings
+    # older than it leave the de-duplication state.
+    state = {op["operatorName"]: op["numRowsTotal"] for op in first.lastProgress["stateOperators"]}
+    assert len(trends) == 67 and state == {"stateStoreSave": 34, "dedupeWithinWatermark": 5}
+
+    inside = _reading("pb", "2026-01-04T12:00:00Z", 121, 79)   # after the watermark
+    outside = _reading("pa", "2025-12-20T08:00:00Z", 160, 100)  # before it
     publish(config, [inside, outside])
     queries = run_pipeline(spark, config, es).queries
 
@@ -346,8 +351,7 @@ def test_trends_sustained_onsets_and_late_readings(
     assert trends["patient|daily|pb|2026-01-04 00:00:00"]["readings"] == 2
     assert "patient|daily|pa|2025-12-20 00:00:00" not in trends
     trend_query = next(q for q in queries if q.name == TRENDS_QUERY)
-    # dropped: 2 patient + 2 cohort windows and its 7 sliding windows
-    assert sum(late_rows(p) for p in trend_query.recentProgress) == 11
+    assert sum(late_rows(p) for p in trend_query.recentProgress) == 1  # the reading, once
     # the late reading still reached the anomaly index; the one inside the watermark the archive
     assert "pa-2025-12-20T08" in ids_in(es, config.elasticsearch.anomalies_index)
     assert inside[1] in archive_lines(config)
@@ -364,6 +368,22 @@ def test_trends_sustained_onsets_and_late_readings(
             published.append((message.key(), orjson.loads(message.value())))
     consumer.close()
     assert sorted((key, doc["alert_id"]) for key, doc in published) == [(b"pa", onset), (b"pc", "pc-2026-01-03T09")]
+
+
+def test_checkpoints_of_earlier_versions_are_refused_or_reported(spark: SparkSession, tmp_path: Path, caplog) -> None:
+    config = stream_config("unused", tmp_path, **{"trends.enabled": True})
+    root = Path(config.paths.checkpoint_dir)
+    (root / "trends" / "state").mkdir(parents=True)  # the trend query's state, per-window de-duplication
+    with caplog.at_level("WARNING", logger="bp_spark.pipeline"):
+        check_checkpoint_layout(spark, config)
+    assert [r.message for r in caplog.records] == [
+        f"{root}/trends holds the trend query's state of an earlier bp-monitor, which this version cannot read: "
+        f"trends are rebuilt from the topic (kafka.starting_offsets) into {root}/{TRENDS_CHECKPOINT}, overwriting "
+        f"each window's document by id. Delete {root}/trends once the rebuild has caught up."]
+
+    (root / "offsets").mkdir()  # the one-query layout
+    with pytest.raises(CheckpointLayoutError, match=f"move its contents into {root}/routing"):
+        check_checkpoint_layout(spark, config)
 
 
 def test_health_metrics_are_logged_and_indexed_per_batch(
