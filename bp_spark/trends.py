@@ -113,8 +113,8 @@ def aggregate_windows(windowed_df: DataFrame, config: TrendsConfig) -> DataFrame
 
 
 def all_trends(readings_df: DataFrame, config: TrendsConfig) -> DataFrame:
-    """Every trend of the configuration, for static frames (the trend query adds a watermark and
-    de-duplication between the two steps)."""
+    """Every trend of the configuration, for static frames (the trend query also de-duplicates the
+    readings under a watermark before placing them in windows)."""
     return aggregate_windows(with_windows(readings_df, config), config)
 
 
