@@ -2,6 +2,8 @@
 SHELL := /bin/bash
 VENV := .venv
 PY := $(VENV)/bin/python
+# Java helpers for Spark's JVM (jvm/), compiled against the installed pyspark's jars.
+JVM_JAR := build/bp-monitor-jvm.jar
 # The hostname may resolve to another interface; Spark binds to loopback here.
 export SPARK_LOCAL_IP ?= 127.0.0.1
 
@@ -16,7 +18,7 @@ test: install up
 	$(PY) -m pytest
 
 ## install: OS packages where missing, then a virtualenv with the project and its dev extras
-install: system-deps $(VENV)/.installed
+install: system-deps $(VENV)/.installed $(JVM_JAR)
 
 system-deps:
 	@bash stack/system-deps.sh
@@ -26,6 +28,12 @@ $(VENV)/.installed: pyproject.toml
 	$(PY) -m pip install -q --upgrade pip
 	$(PY) -m pip install -q -e '.[dev]'
 	touch $@
+
+$(JVM_JAR): $(wildcard jvm/bpmonitor/*.java) $(VENV)/.installed
+	rm -rf build/jvm && mkdir -p build/jvm
+	javac -nowarn -d build/jvm -cp "$$($(PY) -c 'import os, pyspark; print(os.path.dirname(pyspark.__file__))')/jars/*" \
+		jvm/bpmonitor/*.java
+	jar cf $@ -C build/jvm .
 
 ## dist: dist/bp_spark.zip, the package for spark-submit --py-files on a cluster
 dist: install
@@ -43,4 +51,4 @@ status:
 
 ## clean: stop the stack and remove its data, downloads and the demo's output
 clean: down
-	rm -rf .stack var dist
+	rm -rf .stack var dist build

@@ -6,7 +6,10 @@
 
 from __future__ import annotations
 
+import logging
+import os
 from collections.abc import Mapping
+from pathlib import Path
 
 from pyspark.sql import SparkSession
 
@@ -25,6 +28,30 @@ METRICS_CONF = {
 }
 
 
+log = logging.getLogger("bp_spark.session")
+
+# Java helpers (jvm/), built by `make install`.
+JVM_JAR = Path(__file__).resolve().parent.parent / "build" / "bp-monitor-jvm.jar"
+
+
+def local_files_conf() -> dict[str, str]:
+    """Hadoop's local file system (file://) with permissions set through java.nio, not a chmod
+    process per file and folder created (jvm/bpmonitor/NoForkLocalFileSystem.java): the archive
+    creates a file per patient and batch. Only where this process starts the JVM (python
+    jobs/stream.py, the tests): a class path given after the JVM started would not be read, so
+    under spark-submit pass ``--driver-class-path build/bp-monitor-jvm.jar --conf
+    spark.hadoop.fs.file.impl=bpmonitor.NoForkLocalFileSystem`` for the same effect. Empty when
+    the jar is missing (Hadoop's own file system then; correct, slower)."""
+    if "PYSPARK_GATEWAY_PORT" in os.environ:  # started by spark-submit: the JVM is already running
+        return {}
+    if not JVM_JAR.exists():
+        log.warning("%s is missing (`make install` builds it): local files are written through Hadoop's "
+                    "own file system, which runs a chmod process for every file it creates", JVM_JAR)
+        return {}
+    return {"spark.driver.extraClassPath": str(JVM_JAR),
+            "spark.hadoop.fs.file.impl": "bpmonitor.NoForkLocalFileSystem"}
+
+
 def build_session(app_name: str, extra_conf: Mapping[str, str] | None = None) -> SparkSession:
     """Get or create the session with the Kafka and Elasticsearch connectors on its classpath."""
     builder = SparkSession.builder.appName(app_name)
@@ -37,6 +64,6 @@ def build_session(app_name: str, extra_conf: Mapping[str, str] | None = None) ->
     builder = builder.config("spark.ui.showConsoleProgress", "false")
     for key, value in METRICS_CONF.items():
         builder = builder.config(key, value)
-    for key, value in (extra_conf or {}).items():
+    for key, value in {**local_files_conf(), **(extra_conf or {})}.items():
         builder = builder.config(key, value)
     return builder.getOrCreate()
