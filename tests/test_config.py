@@ -22,8 +22,8 @@ def test_defaults_match_the_design_contracts() -> None:
     t = config.thresholds
     assert (t.systolic_high, t.systolic_low, t.diastolic_high, t.diastolic_low) == (140.0, 90.0, 90.0, 60.0)
     assert isinstance(t.systolic_high, float)
-    assert config.kafka.max_offsets_per_trigger == 250_000
-    assert config.stream.driver_memory == "3g"
+    assert config.kafka.max_offsets_per_trigger == 500_000
+    assert config.stream.driver_memory == "4g"
 
 
 def test_config_is_frozen() -> None:
