@@ -19,30 +19,18 @@ Local files go through the job's file system (jvm/bpmonitor/NoForkLocalFileSyste
 from __future__ import annotations
 
 import argparse
-import statistics
 import sys
 import tempfile
-import time
-from collections.abc import Callable
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from pyspark.sql import functions as F
 
+from bench.workload import generator_observations, median_seconds
 from bp_spark.config import load_config
-from bp_spark.generator import encode, make_patients, readings, window
 from bp_spark.session import build_session
 from bp_spark.sinks import Sinks
-
-
-def timed(action: Callable[[int], object], repeats: int) -> float:
-    runs = []
-    for i in range(repeats):
-        started = time.perf_counter()
-        action(i)
-        runs.append(time.perf_counter() - started)
-    return statistics.median(runs)
 
 
 def main() -> int:
@@ -52,9 +40,7 @@ def main() -> int:
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--hadoop-file-system", action="store_true", help="Hadoop's own local file system")
     args = parser.parse_args()
-    start, end = window("", "2026-03-01T00:00:00+00:00", -(-args.observations // (args.patients * 4)))
-    pairs = [encode(r) for _, r in zip(range(args.observations), readings(
-        make_patients(args.patients, 42, {"normotensive": 1.0}), start, end, 4, 42, 0.01, 0.02))]
+    pairs = generator_observations(args.observations, args.patients)
     hadoop_fs = {"spark.hadoop.fs.file.impl": "org.apache.hadoop.fs.LocalFileSystem"} if args.hadoop_file_system else {}
     spark = build_session("bp-monitor-archive-bench", hadoop_fs)
     spark.sparkContext.setLogLevel("WARN")
@@ -69,17 +55,17 @@ def main() -> int:
         config = load_config(env={}, overrides={"paths.archive_dir": f"{folder}/archive"})
         sinks = Sinks(spark, config, es=None)  # the archive needs no Elasticsearch
         lines_df = batch_df.select("patient_id", F.col("raw").alias("value"))
+        noop = lines_df.repartition("patient_id").write.format("noop").mode("overwrite")
         figures = {
             "Sinks.write_archive (shuffle, a file per patient)":
-                timed(lambda i: sinks.write_archive(batch_df, i), args.repeats),
+                median_seconds(lambda i: sinks.write_archive(batch_df, i), args.repeats),
             "partitioned write, no shuffle (a file per patient and task)":
-                timed(lambda i: lines_df.write.mode("overwrite").partitionBy("patient_id").text(f"{folder}/noshuffle"),
-                      args.repeats),
+                median_seconds(lambda _: lines_df.write.mode("overwrite").partitionBy("patient_id")
+                               .text(f"{folder}/noshuffle"), args.repeats),
             "the same lines as one file per task":
-                timed(lambda i: lines_df.select("value").write.mode("overwrite").text(f"{folder}/plain"), args.repeats),
-            "the shuffle by patient alone":
-                timed(lambda i: lines_df.repartition("patient_id").write.format("noop").mode("overwrite").save(),
-                      args.repeats),
+                median_seconds(lambda _: lines_df.select("value").write.mode("overwrite").text(f"{folder}/plain"),
+                               args.repeats),
+            "the shuffle by patient alone": median_seconds(lambda _: noop.save(), args.repeats),
         }
         archived = sum(1 for f in Path(folder, "archive").glob("patient_id=*/*.jsonl") for _ in f.open("rb"))
         assert archived == args.observations * args.repeats, f"the archive holds {archived} lines"

@@ -17,10 +17,8 @@ then each variant is run to the end (the ``noop`` sink) and timed, median of the
 from __future__ import annotations
 
 import argparse
-import statistics
 import sys
 import tempfile
-import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
@@ -29,7 +27,7 @@ from pyspark.sql import DataFrame
 from pyspark.sql import functions as F
 from pyspark.sql import types as T
 
-from bp_spark.generator import encode, make_patients, readings, window
+from bench.workload import generator_observations, median_seconds
 from bp_spark.parse import parse_observations
 from bp_spark.pipeline import keep_rows
 from bp_spark.session import build_session
@@ -55,12 +53,8 @@ EVERY_FIELD = S([
 
 
 def timed(df: DataFrame, repeats: int) -> float:
-    runs = []
-    for _ in range(repeats):
-        started = time.perf_counter()
-        df.write.format("noop").mode("overwrite").save()
-        runs.append(time.perf_counter() - started)
-    return statistics.median(runs)
+    """Median seconds to compute every row of ``df`` (the ``noop`` sink writes nothing)."""
+    return median_seconds(lambda _: df.write.format("noop").mode("overwrite").save(), repeats)
 
 
 def main() -> int:
@@ -68,10 +62,7 @@ def main() -> int:
     parser.add_argument("--observations", type=int, default=200_000)
     parser.add_argument("--repeats", type=int, default=3)
     args = parser.parse_args()
-    start, end = window("", "2026-03-01T00:00:00+00:00", -(-args.observations // (200 * 4)))
-    values = [encode(r)[1] for _, r in zip(range(args.observations),
-                                            readings(make_patients(200, 42, {"normotensive": 1.0}), start, end, 4, 42,
-                                                     0.01, 0.02))]
+    values = [value for _, value in generator_observations(args.observations)]
     spark = build_session("bp-monitor-parse-bench")
     spark.sparkContext.setLogLevel("WARN")
     with tempfile.TemporaryDirectory(prefix="bp-parse-bench-") as folder:
