@@ -23,7 +23,7 @@ from bp_spark.config import Config
 from bp_spark.config import duration_seconds as seconds
 from bp_spark.monitoring import ROUTING_QUERY, TRENDS_QUERY, ProgressLog
 from bp_spark.parse import RETRACTED_STATUS, is_update, parse_observations
-from bp_spark.sinks import Sinks
+from bp_spark.sinks import Sinks, hadoop_fs
 from bp_spark.trends import SUSTAINED, aggregate_windows, previous_window_id, sustained_onsets, with_windows
 
 log = logging.getLogger("bp_spark.pipeline")
@@ -370,8 +370,8 @@ def check_checkpoint_layout(spark: SparkSession, config: Config) -> None:
 
 
 def _exists(spark: SparkSession, uri: str) -> bool:
-    path = spark._jvm.org.apache.hadoop.fs.Path(uri)
-    return path.getFileSystem(spark._jsc.hadoopConfiguration()).exists(path)
+    fs, path = hadoop_fs(spark, uri)
+    return fs.exists(path)
 
 
 @dataclass

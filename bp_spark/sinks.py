@@ -89,6 +89,13 @@ def one_line(raw: Column) -> Column:
     return F.when(raw.contains("\n") | raw.contains("\r"), F.regexp_replace(raw, r"[\r\n]+", " ")).otherwise(raw)
 
 
+def hadoop_fs(spark: SparkSession, uri: str):
+    """The Hadoop file system that holds ``uri`` (local, HDFS, S3A ...) and the qualified path."""
+    path = spark._jvm.org.apache.hadoop.fs.Path(uri)
+    fs = path.getFileSystem(spark._jsc.hadoopConfiguration())
+    return fs, fs.makeQualified(path)
+
+
 def _provenance(batch_id: int) -> list[Column]:
     """Where a document came from: its Kafka record, the batch, and when it was written."""
     kafka = F.struct(F.col("kafka_topic").alias("topic"), F.col("kafka_partition").alias("partition"),
@@ -236,12 +243,6 @@ class Sinks:
 
     # ------------------------------------------------------------------ archive
 
-    def _fs(self, uri: str):
-        jvm = self.spark._jvm
-        path = jvm.org.apache.hadoop.fs.Path(uri)
-        fs = path.getFileSystem(self.spark._jsc.hadoopConfiguration())
-        return fs, fs.makeQualified(path)
-
     def write_archive(self, normal_df: DataFrame, batch_id: int) -> int:
         """Normal readings as JSON Lines, byte-for-byte, under ``patient_id=<id>/``; returns files written."""
         root = self.config.paths.archive_dir
@@ -249,8 +250,8 @@ class Sinks:
         lines_df = normal_df.select("patient_id", one_line(F.col("raw")).alias("value")).repartition("patient_id")
         self._retry(lambda: lines_df.write.mode("overwrite").partitionBy("patient_id").text(staging),
                     f"batch {batch_id}: archive staging")
-        fs, root_path = self._fs(root)
-        _, staging_path = self._fs(staging)
+        fs, root_path = hadoop_fs(self.spark, root)
+        _, staging_path = hadoop_fs(self.spark, staging)
         if fs.getScheme() == "file":
             moved = self._move_local(Path(staging_path.toUri().getPath()), Path(root_path.toUri().getPath()), batch_id)
         else:
@@ -298,7 +299,7 @@ class Sinks:
         if not ids_by_patient:
             return 0
         root = self.config.paths.archive_dir.rstrip("/")
-        fs, root_path = self._fs(root)
+        fs, root_path = hadoop_fs(self.spark, root)
         HadoopPath = self.spark._jvm.org.apache.hadoop.fs.Path
         removed = 0
         for patient_id, ids in sorted(ids_by_patient.items()):

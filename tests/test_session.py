@@ -9,25 +9,21 @@ from pathlib import Path
 from pyspark.sql import SparkSession
 
 from bp_spark.session import JVM_JAR
-
-
-def _local_fs(spark: SparkSession, path: Path):
-    hadoop_path = spark._jvm.org.apache.hadoop.fs.Path(path.as_uri())
-    return hadoop_path.getFileSystem(spark._jsc.hadoopConfiguration()), hadoop_path
+from bp_spark.sinks import hadoop_fs
 
 
 def test_local_files_go_through_the_no_fork_file_system(spark: SparkSession, tmp_path: Path) -> None:
     assert JVM_JAR.exists(), f"{JVM_JAR} is missing: `make install` builds it from jvm/"
-    fs, _ = _local_fs(spark, tmp_path)
+    fs, _ = hadoop_fs(spark, tmp_path.as_uri())
     assert fs.getClass().getName() == "bpmonitor.NoForkLocalFileSystem"
 
 
 def test_files_and_folders_get_the_permissions_asked_for(spark: SparkSession, tmp_path: Path) -> None:
     FsPermission = spark._jvm.org.apache.hadoop.fs.permission.FsPermission
     folder, file = tmp_path / "a" / "b", tmp_path / "a" / "b" / "part-0.jsonl"
-    fs, hadoop_folder = _local_fs(spark, folder)
+    fs, hadoop_folder = hadoop_fs(spark, folder.as_uri())
     assert fs.mkdirs(hadoop_folder, FsPermission.createImmutable(0o750))
-    _, hadoop_file = _local_fs(spark, file)
+    _, hadoop_file = hadoop_fs(spark, file.as_uri())
     stream = fs.create(hadoop_file, FsPermission.createImmutable(0o640), True, 4096, 1, 1 << 20, None)
     stream.write(bytearray(b'{"id": "x"}\n'))
     stream.close()
