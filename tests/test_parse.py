@@ -11,7 +11,7 @@ from chispa import assert_df_equality
 from pyspark.sql import DataFrame, SparkSession
 from pyspark.sql import types as T
 
-from bp_spark.parse import parse_observations
+from bp_spark.parse import NOT_ONE_VALUE, parse_observations
 
 BASE = {
     "resourceType": "Observation",
@@ -148,6 +148,25 @@ BAD = [
      "systolic 80.0 mmHg is not above diastolic 90.0 mmHg"),
     (variant(component__0__valueQuantity__value=350), "implausible systolic 350.0 mmHg (allowed 20-300)"),
     (variant(component__1__valueQuantity__value=10), "implausible diastolic 10.0 mmHg (allowed 20-300)"),
+    # Hostile input: nothing a message holds may make its dead letter unstorable or pass as a reading.
+    (json.dumps(BASE) + "\x00garbage", NOT_ONE_VALUE),
+    (json.dumps(BASE) + "\n" + json.dumps(BASE), NOT_ONE_VALUE),  # two readings: neither is taken silently
+    (json.dumps(BASE) + json.dumps(BASE), NOT_ONE_VALUE),
+    (json.dumps(BASE) + ", " + json.dumps(BASE), NOT_ONE_VALUE),
+    (json.dumps(BASE) + "] [" + json.dumps(BASE), NOT_ONE_VALUE),  # closes a [...] wrapper early
+    (json.dumps(BASE) + "} {" + json.dumps(BASE)[1:], NOT_ONE_VALUE),  # closes a {...} wrapper early
+    (json.dumps(BASE).replace('"value": 120', '"value": NaN'), NOT_ONE_VALUE),
+    ('{"resourceType": "Observation", "deep": ' + "[" * 5000 + "]" * 5000 + "}", "not a JSON object"),
+    (variant(resourceType="X" * 40_000), "not an Observation: resourceType " + "X" * 40 + "... (40000 characters)"),
+    (variant(id="a" * 600), "Observation id '" + "a" * 40 + "... (600 characters)' is not a FHIR id (1-64 letters, digits, '-' or '.')"),
+    (variant(id="a/b"), "Observation id 'a/b' is not a FHIR id (1-64 letters, digits, '-' or '.')"),
+    (variant(subject={"reference": "Group/" + "9" * 40_000}), "subject 'Group/" + "9" * 34 + "... (40006 characters)' is not a Patient reference"),
+    (variant(component__0__valueQuantity__value="x" * 10_000), "systolic value '" + "x" * 40 + "... (10000 characters)' is not a number"),
+    # Arrived 2026-01-02T00:00Z: an hour of clock skew is allowed, no more.
+    (variant(effectiveDateTime="2099-01-01T00:00:00Z"),
+     "effective time 2099-01-01T00:00:00Z is more than 3600 s after the message arrived (stream.max_future_skew)"),
+    (variant(effectiveDateTime="2026-01-02T01:00:01Z"),
+     "effective time 2026-01-02T01:00:01Z is more than 3600 s after the message arrived (stream.max_future_skew)"),
 ]
 
 
@@ -158,3 +177,15 @@ def test_each_kind_of_bad_input_gets_its_reason(spark: SparkSession, payload, re
     expected_raw = payload if isinstance(payload, str) or payload is None else json.dumps(payload)
     assert row.raw == expected_raw  # the raw payload travels to the dead letter unchanged
     assert (row.kafka_topic, row.kafka_partition, row.kafka_offset) == ("t", 0, 0)
+
+
+def test_clock_skew_within_the_limit_and_trailing_whitespace_are_accepted(spark: SparkSession) -> None:
+    rows = parsed(spark, [variant(effectiveDateTime="2026-01-02T00:59:59Z"), json.dumps(BASE) + " \n\t "]).collect()
+    assert [(r.error, r.effective_time) for r in rows] == [(None, utc(2026, 1, 2, 0, 59, 59)), (None, utc(2026, 1, 1, 8, 30))]
+
+
+def test_the_future_limit_is_a_parameter(spark: SparkSession) -> None:
+    row = kafka_df(spark, [variant(effectiveDateTime="2026-01-02T00:00:10Z")]).transform(
+        lambda df: parse_observations(df, max_future_s=5)).first()
+    assert row.error == ("effective time 2026-01-02T00:00:10Z is more than 5 s after the message arrived "
+                         "(stream.max_future_skew)")
