@@ -6,7 +6,7 @@ No stack needed: N generator observations of P patients are cached in Spark as (
 in 4 partitions, as a micro-batch is after de-duplication, then each variant is timed, median
 of the repeats:
 
-- ``Sinks.write_archive``: the job's archive step (shuffle by patient, one staging file per
+- ``ArchiveSink.write``: the job's archive step (shuffle by patient, one staging file per
   patient, moved to ``patient_id=<id>/batch-<batch>-<part>.jsonl``);
 - the same partitioned write without the shuffle by patient (a file per patient and task);
 - the same lines written as one file per task (the floor: the bytes, without a file per patient);
@@ -57,8 +57,8 @@ def main() -> int:
         lines_df = batch_df.select("patient_id", F.col("raw").alias("value"))
         noop = lines_df.repartition("patient_id").write.format("noop").mode("overwrite")
         figures = {
-            "Sinks.write_archive (shuffle, a file per patient)":
-                median_seconds(lambda i: sinks.write_archive(batch_df, i), args.repeats),
+            "ArchiveSink.write (shuffle, a file per patient)":
+                median_seconds(lambda i: sinks.archive.write(batch_df, i), args.repeats),
             "partitioned write, no shuffle (a file per patient and task)":
                 median_seconds(lambda _: lines_df.write.mode("overwrite").partitionBy("patient_id")
                                .text(f"{folder}/noshuffle"), args.repeats),

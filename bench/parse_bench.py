@@ -11,7 +11,7 @@ then each variant is run to the end (the ``noop`` sink) and timed, median of the
 - ``parse_observations``: the pipeline's whole parser (the declared fields only, no corrupt-record column);
 - the parser followed by ``where(usable)``, which Spark pushes down into the parser, copying
   ``from_json`` into the condition once per derived field;
-- the parser followed by ``keep_rows(usable)`` (bp_spark/pipeline.py), as the trend query does.
+- the parser followed by ``keep_rows(usable)`` (bp_spark/streaming.py), as the trend query does.
 """
 
 from __future__ import annotations
@@ -29,7 +29,7 @@ from pyspark.sql import types as T
 
 from bench.workload import generator_observations, median_seconds
 from bp_spark.parse import parse_observations
-from bp_spark.pipeline import keep_rows
+from bp_spark.streaming import keep_rows
 from bp_spark.session import build_session
 
 S, A = T.StructType, T.ArrayType

@@ -52,8 +52,20 @@ class ElasticsearchConfig:
     deadletter_index: str
     metrics_index: str
     number_of_replicas: int
-    write_retries: int
-    retry_backoff_s: float
+
+
+@dataclass(frozen=True)
+class OutagesConfig:
+    """How the job rides out a sink or a query that fails: it waits and tries again."""
+
+    backoff_s: float
+    max_backoff_s: float
+    give_up_after: str
+
+    @property
+    def give_up_after_s(self) -> int:
+        """Seconds after which a sink still failing stops the job; 0: never."""
+        return duration_seconds(self.give_up_after) if self.give_up_after.strip() not in ("0", "") else 0
 
 
 @dataclass(frozen=True)
@@ -87,6 +99,7 @@ class StreamConfig:
     dedup_horizon: str
     state_partitions: int
     driver_memory: str
+    max_future_skew: str
 
 
 @dataclass(frozen=True)
@@ -136,6 +149,7 @@ class Config:
 
     kafka: KafkaConfig
     elasticsearch: ElasticsearchConfig
+    outages: OutagesConfig
     thresholds: Thresholds
     paths: PathsConfig
     stream: StreamConfig
@@ -206,6 +220,10 @@ def _non_empty(value: str) -> str | None:
 
 def _duration(value: str) -> str | None:
     return None if _DURATION.match(value) else "a duration such as '7 days', '12 hours', '30 minutes'"
+
+
+def _never_or_duration(value: str) -> str | None:
+    return None if value.strip() in ("0", "") else _duration(value)
 
 
 def _windows(value: str) -> str | None:
@@ -291,10 +309,12 @@ VALIDATORS: dict[str, Callable[[Any], str | None]] = {
     "thresholds.crisis_diastolic": _mmhg,
     "thresholds.critical_low_systolic": _mmhg,
     "thresholds.critical_low_diastolic": _mmhg,
-    "elasticsearch.write_retries": _non_negative,
     "elasticsearch.number_of_replicas": _non_negative,
-    "elasticsearch.retry_backoff_s": _non_negative,
+    "outages.backoff_s": _non_negative,
+    "outages.max_backoff_s": _non_negative,
+    "outages.give_up_after": _never_or_duration,
     "stream.dedup_horizon": _duration,
+    "stream.max_future_skew": _duration,
     "stream.state_partitions": _positive,
     "stream.driver_memory": _memory,
     "paths.archive_dir": _non_empty,
@@ -461,6 +481,9 @@ def _check_consistency(config: Config) -> None:
         raise ConfigError("generator.mix_* weights must not all be 0")
     if g.start and g.end and datetime.fromisoformat(g.start) >= datetime.fromisoformat(g.end):
         raise ConfigError(f"generator.start ({g.start}) must be before generator.end ({g.end})")
+    o = config.outages
+    if o.max_backoff_s < o.backoff_s:
+        raise ConfigError(f"outages.max_backoff_s ({o.max_backoff_s}) must not be below outages.backoff_s ({o.backoff_s})")
     tr = config.trends
     window_s, slide_s = duration_seconds(tr.sustained_window), duration_seconds(tr.sustained_slide)
     if window_s % slide_s:

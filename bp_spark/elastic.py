@@ -19,6 +19,10 @@ class ElasticsearchUnavailable(RuntimeError):
     """Elasticsearch cannot be reached or is not a version this build supports."""
 
 
+class ElasticsearchUnreachable(ElasticsearchUnavailable):
+    """Elasticsearch did not answer (down, hung, starting): worth waiting for."""
+
+
 @dataclass(frozen=True)
 class ClusterInfo:
     """What the connector needs to know about the cluster."""
@@ -45,7 +49,7 @@ def probe_cluster(client: Elasticsearch, url: str, expected_major: int | None = 
     try:
         main = client.info()
     except (TransportError, es_exceptions.ApiError) as exc:
-        raise ElasticsearchUnavailable(
+        raise ElasticsearchUnreachable(
             f"Elasticsearch at {url} did not answer ({exc}). Start the local stack with `make up`, "
             "or point --es-url / BP_ELASTICSEARCH_URL at a running cluster."
         ) from exc

@@ -24,6 +24,8 @@ metrics_log = logging.getLogger("bp_spark.metrics")
 
 ROUTING_QUERY = "bp_monitor"
 TRENDS_QUERY = "bp_monitor_trends"
+# The routing query's observed metric: Kafka records read per partition in a batch (bp_spark/routing.py).
+RECORDS_READ = "kafka_records_read"
 EPOCH = "1970-01-01T00:00:00.000Z"
 
 SinkCounts = Callable[[str, int], dict[str, int] | None]
@@ -57,10 +59,36 @@ def kafka_lag(progress: dict[str, Any]) -> list[dict[str, Any]]:
     return lag
 
 
+def lost_offsets(progress: dict[str, Any]) -> dict[tuple[str, int], tuple[int, int, int]]:
+    """Per (topic, partition): ``(first, last, count)`` of the batch's offsets that had no record to
+    read: Kafka removed them (retention, a recreated topic) before the job read them. From the
+    batch's offset range and the records the routing query counted (its observed metric)."""
+    read = progress.get("observedMetrics", {}).get(RECORDS_READ)
+    if not read:
+        return {}
+    lost = {}
+    for source in progress.get("sources", []):
+        if not str(source.get("description", "")).startswith("KafkaV2"):
+            continue
+        start, end = _offsets(source.get("startOffset")), _offsets(source.get("endOffset"))
+        for topic, partitions in end.items():
+            for partition, end_offset in partitions.items():
+                start_offset = start.get(topic, {}).get(partition)
+                if start_offset is None or start_offset < 0 or partition not in read:
+                    continue
+                missing = end_offset - start_offset - int(read[partition])
+                if missing > 0:
+                    lost[(topic, int(partition))] = (start_offset, end_offset - 1, missing)
+    return lost
+
+
 def progress_record(progress: dict[str, Any], sinks: dict[str, int] | None) -> dict[str, Any]:
     """The health record of one micro-batch, from Spark's progress and the router's counts."""
     watermark = progress.get("eventTime", {}).get("watermark")
     partitions = kafka_lag(progress)
+    lost = lost_offsets(progress)
+    for entry in partitions:
+        entry["lost_offsets"] = lost.get((entry["topic"], entry["partition"]), (0, 0, 0))[2]
     return {
         "timestamp": progress["timestamp"],
         "query": progress.get("name"),
@@ -77,6 +105,7 @@ def progress_record(progress: dict[str, Any], sinks: dict[str, int] | None) -> d
         "state_rows": sum(op.get("numRowsTotal", 0) for op in progress.get("stateOperators", [])),
         "kafka_lag": sum(p["lag"] for p in partitions),
         "kafka_partitions": partitions,
+        "lost_offsets": sum(missing for _, _, missing in lost.values()),
     }
 
 
@@ -100,6 +129,11 @@ class ProgressLog(StreamingQueryListener):
         record = progress_record(progress, self.sink_counts(progress.get("name"), progress["batchId"]))
         self.records = self.records[-999:] + [record]
         metrics_log.info(json.dumps(record, separators=(",", ":")))
+        for (topic, partition), (first, last, missing) in sorted(lost_offsets(progress).items()):
+            log.error("%s batch %s: %d offsets of Kafka topic %s partition %d between %d and %d had no record to "
+                      "read: Kafka removed them (retention, or the topic was deleted and recreated) before they "
+                      "were processed, and those messages were lost", record["query"], record["batch_id"], missing,
+                      topic, partition, first, last)
         if record["late_rows"] and record["query"] == TRENDS_QUERY:
             log.warning("trends batch %s: %d readings arrived later than the watermark (%s) and were left out of "
                         "those trend windows; they are still in the anomaly index or the archive",

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import logging
 import os
+import subprocess
 from collections.abc import Mapping
 from pathlib import Path
 
@@ -67,3 +68,25 @@ def build_session(app_name: str, extra_conf: Mapping[str, str] | None = None) ->
     for key, value in {**local_files_conf(), **(extra_conf or {})}.items():
         builder = builder.config(key, value)
     return builder.getOrCreate()
+
+
+def stop_session(spark: SparkSession, timeout_s: float = 30.0) -> None:
+    """Stop the session and, when this process started its JVM, make sure that JVM ends.
+
+    The JVM pyspark starts exits when its standard input closes, through its shutdown hooks; a
+    hook that hangs (state-store maintenance, RocksDB) once kept a 4 GB driver alive after its
+    Python parent had gone. So: stop, close its input, wait ``timeout_s``, then kill it.
+    """
+    proc = getattr(spark.sparkContext._gateway, "proc", None)  # None under spark-submit
+    try:
+        spark.stop()
+    finally:
+        if proc is not None and proc.poll() is None:
+            try:
+                proc.stdin.close()
+                proc.wait(timeout_s)
+            except (OSError, subprocess.TimeoutExpired):
+                log.warning("the Spark JVM (pid %d) did not exit %.0f s after the session stopped; killing it",
+                            proc.pid, timeout_s)
+                proc.kill()
+                proc.wait()

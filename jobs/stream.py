@@ -9,12 +9,19 @@ them. Abnormal readings go to the anomaly index (critical ones to the alert inde
 normal readings to ``<archive-dir>/patient_id=<id>/`` as JSON Lines, unusable messages to the
 dead-letter index. Restarted on the same checkpoint, it resumes where it stopped, and every
 sink holds every observation exactly once.
+
+It waits rather than stops: for a topic that does not exist yet, for Kafka or Elasticsearch
+while they are down (each attempt logged), and it restarts a query that failed. Set
+outages.give_up_after to stop instead after that long. Exit status: 0 done (available-now) or
+interrupted (Ctrl-C, SIGTERM); 1 a sink or query given up on; 2 a configuration problem
+(a bad setting, a checkpoint or archive another job holds).
 """
 
 from __future__ import annotations
 
 import argparse
 import logging
+import signal
 import sys
 from pathlib import Path
 
@@ -22,14 +29,15 @@ from pathlib import Path
 # --py-files puts the executors' copy (dist/bp_spark.zip) first on the path.
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from pyspark.errors import StreamingQueryException
-
 from bp_spark.logs import configure_logging
 from bp_spark.config import ConfigError, add_config_flags, load_config_from_args
-from bp_spark.elastic import ElasticsearchUnavailable, install_templates, make_client, pipeline_indices, probe_cluster
-from bp_spark.pipeline import CheckpointLayoutError, await_queries, start_pipeline
-from bp_spark.session import build_session
-from bp_spark.sinks import Sinks
+from bp_spark.elastic import (ElasticsearchUnavailable, ElasticsearchUnreachable, install_templates, make_client,
+                              pipeline_indices, probe_cluster)
+from bp_spark.ownership import OwnershipError
+from bp_spark.pipeline import CheckpointLayoutError, PipelineStopped, start_pipeline
+from bp_spark.session import build_session, stop_session
+from bp_spark.sinks import Sinks, SinkUnavailable
+from bp_spark.sinks.retry import with_retries
 
 log = logging.getLogger("stream")
 
@@ -43,39 +51,58 @@ def main(argv: list[str] | None = None) -> int:
                         help="read, parse and classify only; write nothing (measures the machine's ceiling)")
     args = parser.parse_args(argv)
     configure_logging()
+    # SIGTERM (docker stop, systemd, kill) stops the job cleanly, as Ctrl-C does.
+    signal.signal(signal.SIGTERM, _interrupt)
     try:
         config = load_config_from_args(args)
         es = make_client(config.elasticsearch.url)
-        probe_cluster(es, config.elasticsearch.url)
-        written = install_templates(es, pipeline_indices(config), config.elasticsearch.number_of_replicas)
-        for name in written:
+
+        def prepare() -> list[str]:
+            probe_cluster(es, config.elasticsearch.url)
+            return install_templates(es, pipeline_indices(config), config.elasticsearch.number_of_replicas)
+        # Elasticsearch down or hung at start is waited for, as it is later; a wrong version is not.
+        for name in with_retries(prepare, "connecting at start", "elasticsearch", config.outages,
+                                 also_retry=(ElasticsearchUnreachable,)):
             log.info("installed index template %s", name)
-    except (ConfigError, ElasticsearchUnavailable) as exc:
+    except (ConfigError, ElasticsearchUnavailable, SinkUnavailable) as exc:
         print(f"stream: {exc}", file=sys.stderr)
         return 2 if isinstance(exc, ConfigError) else 1
-
+    except KeyboardInterrupt:
+        return 0
     spark = build_session(config.stream.app_name, {"spark.driver.memory": config.stream.driver_memory})
+    try:
+        return run(spark, config, None if args.no_sinks else Sinks(spark, config, es))
+    finally:
+        stop_session(spark)
+
+
+def _interrupt(signum: int, frame: object) -> None:
+    raise KeyboardInterrupt
+
+
+def run(spark, config, sinks: Sinks | None) -> int:
+    """Start the pipeline and supervise it until it ends; return the exit status."""
     log.info("Spark master %s; Spark UI: %s (Structured Streaming tab; Prometheus: /metrics/prometheus)",
              spark.sparkContext.master, spark.sparkContext.uiWebUrl)
     try:
-        pipeline = start_pipeline(spark, config, None if args.no_sinks else Sinks(spark, config, es))
-    except CheckpointLayoutError as exc:
+        pipeline = start_pipeline(spark, config, sinks)
+    except (CheckpointLayoutError, OwnershipError) as exc:
         print(f"stream: {exc}", file=sys.stderr)
-        spark.stop()
         return 2
+    except KeyboardInterrupt:
+        return 0
     log.info("reading %s from %s; queries %s; checkpoints under %s", config.kafka.topic,
              config.kafka.bootstrap_servers, ", ".join(q.name for q in pipeline.queries), config.paths.checkpoint_dir)
     try:
-        await_queries(pipeline.queries)
-    except StreamingQueryException as exc:
-        print(f"stream: the query stopped: {str(exc).splitlines()[0]}\n"
-              "Restart on the same checkpoint to resume; nothing acknowledged was lost.", file=sys.stderr)
+        pipeline.await_termination()
+    except PipelineStopped as exc:
+        print(f"stream: stopped: {exc}\nRestart on the same checkpoint to resume; nothing acknowledged was lost.",
+              file=sys.stderr)
         return 1
     except KeyboardInterrupt:
-        pass
+        log.info("interrupted: stopping the queries (a restart on the same checkpoint resumes where they stopped)")
     finally:
         pipeline.stop()
-        spark.stop()
     return 0
 
 

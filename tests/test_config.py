@@ -124,3 +124,12 @@ def test_flags_reach_the_config(monkeypatch: pytest.MonkeyPatch) -> None:
     config = load_config_from_args(args)
     assert (config.kafka.topic, config.elasticsearch.url, config.stream.trigger) == (
         "vitals", "http://es:9200", "available-now")
+
+
+def test_outage_settings_are_validated() -> None:
+    with pytest.raises(ConfigError, match="outages.give_up_after = 'soon'"):
+        load_config(env={}, overrides={"outages.give_up_after": "soon"})
+    with pytest.raises(ConfigError, match=r"outages.max_backoff_s \(1.0\) must not be below outages.backoff_s \(2.0\)"):
+        load_config(env={}, overrides={"outages.max_backoff_s": 1.0})
+    assert load_config(env={}).outages.give_up_after_s == 0  # never: wait out any outage
+    assert load_config(env={}, overrides={"outages.give_up_after": "2 minutes"}).outages.give_up_after_s == 120

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import json
 
-from bp_spark.monitoring import kafka_lag, late_rows, progress_record
+from bp_spark.monitoring import RECORDS_READ, kafka_lag, late_rows, lost_offsets, progress_record
 
 PROGRESS = {
     "id": "q-1", "runId": "r-1", "name": "bp_monitor_trends", "timestamp": "2026-11-28T10:00:00.000Z",
@@ -38,7 +38,7 @@ def test_record_of_a_batch() -> None:
         "batch_id": 7, "input_rows": 1500, "input_rows_per_second": 150.0, "processed_rows_per_second": 1234.6,
         "batch_duration_ms": 1215, "sinks": {"trend_windows": 40, "alerts": 1},
         "watermark": "2026-01-04T00:00:00.000Z", "late_rows": 11, "state_rows": 1000, "kafka_lag": 300,
-        "kafka_partitions": kafka_lag(PROGRESS),
+        "kafka_partitions": [{**p, "lost_offsets": 0} for p in kafka_lag(PROGRESS)], "lost_offsets": 0,
     }
 
 
@@ -47,3 +47,14 @@ def test_no_watermark_and_no_state() -> None:
     record = progress_record(bare, None)
     assert (record["watermark"], record["late_rows"], record["kafka_lag"], record["sinks"]) == (None, 0, 0, {})
     assert late_rows({}) == 0
+
+
+def test_offsets_without_a_record_are_lost_offsets() -> None:
+    # Partition 0's batch spans offsets 0-699 but only 690 records were read: Kafka had removed 10.
+    progress = {**PROGRESS, "observedMetrics": {RECORDS_READ: {"all": 1490, "0": 690, "1": 800}}}
+    assert lost_offsets(progress) == {("vitals", 0): (0, 699, 10)}
+    record = progress_record(progress, None)
+    assert record["lost_offsets"] == 10
+    assert [p["lost_offsets"] for p in record["kafka_partitions"]] == [10, 0]
+    first_batch = {**progress, "sources": [{**PROGRESS["sources"][0], "startOffset": None}]}
+    assert lost_offsets(first_batch) == {}  # no start to compare with

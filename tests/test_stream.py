@@ -4,123 +4,27 @@ trend query (windows, sustained-hypertension onsets, late readings, the alert to
 
 from __future__ import annotations
 
-import copy
 import json
 import os
 import re
 import signal
 import subprocess
 import sys
+import threading
 import time
 from pathlib import Path
 
 import orjson
 import pytest
-from confluent_kafka import Consumer, Producer
+from confluent_kafka import Consumer
 from elasticsearch import Elasticsearch
-from pyspark.errors import StreamingQueryException
 from pyspark.sql import SparkSession
 
-from bp_spark.config import Config, env_name, load_config
-from bp_spark.elastic import install_templates, pipeline_indices
 from bp_spark.monitoring import ROUTING_QUERY, TRENDS_QUERY, late_rows
-from bp_spark.generator import encode, make_patients, readings, window
-from bp_spark.pipeline import (TRENDS_CHECKPOINT, BatchRouter, CheckpointLayoutError, Pipeline, await_queries,
-                               check_checkpoint_layout, start_pipeline, start_query)
-from bp_spark.sinks import Sinks
-
-ROOT = Path(__file__).resolve().parent.parent
-END = "2026-03-01T00:00:00+00:00"
-MIX = {"normotensive": 0.4, "elevated": 0.1, "stage_1": 0.1, "stage_2": 0.3, "hypotensive": 0.1}
-
-
-def stream_config(name: str, tmp_path: Path, **extra) -> Config:
-    overrides = {
-        "kafka.topic": name,
-        "elasticsearch.anomalies_index": f"{name}_anomalies",
-        "elasticsearch.alerts_index": f"{name}_alerts",
-        "elasticsearch.trends_index": f"{name}_trends",
-        "elasticsearch.deadletter_index": f"{name}_deadletter",
-        "elasticsearch.metrics_index": f"{name}_metrics",
-        "elasticsearch.retry_backoff_s": 0.2,
-        "paths.archive_dir": str(tmp_path / "archive"),
-        "paths.checkpoint_dir": str(tmp_path / "checkpoint"),
-        "stream.trigger": "available-now",
-        "trends.enabled": False,  # on where a test is about trends: it is a second query to run
-        **extra,
-    }
-    return load_config(env={}, overrides=overrides)
-
-
-def job_env(config: Config) -> dict[str, str]:
-    """The environment that gives a job subprocess ``config``'s topic, indices and paths."""
-    keys = ["kafka.topic", "paths.archive_dir", "paths.checkpoint_dir",
-            *[f"elasticsearch.{kind}_index" for kind in ("anomalies", "alerts", "trends", "deadletter", "metrics")]]
-    values = {key: getattr(getattr(config, key.split(".")[0]), key.split(".")[1]) for key in keys}
-    return {**os.environ, "SPARK_LOCAL_IP": "127.0.0.1", **{env_name(key): value for key, value in values.items()}}
-
-
-def publish(config: Config, messages: list[tuple[bytes, bytes]]) -> list[tuple[int, int]]:
-    """Send and return each message's (partition, offset)."""
-    coordinates: dict[int, tuple[int, int]] = {}
-    producer = Producer({"bootstrap.servers": config.kafka.bootstrap_servers, "enable.idempotence": True})
-    for i, (key, value) in enumerate(messages):
-        producer.produce(config.kafka.topic, key=key, value=value,
-                         on_delivery=lambda err, msg, i=i: coordinates.__setitem__(i, (msg.partition(), msg.offset())))
-    assert producer.flush(30) == 0
-    return [coordinates[i] for i in range(len(messages))]
-
-
-def run_pipeline(spark: SparkSession, config: Config, es: Elasticsearch) -> Pipeline:
-    """Run the stream job's queries with --trigger available-now, as the job wires them."""
-    install_templates(es, pipeline_indices(config), 0)
-    pipeline = start_pipeline(spark, config, Sinks(spark, config, es))
-    try:
-        await_queries(pipeline.queries, timeout_s=300)
-    finally:
-        pipeline.stop()
-    return pipeline
-
-
-def run_once(spark: SparkSession, config: Config, es: Elasticsearch) -> BatchRouter:
-    return run_pipeline(spark, config, es).router
-
-
-def ids_in(es: Elasticsearch, index: str, **terms: str) -> dict[str, dict]:
-    if not es.indices.exists(index=index):
-        return {}
-    es.indices.refresh(index=index)
-    query = {"bool": {"filter": [{"term": {k: v}} for k, v in terms.items()]}} if terms else {"match_all": {}}
-    hits = es.search(index=index, size=10_000, query=query)["hits"]["hits"]
-    return {h["_id"]: h["_source"] for h in hits}
-
-
-def archive_lines(config: Config) -> list[bytes]:
-    root = Path(config.paths.archive_dir)
-    return [line for f in sorted(root.glob("patient_id=*/*.jsonl")) for line in f.read_bytes().splitlines()]
-
-
-def expectations(config: Config, values: list[bytes]) -> tuple[set[str], set[str], set[bytes]]:
-    """Abnormal ids, critical ids and normal payloads, worked out in plain Python from the messages."""
-    t = config.thresholds
-    abnormal, critical, normal = set(), set(), set()
-    for value in values:
-        obs = orjson.loads(value)
-        s, d = (c["valueQuantity"]["value"] for c in obs["component"])
-        if s > t.systolic_high or s < t.systolic_low or d > t.diastolic_high or d < t.diastolic_low:
-            abnormal.add(obs["id"])
-            if (s > t.crisis_systolic or d > t.crisis_diastolic
-                    or s < t.critical_low_systolic or d < t.critical_low_diastolic):
-                critical.add(obs["id"])
-        else:
-            normal.add(value)
-    return abnormal, critical, normal
-
-
-def generated(patients: int, days: int, seed: int, crisis_rate: float = 0.05) -> list[tuple[bytes, bytes]]:
-    start, end = window("", END, days)
-    return [encode(r) for r in readings(make_patients(patients, seed, MIX), start, end, 4, seed, crisis_rate, 0.03)]
-
+from bp_spark.pipeline import CheckpointLayoutError, PipelineStopped, check_checkpoint_layout
+from bp_spark.trend_query import TRENDS_CHECKPOINT
+from streams import (ROOT, archive_lines, expectations, generated, ids_in, job_env, publish, reading, run_once,
+                     run_pipeline, stream_config, version)
 
 BAD_MESSAGES = [
     (b"x", b"{this is not json", "not a JSON object"),
@@ -182,23 +86,15 @@ def test_duplicates_and_replays_land_once(
     assert sorted(archive_lines(config)) == sorted(normal)
 
 
-def _version(value: bytes, status: str, systolic: int, diastolic: int) -> bytes:
-    obs = copy.deepcopy(orjson.loads(value))
-    obs["status"] = status
-    obs["component"][0]["valueQuantity"]["value"] = systolic
-    obs["component"][1]["valueQuantity"]["value"] = diastolic
-    return orjson.dumps(obs)
-
-
 def test_corrections_move_observations_and_retractions_remove_them(
     spark: SparkSession, es: Elasticsearch, kafka_admin, unique_name: str, tmp_path: Path
 ) -> None:
     config = stream_config(unique_name, tmp_path)
     good = generated(patients=4, days=1, seed=7, crisis_rate=0)
     key = good[0][0]
-    normal_then_crisis = _version(good[0][1], "final", 118, 76)
-    crisis_then_normal = _version(good[1][1], "final", 190, 125)
-    high_then_retracted = _version(good[2][1], "final", 160, 95)
+    normal_then_crisis = version(good[0][1], "final", 118, 76)
+    crisis_then_normal = version(good[1][1], "final", 190, 125)
+    high_then_retracted = version(good[2][1], "final", 160, 95)
     publish(config, [(key, normal_then_crisis), (good[1][0], crisis_then_normal), (good[2][0], high_then_retracted)])
     run_once(spark, config, es)
     ids = [orjson.loads(v)["id"] for v in (normal_then_crisis, crisis_then_normal, high_then_retracted)]
@@ -206,8 +102,8 @@ def test_corrections_move_observations_and_retractions_remove_them(
     assert set(ids_in(es, config.elasticsearch.alerts_index)) == {ids[1]}
     assert archive_lines(config) == [normal_then_crisis]
 
-    corrected_up = _version(normal_then_crisis, "corrected", 186, 118)
-    corrected_down = _version(crisis_then_normal, "amended", 121, 78)
+    corrected_up = version(normal_then_crisis, "corrected", 186, 118)
+    corrected_down = version(crisis_then_normal, "amended", 121, 78)
     retraction = orjson.loads(high_then_retracted)
     retraction["status"] = "entered-in-error"
     publish(config, [(key, corrected_up), (good[1][0], corrected_down), (good[2][0], orjson.dumps(retraction))])
@@ -218,7 +114,7 @@ def test_corrections_move_observations_and_retractions_remove_them(
     assert anomalies[ids[0]]["status"] == "corrected" and anomalies[ids[0]]["systolic"] == 186.0
     assert set(ids_in(es, config.elasticsearch.alerts_index)) == {ids[0]}
     assert archive_lines(config) == [corrected_down]  # the old normal version is gone from the archive
-    assert not list(Path(config.paths.archive_dir).glob("_rewrite/*"))
+    assert not list(Path(config.paths.archive_dir).glob("_rewrite/*/batch=*"))
 
 
 def test_kill_minus_nine_mid_stream_then_restart_gives_each_observation_once(
@@ -257,31 +153,58 @@ def test_kill_minus_nine_mid_stream_then_restart_gives_each_observation_once(
     lines = archive_lines(config)
     assert len(lines) == len(normal)
     assert set(lines) == normal
-    assert not list(Path(config.paths.archive_dir).glob("_staging/batch=*"))
+    assert not list(Path(config.paths.archive_dir).glob("_staging/*/batch=*"))
 
 
-def test_refused_writes_are_retried_then_stop_the_job_and_a_restart_completes(
+def test_a_read_only_index_is_waited_for_and_the_job_resumes_by_itself(
     spark: SparkSession, es: Elasticsearch, kafka_admin, unique_name: str, tmp_path: Path, caplog
 ) -> None:
-    config = stream_config(unique_name, tmp_path, **{"elasticsearch.write_retries": 2})
+    config = stream_config(unique_name, tmp_path)
     good = generated(patients=10, days=1, seed=9)
     publish(config, good)
-    # A read-only anomaly index, as Elasticsearch makes it when a disk fills up.
+    # A read-only anomaly index, as Elasticsearch makes it when a disk fills up, lifted once the
+    # job has waited for it three times.
     es.indices.create(index=config.elasticsearch.anomalies_index, settings={"number_of_replicas": 0})
     es.indices.put_settings(index=config.elasticsearch.anomalies_index, settings={"index.blocks.write": True})
 
-    install_templates(es, pipeline_indices(config), 0)
-    query = start_query(spark, config, BatchRouter(config, Sinks(spark, config, es)))
-    try:
-        with pytest.raises(StreamingQueryException) as failure:
-            query.awaitTermination(300)
-    finally:
-        query.stop()
-    message = str(failure.value)
-    assert re.search(r"writing [a-z, ]*anomalies[a-z, ]* failed 3 times; last error: cluster_block_exception", message)
-    assert "restart the job on the same checkpoint" in message
-    retries = [r.message for r in caplog.records if "retrying in" in r.message]
-    assert len(retries) == 2 and "attempt 1 of 3" in retries[0]
+    def waits() -> list[str]:
+        return [r.getMessage() for r in caplog.records if "is unavailable" in r.getMessage()]
+
+    def lift_after_three_waits() -> None:
+        deadline = time.monotonic() + 120
+        while len(waits()) < 3 and time.monotonic() < deadline:
+            time.sleep(0.2)
+        es.indices.put_settings(index=config.elasticsearch.anomalies_index, settings={"index.blocks.write": False})
+
+    lifter = threading.Thread(target=lift_after_three_waits, daemon=True)
+    with caplog.at_level("WARNING", logger="bp_spark.sinks"):
+        lifter.start()
+        pipeline = run_pipeline(spark, config, es)
+    lifter.join()
+    waits = waits()
+    assert len(waits) >= 3 and all(w.startswith("elasticsearch is unavailable: batch 0: writing") for w in waits)
+    assert "403 cluster_block_exception" in waits[0]
+    assert any(r.getMessage().startswith("elasticsearch is back") for r in caplog.records)
+    assert pipeline.restarts == {}  # waited inside the batch: the query never stopped
+    abnormal, _, normal = expectations(config, [v for _, v in good])
+    assert set(ids_in(es, config.elasticsearch.anomalies_index)) == abnormal
+    assert sorted(archive_lines(config)) == sorted(normal)
+    assert pipeline.router.counts[0]["waited_s"]["elasticsearch"] >= 0.2 + 0.4 + 0.8
+
+
+def test_give_up_after_stops_the_job_and_a_restart_completes(
+    spark: SparkSession, es: Elasticsearch, kafka_admin, unique_name: str, tmp_path: Path
+) -> None:
+    config = stream_config(unique_name, tmp_path, **{"outages.give_up_after": "3 seconds"})
+    good = generated(patients=10, days=1, seed=9)
+    publish(config, good)
+    es.indices.create(index=config.elasticsearch.anomalies_index, settings={"number_of_replicas": 0})
+    es.indices.put_settings(index=config.elasticsearch.anomalies_index, settings={"index.blocks.write": True})
+    with pytest.raises(PipelineStopped) as stopped:
+        run_pipeline(spark, config, es)
+    assert re.search(r"batch 0: writing [a-z, ]*anomalies[a-z, ]*: elasticsearch kept failing for [34] s "
+                     r"\(outages.give_up_after = 3 seconds\)", str(stopped.value))
+    assert "restart the job on the same checkpoint" in str(stopped.value)
     assert archive_lines(config) == []  # the archive holds none of the failed batch
 
     es.indices.put_settings(index=config.elasticsearch.anomalies_index, settings={"index.blocks.write": False})
@@ -291,31 +214,15 @@ def test_refused_writes_are_retried_then_stop_the_job_and_a_restart_completes(
     assert sorted(archive_lines(config)) == sorted(normal)
 
 
-def _reading(patient: str, when: str, systolic: int, diastolic: int) -> tuple[bytes, bytes]:
-    obs_id = f"{patient}-{when[:13].replace(':', '')}"
-    body = {
-        "resourceType": "Observation", "id": obs_id, "status": "final",
-        "code": {"coding": [{"system": "http://loinc.org", "code": "85354-9"}]},
-        "subject": {"reference": f"Patient/{patient}"}, "effectiveDateTime": when,
-        "component": [
-            {"code": {"coding": [{"system": "http://loinc.org", "code": "8480-6"}]},
-             "valueQuantity": {"value": systolic, "unit": "mmHg", "system": "http://unitsofmeasure.org", "code": "mm[Hg]"}},
-            {"code": {"coding": [{"system": "http://loinc.org", "code": "8462-4"}]},
-             "valueQuantity": {"value": diastolic, "unit": "mmHg", "system": "http://unitsofmeasure.org", "code": "mm[Hg]"}},
-        ],
-    }
-    return patient.encode(), orjson.dumps(body)
-
-
 def test_trends_sustained_onsets_and_late_readings(
     spark: SparkSession, es: Elasticsearch, kafka_admin, unique_name: str, tmp_path: Path
 ) -> None:
     config = stream_config(unique_name, tmp_path, **{
         "trends.enabled": True, "trends.watermark": "1 day", "trends.sustained_min_readings": 3,
         "kafka.alerts_topic": f"{unique_name}_alerts"})
-    hypertensive = [_reading("pa", f"2026-01-0{d}T08:00:00Z", 150, 95) for d in range(1, 6)]
-    normal = [_reading("pb", f"2026-01-0{d}T08:30:00+01:00", 118, 76) for d in range(1, 6)]
-    crisis = [_reading("pc", "2026-01-03T09:15:00Z", 185, 125)]
+    hypertensive = [reading("pa", f"2026-01-0{d}T08:00:00Z", 150, 95) for d in range(1, 6)]
+    normal = [reading("pb", f"2026-01-0{d}T08:30:00+01:00", 118, 76) for d in range(1, 6)]
+    crisis = [reading("pc", "2026-01-03T09:15:00Z", 185, 125)]
     publish(config, hypertensive + normal + crisis + normal[:1])  # and one duplicate
     first = next(q for q in run_pipeline(spark, config, es).queries if q.name == TRENDS_QUERY)
 
@@ -342,8 +249,8 @@ def test_trends_sustained_onsets_and_late_readings(
     state = {op["operatorName"]: op["numRowsTotal"] for op in first.lastProgress["stateOperators"]}
     assert len(trends) == 67 and state == {"stateStoreSave": 34, "dedupeWithinWatermark": 5}
 
-    inside = _reading("pb", "2026-01-04T12:00:00Z", 121, 79)   # after the watermark
-    outside = _reading("pa", "2025-12-20T08:00:00Z", 160, 100)  # before it
+    inside = reading("pb", "2026-01-04T12:00:00Z", 121, 79)   # after the watermark
+    outside = reading("pa", "2025-12-20T08:00:00Z", 160, 100)  # before it
     publish(config, [inside, outside])
     queries = run_pipeline(spark, config, es).queries
 

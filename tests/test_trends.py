@@ -14,7 +14,9 @@ from pyspark.sql import types as T
 
 from bp_spark.classify import with_classification
 from bp_spark.config import Config, TrendsConfig, load_config
-from bp_spark.pipeline import keep_rows, readings_stream, trends_stream
+from bp_spark.routing import readings_stream
+from bp_spark.streaming import keep_rows
+from bp_spark.trend_query import trends_stream
 from bp_spark.trends import all_trends, sustained_onsets
 from test_parse import BASE
 

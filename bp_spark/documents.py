@@ -1,0 +1,102 @@
+"""The Elasticsearch documents of each index, built from a micro-batch's rows (pure: DataFrame -> DataFrame).
+
+Each frame names its index (``_target``) and document id (``_doc_id``). Documents that come
+from one Kafka message also carry that message (``_raw``) and the id its dead letter would
+have (``_dead_id``, topic-partition-offset): if Elasticsearch refuses the document for what it
+holds, the message goes to the dead letter instead (:mod:`bp_spark.sinks.es`).
+"""
+
+from __future__ import annotations
+
+from pyspark.sql import Column, DataFrame
+from pyspark.sql import functions as F
+
+from bp_spark.config import Config
+from bp_spark.parse import QUOTE_LIMIT, quoted
+
+# Columns that steer the write and are not part of any document.
+ROUTING_COLUMNS = ("_target", "_doc_id", "_raw", "_dead_id")
+
+
+def dead_letter_id() -> Column:
+    """A message's dead-letter id: its Kafka topic, partition and offset."""
+    return F.concat_ws("-", "kafka_topic", "kafka_partition", "kafka_offset")
+
+
+def _provenance(batch_id: int) -> list[Column]:
+    """Where a document came from: its Kafka record, the batch, and when it was written."""
+    kafka = F.struct(F.col("kafka_topic").alias("topic"), F.col("kafka_partition").alias("partition"),
+                     F.col("kafka_offset").alias("offset"), F.col("kafka_timestamp").alias("timestamp"))
+    return [kafka.alias("kafka"), *written(batch_id)]
+
+
+def written(batch_id: int) -> list[Column]:
+    """The batch that wrote a document, and when."""
+    return [F.lit(batch_id).cast("long").alias("batch_id"), F.current_timestamp().alias("processed_at")]
+
+
+def _from_message(index: str, doc_id: Column) -> list[Column]:
+    return [F.lit(index).alias("_target"), doc_id.alias("_doc_id"), F.col("raw").alias("_raw"),
+            dead_letter_id().alias("_dead_id")]
+
+
+def anomaly_docs(abnormal_df: DataFrame, config: Config, batch_id: int) -> DataFrame:
+    """Abnormal readings with what was detected, ``_id`` = Observation.id."""
+    t = config.thresholds
+    thresholds = F.struct(*[F.lit(float(getattr(t, name))).alias(name) for name in (
+        "systolic_high", "systolic_low", "diastolic_high", "diastolic_low", "crisis_systolic",
+        "crisis_diastolic", "critical_low_systolic", "critical_low_diastolic")])
+    return abnormal_df.select(
+        *_from_message(config.elasticsearch.anomalies_index, F.col("observation_id")),
+        "observation_id", "patient_id", "status", "effective_time", "systolic", "diastolic",
+        "anomaly_types", "category", "severity", "interpretation", thresholds.alias("thresholds"),
+        *_provenance(batch_id),
+    )
+
+
+def alert_docs(critical_df: DataFrame, config: Config, batch_id: int) -> DataFrame:
+    """Critical readings as alerts, ``_id`` = Observation.id (a replay never alerts twice)."""
+    reason = F.format_string("%s: %s/%s mmHg", F.regexp_replace("category", "_", " "),
+                             F.col("systolic").cast("int").cast("string"), F.col("diastolic").cast("int").cast("string"))
+    return critical_df.select(
+        *_from_message(config.elasticsearch.alerts_index, F.col("observation_id")),
+        F.lit("critical_reading").alias("alert_type"), F.col("observation_id").alias("alert_id"),
+        reason.alias("reason"),
+        "observation_id", "patient_id", "effective_time", "systolic", "diastolic", "category", "severity",
+        *_provenance(batch_id),
+    )
+
+
+def deadletter_docs(dead_df: DataFrame, config: Config, batch_id: int) -> DataFrame:
+    """Unusable messages with the raw payload and the reason, ``_id`` = topic-partition-offset.
+    The raw payload is stored, not indexed, and every indexed field is bounded, so that no
+    payload can make its own dead letter unstorable."""
+    return dead_df.select(
+        *_from_message(config.elasticsearch.deadletter_index, dead_letter_id()),
+        F.col("error").alias("reason"), "raw", quoted(F.col("observation_id"), QUOTE_LIMIT).alias("observation_id"),
+        *_provenance(batch_id),
+    )
+
+
+def trend_docs(trends_df: DataFrame, config: Config, batch_id: int) -> DataFrame:
+    """Trend windows, ``_id`` = ``trend_id``: a window updated by a later batch overwrites its document."""
+    fields = [c for c in trends_df.columns if c != "previous_trend_id"]
+    return trends_df.select(
+        F.lit(config.elasticsearch.trends_index).alias("_target"), F.col("trend_id").alias("_doc_id"),
+        *fields, *written(batch_id))
+
+
+def sustained_alert_docs(onset_df: DataFrame, config: Config, batch_id: int) -> DataFrame:
+    """Onsets of sustained hypertension as alerts, ``_id`` = the window's ``trend_id``."""
+    t = config.trends
+    reason = F.format_string(
+        "sustained hypertension: mean %s/%s mmHg over %s readings in %s (limit %s/%s)",
+        F.round("systolic_mean").cast("int").cast("string"), F.round("diastolic_mean").cast("int").cast("string"),
+        F.col("readings").cast("string"), F.lit(t.sustained_window),
+        F.lit(f"{t.sustained_systolic:g}"), F.lit(f"{t.sustained_diastolic:g}"))
+    return onset_df.select(
+        F.lit(config.elasticsearch.alerts_index).alias("_target"), F.col("trend_id").alias("_doc_id"),
+        F.lit("sustained_hypertension").alias("alert_type"), F.col("trend_id").alias("alert_id"),
+        reason.alias("reason"), "patient_id", F.col("last_reading_time").alias("effective_time"),
+        "window_start", "window_end", "readings", "systolic_mean", "diastolic_mean",
+        F.lit("warning").alias("severity"), *written(batch_id))

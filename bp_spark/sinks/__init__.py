@@ -1,0 +1,40 @@
+"""Every target the stream job writes, one module each, behind one object.
+
+- :mod:`bp_spark.sinks.es`: the Elasticsearch indices (anomalies, alerts, trends, dead letter);
+- :mod:`bp_spark.sinks.archive`: the normal-reading archive, files partitioned by patient;
+- :mod:`bp_spark.sinks.alert_topic`: alerts on a Kafka topic for downstream systems;
+- :mod:`bp_spark.sinks.retry`: how each of them rides out an outage.
+
+The documents themselves are built in :mod:`bp_spark.documents`.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+from elasticsearch import Elasticsearch
+from pyspark.sql import SparkSession
+
+from bp_spark.config import Config
+from bp_spark.sinks.alert_topic import AlertTopic
+from bp_spark.sinks.archive import ArchiveSink, hadoop_fs
+from bp_spark.sinks.es import ElasticsearchSink
+from bp_spark.sinks.retry import SinkUnavailable
+
+__all__ = ["Sinks", "SinkUnavailable", "hadoop_fs"]
+
+
+@dataclass
+class Sinks:
+    """The stream job's targets. ``waits`` adds up, per sink, the seconds the current batch
+    waited for it (the routers reset it each batch and put it in the health record)."""
+
+    spark: SparkSession
+    config: Config
+    es: Elasticsearch | None
+    waits: dict[str, float] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        self.elasticsearch = ElasticsearchSink(self.config, self.es, self.waits)
+        self.archive = ArchiveSink(self.spark, self.config, self.waits)
+        self.alert_topic = AlertTopic(self.config, self.waits)

@@ -1,0 +1,258 @@
+"""The Elasticsearch sink: every index the stream job writes, in one pass per batch.
+
+Fast path: the elasticsearch-hadoop connector writes the whole batch (each row names its index
+and id). It fails a batch on any document Elasticsearch refuses, and on any outage. Then the
+careful path takes over: the same documents through the Python client's ``_bulk``, item by
+item. An item refused for what it holds (HTTP 400: a mapping conflict, an immense term, an id
+too long) sends its Kafka message to the dead letter with Elasticsearch's reason, and the
+observation's other documents are removed, so the message still ends in exactly one sink; an
+item that failed for the sink's sake (429, 5xx, a write block) is tried again until it lands
+(:mod:`bp_spark.sinks.retry`). Every write has a deterministic id, so a replay overwrites.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections import Counter
+from collections.abc import Iterable, Iterator
+from dataclasses import dataclass, field
+
+import orjson
+from elasticsearch import Elasticsearch
+from py4j.protocol import Py4JError
+from pyspark.errors import PySparkException
+from pyspark.sql import DataFrame
+from pyspark.sql import functions as F
+
+from bp_spark.config import Config
+from bp_spark.documents import ROUTING_COLUMNS
+from bp_spark.elastic import connector_options
+from bp_spark.parse import QUOTE_LIMIT
+from bp_spark.sinks.retry import SinkFailure, summarise, with_retries
+
+log = logging.getLogger("bp_spark.sinks")
+
+ES_FORMAT = "org.elasticsearch.spark.sql"
+SINK = "elasticsearch"
+# Documents per _bulk request of the careful path, and its byte budget.
+CAREFUL_CHUNK_DOCS = 2000
+CAREFUL_CHUNK_BYTES = 5 << 20
+# How much of Elasticsearch's reason a dead letter keeps (it may quote the refused value).
+REFUSAL_REASON_LIMIT = 160
+
+
+@dataclass(frozen=True)
+class _Item:
+    target: str
+    doc_id: str
+    source: str
+    dead_id: str | None
+    dead_source: str | None
+
+
+@dataclass
+class Refused:
+    """What a batch's write left out: documents refused per index, and the observations whose
+    messages went to the dead letter instead (with how many of them had an alert)."""
+
+    documents: Counter = field(default_factory=Counter)
+    observations: set[str] = field(default_factory=set)
+    alerts_removed: int = 0
+
+
+@dataclass(frozen=True)
+class Refusal:
+    """A document Elasticsearch refused for what it holds."""
+
+    item: _Item
+    error_type: str
+    reason: str
+
+
+def _item_result(entry: dict) -> dict:
+    return next(iter(entry.values()))
+
+
+class ElasticsearchSink:
+    """Writes and deletes documents by id; reads back what the trend query needs."""
+
+    def __init__(self, config: Config, es: Elasticsearch, waits: dict[str, float]) -> None:
+        self.config = config
+        self.es = es
+        self.waits = waits  # seconds waited for each sink in the current batch (health record)
+        self._options = {
+            **connector_options(config.elasticsearch.url),
+            "es.write.operation": "index",
+            # Bulk requests of 5,000 documents / 5 MB: a fifth of the round trips of the defaults.
+            "es.batch.size.entries": "5000",
+            "es.batch.size.bytes": "5mb",
+            # One quick retry of a 429 inside the connector; outages are waited out by the careful path.
+            "es.batch.write.retry.count": "1",
+            "es.batch.write.retry.wait": "1s",
+            "es.spark.dataframe.write.null": "false",
+            "es.mapping.id": "_doc_id",
+            "es.mapping.exclude": ",".join(ROUTING_COLUMNS),
+        }
+
+    def _retry(self, action, what: str):
+        return with_retries(action, what, SINK, self.config.outages, self.waits)
+
+    # ------------------------------------------------------------------ writes
+
+    def write(self, docs: dict[str, DataFrame], batch_id: int) -> Refused:
+        """Write the documents of several indices (``{"anomalies": df, ...}``) in one pass; absent
+        fields are left out, not null. Return what Elasticsearch refused (those messages are in
+        the dead letter now)."""
+        if not docs:
+            return Refused()
+        frames = list(docs.values())
+        union_df = frames[0]
+        for more_df in frames[1:]:
+            union_df = union_df.unionByName(more_df, allowMissingColumns=True)
+        for column in ROUTING_COLUMNS:
+            if column not in union_df.columns:
+                union_df = union_df.withColumn(column, F.lit(None).cast("string"))
+        what = f"batch {batch_id}: writing {', '.join(docs)}"
+        try:
+            union_df.write.format(ES_FORMAT).options(**self._options).mode("append").save("{_target}")
+            return Refused()
+        except (Py4JError, PySparkException) as exc:
+            log.warning("%s: the connector's bulk write failed (%s); writing the batch through the careful path, "
+                        "document by document", what, summarise(exc))
+        return self._write_carefully(union_df, batch_id, what)
+
+    def _write_carefully(self, union_df: DataFrame, batch_id: int, what: str) -> Refused:
+        refusals: list[Refusal] = []
+        written = 0
+        alerts: set[str] = set()
+        for chunk in self._chunks(union_df):
+            refusals.extend(self._bulk_until_taken(chunk, what))
+            written += len(chunk)
+            alerts.update(item.doc_id for item in chunk if item.target == self.config.elasticsearch.alerts_index)
+        if not refusals:
+            return Refused()
+        log.warning("%s: Elasticsearch refused %d of %d documents for what they hold (%s); their messages go "
+                    "to the dead letter", what, len(refusals), written,
+                    ", ".join(f"{t} x{n}" for t, n in Counter(r.error_type for r in refusals).items()))
+        observations = self._dead_letter(refusals, batch_id)
+        return Refused(Counter(r.item.target for r in refusals), observations, len(observations & alerts))
+
+    def _chunks(self, union_df: DataFrame) -> Iterator[list[_Item]]:
+        fields = [c for c in union_df.columns if c not in ROUTING_COLUMNS]
+        dead_json = F.lit(None).cast("string")
+        if "kafka" in union_df.columns:  # documents made from one message each (not trend windows)
+            dead_fields = [F.col("_raw").alias("raw"), "kafka", "batch_id", "processed_at"]
+            if "observation_id" in union_df.columns:
+                dead_fields.append(F.substring("observation_id", 1, 64).alias("observation_id"))
+            dead_json = F.when(F.col("_dead_id").isNotNull(), F.to_json(F.struct(*dead_fields)))
+        rows_df = union_df.select("_target", "_doc_id", "_dead_id", F.to_json(F.struct(*fields)).alias("_json"),
+                                  dead_json.alias("_dead_json"))
+        chunk: list[_Item] = []
+        size = 0
+        for row in rows_df.toLocalIterator(prefetchPartitions=True):
+            chunk.append(_Item(row._target, row._doc_id, row._json, row._dead_id, row._dead_json))
+            size += len(row._json)
+            if len(chunk) >= CAREFUL_CHUNK_DOCS or size >= CAREFUL_CHUNK_BYTES:
+                yield chunk
+                chunk, size = [], 0
+        if chunk:
+            yield chunk
+
+    def _bulk_until_taken(self, items: list[_Item], what: str) -> list[Refusal]:
+        """Index ``items``; return those refused for what they hold; wait out everything else."""
+        pending = items
+        refusals: list[Refusal] = []
+
+        def attempt() -> None:
+            nonlocal pending
+            operations: list = []
+            for item in pending:
+                operations += [{"index": {"_index": item.target, "_id": item.doc_id}}, item.source]
+            response = self.es.bulk(operations=operations, refresh=False)
+            again, statuses = [], Counter()
+            for item, entry in zip(pending, response["items"]):
+                result = _item_result(entry)
+                status = result.get("status", 500)
+                if status < 300:
+                    continue
+                error = result.get("error") or {}
+                if status == 400:
+                    refusals.append(Refusal(item, str(error.get("type", "refused")),
+                                            str(error.get("reason", ""))[:REFUSAL_REASON_LIMIT]))
+                else:
+                    again.append(item)
+                    statuses[f"{status} {error.get('type', '')}".strip()] += 1
+            pending = again
+            if pending:
+                raise SinkFailure(f"{len(pending)} documents not taken: "
+                                  + ", ".join(f"{s} x{n}" for s, n in statuses.items()))
+
+        self._retry(attempt, what)
+        return refusals
+
+    def _dead_letter(self, refusals: list[Refusal], batch_id: int) -> set[str]:
+        """The refused documents' messages to the dead letter; their observations' other documents
+        away. Return those observations."""
+        e = self.config.elasticsearch
+        dead: dict[str, _Item] = {}
+        observations = set()
+        unrecoverable = Counter()
+        for refusal in refusals:
+            item = refusal.item
+            if item.dead_id is None:  # a trend window: derived data, no message to keep
+                unrecoverable[refusal.error_type] += 1
+                continue
+            if item.target in (e.anomalies_index, e.alerts_index):
+                observations.add(item.doc_id)
+            source = orjson.loads(item.dead_source)
+            if item.target == e.deadletter_index:
+                source.pop("observation_id", None)
+            source["reason"] = (f"Elasticsearch refused the document for {item.target}: {refusal.error_type}: "
+                                f"{refusal.reason}")[:REFUSAL_REASON_LIMIT + QUOTE_LIMIT * 2]
+            dead[item.dead_id] = _Item(e.deadletter_index, item.dead_id, orjson.dumps(source).decode(), None, None)
+        if unrecoverable:
+            log.error("batch %d: Elasticsearch refused %d derived documents that have no message to dead-letter (%s); "
+                      "they were left out", batch_id, sum(unrecoverable.values()),
+                      ", ".join(f"{t} x{n}" for t, n in unrecoverable.items()))
+        still_refused = self._bulk_until_taken(list(dead.values()), f"batch {batch_id}: dead-lettering refused documents")
+        if still_refused:
+            raise SinkFailure(f"batch {batch_id}: the dead-letter index refused {len(still_refused)} documents "
+                              f"({still_refused[0].error_type}); check its mapping against conf/elasticsearch/deadletter.json")
+        self.delete(sorted(observations), batch_id)
+        return observations
+
+    # ------------------------------------------------------------------ deletes and reads
+
+    def delete(self, ids: Iterable[str], batch_id: int) -> set[str]:
+        """Remove observations from the anomaly and alert indices (corrections, retractions); return
+        the ids the anomaly index held (whose earlier version was therefore not in the archive)."""
+        e = self.config.elasticsearch
+        ids = list(ids)
+        if not ids:
+            return set()
+        operations = [{"delete": {"_index": index, "_id": doc_id}}
+                      for doc_id in ids for index in (e.anomalies_index, e.alerts_index)]
+
+        def run() -> set[str]:
+            results = list(map(_item_result, self.es.bulk(operations=operations, refresh=False)["items"]))
+            # A document that is not there is already where we want it: 404s are not errors.
+            failed = Counter(f"{r.get('status')} {(r.get('error') or {}).get('type', '')}".strip()
+                             for r in results if r.get("status", 500) not in (200, 404))
+            if failed:
+                raise SinkFailure("deletes not done: " + ", ".join(f"{s} x{n}" for s, n in failed.items()))
+            return {r["_id"] for r in results if r.get("status") == 200 and r.get("_index") == e.anomalies_index}
+        return self._retry(run, f"batch {batch_id}: removing {len(ids)} superseded observations")
+
+    def sustained_states(self, trend_ids: Iterable[str], batch_id: int) -> dict[str, bool]:
+        """``is_sustained`` of the given sustained windows as the trends index holds them (absent: left out)."""
+        ids = sorted(set(trend_ids))
+        index = self.config.elasticsearch.trends_index
+        if not ids:
+            return {}
+
+        def run() -> dict[str, bool]:
+            if not self.es.indices.exists(index=index):
+                return {}
+            found = self.es.mget(index=index, ids=ids, source_includes=["is_sustained"])["docs"]
+            return {doc["_id"]: bool(doc["_source"].get("is_sustained")) for doc in found if doc.get("found")}
+        return self._retry(run, f"trends batch {batch_id}: reading {len(ids)} earlier sustained windows")

@@ -1,0 +1,128 @@
+"""What both streaming queries share: the Kafka source (and waiting for its topic), the
+checkpoint and trigger, the state store, and the per-batch timing and counting helpers."""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+
+from confluent_kafka.admin import AdminClient
+from pyspark.sql import Column, DataFrame, SparkSession
+from pyspark.sql import functions as F
+
+from bp_spark.config import Config
+from bp_spark.sinks.retry import backoff_s
+
+log = logging.getLogger("bp_spark.pipeline")
+
+
+def topic_state(admin: AdminClient, topic: str, timeout_s: float = 10.0) -> tuple[str | None, list[int]]:
+    """Why ``topic`` cannot be read yet (missing, a partition without a leader, the broker silent),
+    or None; and its partitions."""
+    try:
+        # All topics' metadata: asking for this one by name would make a broker that auto-creates
+        # topics create it, with its default partitions, before the producer of the feed does.
+        metadata = admin.list_topics(timeout=timeout_s).topics.get(topic)
+    except Exception as exc:  # librdkafka's KafkaException: the broker did not answer
+        return f"the broker did not answer ({str(exc)[:160]})", []
+    if metadata is None or metadata.error is not None or not metadata.partitions:
+        return "the topic does not exist (yet)", []
+    partitions = sorted(metadata.partitions)
+    leaderless = [p for p, info in metadata.partitions.items() if info.leader < 0 or info.error is not None]
+    if leaderless:
+        return f"partitions {sorted(leaderless)} have no leader yet", partitions
+    return None, partitions
+
+
+def wait_for_topic(config: Config, give_up_s: float | None = None) -> list[int]:
+    """Return the topic's partitions once it exists and each has a leader, waiting with capped backoff
+    (each wait logged): a job started before its topic, or while Kafka is down, waits for them.
+    ``give_up_s``: raise TimeoutError after that long (default: ``outages.give_up_after``, 0 = never)."""
+    admin = AdminClient({"bootstrap.servers": config.kafka.bootstrap_servers})
+    give_up_s = config.outages.give_up_after_s if give_up_s is None else give_up_s
+    started, attempt = time.monotonic(), 0
+    while True:
+        problem, partitions = topic_state(admin, config.kafka.topic)
+        if problem is None:
+            return partitions
+        waited = time.monotonic() - started
+        if give_up_s and waited >= give_up_s:
+            raise TimeoutError(f"Kafka topic {config.kafka.topic} at {config.kafka.bootstrap_servers} could not be read "
+                               f"for {waited:.0f} s: {problem}")
+        delay = backoff_s(config.outages, attempt)
+        log.warning("waiting for Kafka topic %s at %s: %s; looking again in %.0f s (waiting for %.0f s so far)",
+                    config.kafka.topic, config.kafka.bootstrap_servers, problem, delay, waited)
+        time.sleep(delay)
+        attempt += 1
+
+
+def kafka_source(spark: SparkSession, config: Config) -> DataFrame:
+    """The topic as a stream of Kafka records."""
+    reader = (
+        spark.readStream.format("kafka")
+        .option("kafka.bootstrap.servers", config.kafka.bootstrap_servers)
+        .option("subscribe", config.kafka.topic)
+        .option("startingOffsets", config.kafka.starting_offsets)
+        # A topic recreated or trimmed by retention must not stop a monitor: the offsets it lost
+        # are counted and logged at ERROR by the routing query (bp_spark/routing.py).
+        .option("failOnDataLoss", "false")
+    )
+    if config.kafka.max_offsets_per_trigger:
+        reader = reader.option("maxOffsetsPerTrigger", config.kafka.max_offsets_per_trigger)
+    return reader.option("minPartitions", read_tasks(spark, config)).load()
+
+
+def read_tasks(spark: SparkSession, config: Config) -> int:
+    """How many tasks at least read a micro-batch: ``kafka.min_partitions``, or three per core."""
+    return config.kafka.min_partitions or 3 * spark.sparkContext.defaultParallelism
+
+
+def keep_rows(df: DataFrame, condition: Column) -> DataFrame:
+    """``df.where(condition)``, written so that Spark cannot push it down into the parser.
+
+    A filter above the parser is pushed below its projections, and each column of the condition
+    is replaced by the expression that made it: ``from_json`` is copied once for every field
+    the parser derives (133 copies; parsing becomes 15x slower, see ``bench/parse_bench.py``).
+    Exploding ``[true]`` or null keeps or drops each row the same, and is not a filter.
+    """
+    return df.withColumn("_keep", F.explode(F.when(condition, F.array(F.lit(True))))).drop("_keep")
+
+
+def configure_state(spark: SparkSession, config: Config) -> None:
+    """De-duplication and aggregation state in RocksDB (off-heap, on disk), not on the JVM heap;
+    its partition count is fixed by the checkpoint after the first run."""
+    spark.conf.set("spark.sql.streaming.stateStore.providerClass",
+                   "org.apache.spark.sql.execution.streaming.state.RocksDBStateStoreProvider")
+    spark.conf.set("spark.sql.shuffle.partitions", str(config.stream.state_partitions))
+
+
+def checkpointed(writer, config: Config, name: str):
+    """The query's checkpoint ``<checkpoint-dir>/<name>`` and trigger."""
+    writer = writer.option("checkpointLocation", f"{config.paths.checkpoint_dir.rstrip('/')}/{name}")
+    if config.stream.trigger == "available-now":
+        return writer.trigger(availableNow=True)
+    return writer.trigger(processingTime=config.stream.trigger)
+
+
+def per_step(steps: dict[str, float]) -> str:
+    """``"; seconds per step: read+parse 3.1, ..."`` for a batch's log line, or nothing."""
+    return "; seconds per step: " + ", ".join(f"{name} {took:.1f}" for name, took in steps.items()) if steps else ""
+
+
+def remember(counts: dict[int, dict], batch_id: int, entry: dict) -> dict[int, dict]:
+    """``counts`` with ``entry`` for ``batch_id``, keeping the last 100 batches."""
+    kept = {b: c for b, c in counts.items() if b > batch_id - 100}
+    kept[batch_id] = entry
+    return kept
+
+
+@contextmanager
+def timed(steps: dict[str, float], step: str) -> Iterator[None]:
+    """Add the seconds the block takes to ``steps[step]``."""
+    started = time.monotonic()
+    try:
+        yield
+    finally:
+        steps[step] = steps.get(step, 0.0) + time.monotonic() - started

@@ -1,0 +1,140 @@
+"""The trend query: Kafka source -> readings -> windowed aggregations on event time -> the trends
+index, and onsets of sustained hypertension -> the alert index (and the alert topic).
+
+A second query on the same topic, not a branch of the routing query: the routing query appends
+each reading once, while aggregations emit updated windows (update mode), and one query has
+one output mode. Its own checkpoint also lets trends be rebuilt from Kafka alone, and a failure
+of this query never stops routing and critical alerts (:mod:`bp_spark.pipeline` restarts it).
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+
+from pyspark.sql import DataFrame, SparkSession
+from pyspark.sql import functions as F
+from pyspark.sql.streaming import StreamingQuery
+
+from bp_spark import documents
+from bp_spark.classify import with_classification
+from bp_spark.config import Config
+from bp_spark.config import duration_seconds as seconds
+from bp_spark.monitoring import TRENDS_QUERY
+from bp_spark.parse import RETRACTED_STATUS, parse_observations
+from bp_spark.sinks import Sinks, SinkUnavailable
+from bp_spark.streaming import checkpointed, configure_state, kafka_source, keep_rows, per_step, remember, timed
+from bp_spark.trends import SUSTAINED, aggregate_windows, previous_window_id, sustained_onsets, with_windows
+
+log = logging.getLogger("bp_spark.pipeline")
+
+# The trend query's checkpoint folder. Its state changed shape (one de-duplication entry per
+# reading, not per window), which Spark cannot read from the earlier folder, ``trends``.
+TRENDS_CHECKPOINT = "trends-v2"
+EARLIER_TRENDS_CHECKPOINT = "trends"
+
+
+def trends_stream(source_df: DataFrame, config: Config) -> DataFrame:
+    """Parse and classify the Kafka stream, then aggregate it into trend windows on event time.
+
+    The watermark sits ``trends.watermark`` behind the latest effective time; no effective time
+    can be more than ``stream.max_future_skew`` ahead of its arrival (the parser refuses it), so
+    no reading can carry the watermark past the readings that follow. A reading older than the
+    watermark is left out of trends (Spark counts it; the routing query still stores it), and a
+    window is final, its state dropped, once the watermark passes its end. Each observation
+    counts once (its first version; a correction is not subtracted): it is de-duplicated once
+    per reading, before it is placed in its windows (11 by default).
+    """
+    t = config.trends
+    return (
+        source_df.transform(lambda df: parse_observations(df, seconds(config.stream.max_future_skew)))
+        .transform(lambda df: keep_rows(df, F.col("error").isNull() & (F.col("status") != RETRACTED_STATUS)))
+        .transform(lambda df: with_classification(df, config.thresholds))
+        .select("observation_id", "patient_id", "effective_time", "systolic", "diastolic", "is_anomaly",
+                "anomaly_types")
+        .withWatermark("effective_time", f"{seconds(t.watermark)} seconds")
+        .dropDuplicatesWithinWatermark(["observation_id"])
+        .transform(lambda df: with_windows(df, t))
+        .transform(lambda df: on_event_time(df, "window_end", seconds(t.watermark)))
+        .transform(lambda df: aggregate_windows(df, t))
+        .withColumn("previous_trend_id", F.when(F.col("scope") == SUSTAINED, previous_window_id(t)))
+    )
+
+
+# Spark's mark of an event-time column (EventTimeWatermark.delayKey): a watermarked column
+# carries it, and so does the window that window() derives from one.
+EVENT_TIME_MARK = "spark.watermarkDelayMs"
+
+
+def on_event_time(df: DataFrame, column: str, delay_s: int) -> DataFrame:
+    """``df`` with ``column`` marked as event time, as ``window()`` marks the windows it derives.
+
+    The windows of a reading are made by an explode, which Spark does not follow: without the
+    mark, the aggregation would never see a window end as event time, and would keep every
+    window in its state forever. Marked, a window is dropped from the state once the watermark
+    passes its end. (A second ``withWatermark`` on the window end would do the same, but Spark
+    refuses to redefine a watermark, and the de-duplication before it needs one.)
+    """
+    marked = F.col(column).alias(column, metadata={EVENT_TIME_MARK: delay_s * 1000})
+    return df.select(*[marked if name == column else F.col(name) for name in df.columns])
+
+
+class TrendRouter:
+    """The trend query's foreachBatch function: trend windows to the trends index, onsets of
+    sustained hypertension to the alert index (and the alert topic)."""
+
+    def __init__(self, config: Config, sinks: Sinks) -> None:
+        self.config = config
+        self.sinks = sinks
+        self.counts: dict[int, dict] = {}
+        self.fatal: SinkUnavailable | None = None
+
+    def __call__(self, batch_df: DataFrame, batch_id: int) -> None:
+        started = time.monotonic()
+        steps: dict[str, float] = {}
+        batch_df = batch_df.persist()
+        try:
+            counts = self._route(batch_df, batch_id, steps)
+        except SinkUnavailable as exc:  # outages.give_up_after passed: the job is told to stop
+            self.fatal = exc
+            raise
+        finally:
+            batch_df.unpersist()
+        onsets = counts.pop("onsets", 0)
+        windows = sum(counts.values())
+        self.counts = remember(self.counts, batch_id, {"trend_windows": windows, "alerts": onsets})
+        by_scope = ", ".join(f"{scope} {n}" for scope, n in sorted(counts.items()))
+        log.info("trends batch %d: %d windows updated (%s); sustained-hypertension onsets %d; %.2f s%s",
+                 batch_id, windows, by_scope or "none", onsets, time.monotonic() - started, per_step(steps))
+
+    def _route(self, batch_df: DataFrame, batch_id: int, steps: dict[str, float]) -> dict[str, int]:
+        """Write the batch's windows and onsets; return the windows per scope and ``onsets``."""
+        with timed(steps, "aggregate"):
+            counts = {r.scope: r["count"] for r in batch_df.groupBy("scope").count().collect()}
+        if not counts:
+            return counts
+        with timed(steps, "onsets"):
+            sustained = F.col("scope") == SUSTAINED
+            windows = [(r.trend_id, r.previous_trend_id, r.is_sustained) for r in
+                       batch_df.where(sustained).select("trend_id", "previous_trend_id", "is_sustained").collect()]
+            in_batch = {window_id for window_id, _, _ in windows}
+            unknown = {previous for _, previous, is_sustained in windows if is_sustained and previous not in in_batch}
+            onsets = sustained_onsets(windows, self.sinks.elasticsearch.sustained_states(unknown, batch_id))
+        counts["onsets"] = len(onsets)
+        docs = {"trends": documents.trend_docs(batch_df, self.config, batch_id)}
+        if onsets:
+            docs["alerts"] = documents.sustained_alert_docs(batch_df.where(F.col("trend_id").isin(onsets)),
+                                                            self.config, batch_id)
+        with timed(steps, "elasticsearch"):
+            self.sinks.elasticsearch.write(docs, batch_id)
+        if onsets:
+            self.sinks.alert_topic.publish(docs["alerts"], batch_id)
+        return counts
+
+
+def start_trends_query(spark: SparkSession, config: Config, router: TrendRouter) -> StreamingQuery:
+    """Start the trend query: Kafka -> readings -> windowed aggregations (update mode) -> ``router``."""
+    configure_state(spark, config)
+    writer = (trends_stream(kafka_source(spark, config), config)
+              .writeStream.queryName(TRENDS_QUERY).outputMode("update").foreachBatch(router))
+    return checkpointed(writer, config, TRENDS_CHECKPOINT).start()

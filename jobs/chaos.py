@@ -1,0 +1,429 @@
+"""Fault injection: try to make the stream job lose, double or leave stale a reading, then count.
+
+    python jobs/chaos.py            # the full scenario (`make chaos`)
+    python jobs/chaos.py --short    # the short one `make test` runs
+
+On the local stack (`make up`), with a topic, indices and folders of its own, it publishes a
+realistic feed (the generator's readings, with exact duplicates, corrections, retractions, some
+by id alone, and fuzzed bad input: random bytes, truncated JSON, deep nesting, huge fields,
+tombstones, NaN, wrong types, dates in 2099, data after the JSON, two values in one message)
+while the stream job runs with its defaults, trends included. Meanwhile it kills the job with
+``kill -9`` several times (restarting it each time), hangs Elasticsearch (SIGSTOP) and later
+kills it, and kills the broker; each service is brought back with ``stack/localstack.py up``.
+Then it waits for the job to catch up and reconciles every sink, by id, against the last
+version of each observation: anomalies, alerts, archive and dead letter, and prints per sink
+what was lost, doubled, stale or unexpected. It must print zeros; the exit status is 0 only then.
+
+The job's own log (no patient data) is kept under ``var/chaos/<run>/``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import random
+import re
+import signal
+import subprocess
+import sys
+import threading
+import time
+from collections import Counter
+from dataclasses import dataclass, field
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+
+import orjson  # noqa: E402
+from confluent_kafka import Producer  # noqa: E402
+from confluent_kafka.admin import AdminClient, NewTopic  # noqa: E402
+
+from bp_spark.config import Config, env_name, load_config  # noqa: E402
+from bp_spark.elastic import make_client  # noqa: E402
+from bp_spark.generator import encode, make_patients, readings, window  # noqa: E402
+
+MIX = {"normotensive": 0.45, "elevated": 0.1, "stage_1": 0.15, "stage_2": 0.2, "hypotensive": 0.1}
+STACK = Path(os.environ.get("BP_STACK_DIR", ROOT / ".stack"))
+PID_FILES = {"elasticsearch": STACK / "elasticsearch" / "elasticsearch.pid", "kafka": STACK / "kafka" / "kafka.pid"}
+RETRACTED = None
+
+
+@dataclass(frozen=True)
+class Scenario:
+    """How much to publish and when to strike, in seconds after the job started."""
+
+    patients: int
+    days: int
+    publish_s: float
+    job_kills: tuple[float, ...]
+    es_hang: tuple[float, float]  # (when, how long)
+    es_kill: float
+    broker_kill: float
+    catch_up_s: float
+
+
+SHORT = Scenario(patients=40, days=10, publish_s=50, job_kills=(20, 45), es_hang=(30, 10), es_kill=60,
+                 broker_kill=85, catch_up_s=420)
+FULL = Scenario(patients=200, days=120, publish_s=420, job_kills=(40, 130, 230, 330), es_hang=(170, 45),
+                es_kill=270, broker_kill=380, catch_up_s=1200)
+
+
+def say(message: str) -> None:
+    print(f"[chaos {time.strftime('%H:%M:%S')}] {message}", flush=True)
+
+
+# --------------------------------------------------------------------------- the feed
+
+
+@dataclass
+class Feed:
+    """The messages in publish order, and what every sink must hold once they are processed."""
+
+    messages: list[tuple[bytes | None, bytes | None, bool]] = field(default_factory=list)  # key, value, is_bad
+    last: dict[str, bytes | None] = field(default_factory=dict)  # id -> last version's bytes (None: retracted)
+    counts: Counter = field(default_factory=Counter)
+
+
+def _versioned(value: bytes, status: str, rng: random.Random) -> bytes:
+    obs = orjson.loads(value)
+    obs["status"] = status
+    systolic = rng.choice([rng.randint(95, 135), rng.randint(141, 200), rng.randint(75, 89)])
+    obs["component"][0]["valueQuantity"]["value"] = systolic
+    obs["component"][1]["valueQuantity"]["value"] = rng.randint(45, min(systolic - 10, 125))
+    return orjson.dumps(obs)
+
+
+def _fuzz(value: bytes, rng: random.Random) -> bytes | None:
+    """A message that cannot be stored as a reading, made from a valid one."""
+    obs = orjson.loads(value)
+    text = value.decode()
+    kind = rng.randrange(15)
+    if kind == 0:
+        return bytes(rng.randrange(256) for _ in range(rng.randint(1, 400)))
+    if kind == 1:
+        return value[: rng.randint(1, len(value) - 2)]
+    if kind == 2:
+        return ('{"resourceType":"Observation","deep":' + "[" * 2000 + "]" * 2000 + "}").encode()
+    if kind == 3:
+        return orjson.dumps({**obs, "resourceType": "X" * rng.randint(20_000, 60_000)})
+    if kind == 4:
+        return orjson.dumps({**obs, "id": "i" * rng.randint(65, 2000)})
+    if kind == 5:
+        return None  # a tombstone
+    if kind == 6:
+        return re.sub(r'"value":\s*[0-9.]+', '"value": NaN', text, count=1).encode()
+    if kind == 7:
+        return orjson.dumps({**obs, "status": rng.choice([5, True, ["final"]])})
+    if kind == 8:
+        return orjson.dumps({**obs, "effectiveDateTime": "2099-06-01T08:00:00Z"})
+    if kind == 9:
+        return (text + "\x00garbage").encode()
+    if kind == 10:
+        return (text + "\n" + text).encode()
+    if kind == 11:
+        return orjson.dumps({**obs, "subject": {"reference": "Patient/" + "7" * 50_000}})
+    if kind == 12:
+        return orjson.dumps({**obs, "component": "x"})
+    if kind == 13:
+        return orjson.dumps({**obs, "note": "n" * 500_000, "effectiveDateTime": "yesterday"})
+    return orjson.dumps({**obs, "id": obs["id"] + "-bad", "status": "preliminary"})
+
+
+def build_feed(scenario: Scenario, seed: int) -> Feed:
+    """Readings in event-time order, with duplicates, corrections, retractions and bad input
+    scattered after their originals; every version of an observation keeps its patient's key
+    (so its versions share a partition, whose order Kafka keeps)."""
+    rng = random.Random(seed)
+    start, end = window("", "2026-06-01T00:00:00+00:00", scenario.days)
+    base = [encode(r) for r in readings(make_patients(scenario.patients, seed, MIX), start, end, 4, seed, 0.01, 0.02)]
+    placed: list[tuple[float, int, bytes | None, bytes | None, bool]] = []
+    last_at: dict[str, float] = {}
+    feed = Feed()
+    for i, (key, value) in enumerate(base):
+        obs_id = orjson.loads(value)["id"]
+        placed.append((float(i), len(placed), key, value, False))
+        feed.last[obs_id] = value
+        last_at[obs_id] = float(i)
+        feed.counts["readings"] += 1
+        if rng.random() < 0.03:  # an exact duplicate, soon or much later
+            placed.append((i + rng.uniform(0.1, 3000), len(placed), key, value, False))
+            feed.counts["duplicates"] += 1
+        current = value
+        for _ in range(rng.choice([0] * 17 + [1, 1, 2])):  # corrections
+            last_at[obs_id] += rng.uniform(0.1, 800)
+            current = _versioned(current, rng.choice(["amended", "corrected"]), rng)
+            placed.append((last_at[obs_id], len(placed), key, current, False))
+            feed.last[obs_id] = current
+            feed.counts["corrections"] += 1
+        if rng.random() < 0.02:  # a retraction, by id alone or with the whole resource
+            last_at[obs_id] += rng.uniform(0.1, 800)
+            retraction = (orjson.dumps({"resourceType": "Observation", "id": obs_id, "status": "entered-in-error"})
+                          if rng.random() < 0.5 else orjson.dumps({**orjson.loads(current), "status": "entered-in-error"}))
+            placed.append((last_at[obs_id], len(placed), key, retraction, False))
+            feed.last[obs_id] = RETRACTED
+            feed.counts["retractions"] += 1
+        if rng.random() < 0.02:
+            placed.append((i + rng.uniform(0.1, 50), len(placed), key, _fuzz(value, rng), True))
+            feed.counts["bad input"] += 1
+    feed.messages = [(key, value, bad) for _, _, key, value, bad in sorted(placed)]
+    return feed
+
+
+def expected_sinks(feed: Feed, config: Config) -> tuple[dict[str, bytes], dict[str, bytes], set[str]]:
+    """(anomalies by id, archive by id, alert ids) that the last versions call for."""
+    t = config.thresholds
+    anomalies, archive, alerts = {}, {}, set()
+    for obs_id, value in feed.last.items():
+        if value is RETRACTED:
+            continue
+        s, d = (c["valueQuantity"]["value"] for c in orjson.loads(value)["component"])
+        if s > t.systolic_high or s < t.systolic_low or d > t.diastolic_high or d < t.diastolic_low:
+            anomalies[obs_id] = value
+            if (s > t.crisis_systolic or d > t.crisis_diastolic or s < t.critical_low_systolic
+                    or d < t.critical_low_diastolic):
+                alerts.add(obs_id)
+        else:
+            archive[obs_id] = value
+    return anomalies, archive, alerts
+
+
+class Publisher(threading.Thread):
+    """Publishes the feed evenly over ``seconds``; keeps the coordinates of the bad messages."""
+
+    def __init__(self, config: Config, feed: Feed, seconds: float) -> None:
+        super().__init__(daemon=True)
+        self.config, self.feed, self.seconds = config, feed, seconds
+        self.bad_coordinates: set[str] = set()
+        self.failures: list[str] = []
+
+    def run(self) -> None:
+        # Messages wait in the producer while the broker is down (up to 10 minutes), and the
+        # idempotent producer never writes one twice when it retries.
+        producer = Producer({"bootstrap.servers": self.config.kafka.bootstrap_servers, "enable.idempotence": True,
+                             "message.timeout.ms": 600_000, "linger.ms": 20})
+        topic = self.config.kafka.topic
+
+        def delivered(err, msg, bad: bool) -> None:
+            if err is not None:
+                self.failures.append(str(err))
+            elif bad:
+                self.bad_coordinates.add(f"{topic}-{msg.partition()}-{msg.offset()}")
+        started = time.monotonic()
+        total = len(self.feed.messages)
+        for i, (key, value, bad) in enumerate(self.feed.messages):
+            producer.produce(topic, key=key, value=value, on_delivery=lambda err, msg, bad=bad: delivered(err, msg, bad))
+            producer.poll(0)
+            ahead = started + self.seconds * (i + 1) / total - time.monotonic()
+            if ahead > 0:
+                time.sleep(ahead)
+        while producer.flush(5) > 0:
+            pass
+
+
+# --------------------------------------------------------------------------- faults
+
+
+def stack_up() -> None:
+    subprocess.run([sys.executable, str(ROOT / "stack" / "localstack.py"), "up"], check=True,
+                   stdout=subprocess.DEVNULL)
+
+
+def service_pid(name: str) -> int:
+    return int(PID_FILES[name].read_text().strip())
+
+
+class Job:
+    """The stream job as a user starts it, in a process group of its own (kill -9 takes its JVM too)."""
+
+    def __init__(self, config: Config, folder: Path) -> None:
+        self.config, self.folder = config, folder
+        self.process: subprocess.Popen | None = None
+        self.starts = 0
+        self.exits: list[int] = []  # exit statuses it chose itself
+
+    def start(self) -> None:
+        self.starts += 1
+        log = open(self.folder / f"job-{self.starts}.log", "wb")
+        self.process = subprocess.Popen([sys.executable, str(ROOT / "jobs" / "stream.py")], env=job_env(self.config),
+                                        stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
+
+    def check(self) -> None:
+        """Restart the job if it ended by itself (which it should never do), counting it."""
+        if self.process is not None and self.process.poll() is not None:
+            self.exits.append(self.process.returncode)
+            say(f"the job exited by itself with status {self.process.returncode}: restarting it")
+            self.start()
+
+    def kill(self) -> None:
+        os.killpg(self.process.pid, signal.SIGKILL)
+        self.process.wait()
+
+    def stop(self) -> int:
+        os.killpg(self.process.pid, signal.SIGTERM)
+        try:
+            return self.process.wait(120)
+        except subprocess.TimeoutExpired:
+            os.killpg(self.process.pid, signal.SIGKILL)
+            return self.process.wait()
+
+
+def job_env(config: Config) -> dict[str, str]:
+    keys = {"kafka.topic": config.kafka.topic, "paths.archive_dir": config.paths.archive_dir,
+            "paths.checkpoint_dir": config.paths.checkpoint_dir, "stream.trigger": "2 seconds",
+            "kafka.max_offsets_per_trigger": "3000", "outages.backoff_s": "0.5", "outages.max_backoff_s": "5",
+            **{f"elasticsearch.{kind}_index": getattr(config.elasticsearch, f"{kind}_index")
+               for kind in ("anomalies", "alerts", "trends", "deadletter", "metrics")}}
+    return {**os.environ, "SPARK_LOCAL_IP": "127.0.0.1", **{env_name(key): str(value) for key, value in keys.items()}}
+
+
+# --------------------------------------------------------------------------- reconciliation
+
+
+def archive_by_id(config: Config) -> dict[str, list[bytes]]:
+    lines: dict[str, list[bytes]] = {}
+    for path in Path(config.paths.archive_dir).glob("patient_id=*/*.jsonl"):
+        for line in path.read_bytes().splitlines():
+            lines.setdefault(orjson.loads(line)["id"], []).append(line)
+    return lines
+
+
+def index_docs(es, index: str) -> dict[str, dict]:
+    if not es.indices.exists(index=index):
+        return {}
+    es.indices.refresh(index=index)
+    docs, after = {}, None
+    while True:
+        page = es.search(index=index, size=5000, sort=[{"_id": "asc"}], search_after=after,
+                         query={"match_all": {}})["hits"]["hits"]
+        if not page:
+            return docs
+        docs.update({hit["_id"]: hit["_source"] for hit in page})
+        after = page[-1]["sort"]
+
+
+def reconcile(config: Config, feed: Feed, bad: set[str]) -> dict[str, Counter]:
+    """Per sink: expected, stored, lost, doubled, stale, unexpected."""
+    es = make_client(config.elasticsearch.url)
+    e = config.elasticsearch
+    anomalies, archive, alerts = expected_sinks(feed, config)
+    table: dict[str, Counter] = {}
+
+    stored = index_docs(es, e.anomalies_index)
+    row = table["anomalies"] = Counter(expected=len(anomalies), stored=len(stored))
+    for obs_id, value in anomalies.items():
+        doc = stored.get(obs_id)
+        if doc is None:
+            row["lost"] += 1
+            continue
+        obs = orjson.loads(value)
+        s, d = (c["valueQuantity"]["value"] for c in obs["component"])
+        if (doc["systolic"], doc["diastolic"], doc["status"]) != (float(s), float(d), obs["status"]):
+            row["stale"] += 1
+    row["unexpected"] = len(set(stored) - set(anomalies))
+
+    stored_alerts = {i for i, doc in index_docs(es, e.alerts_index).items() if doc.get("alert_type") == "critical_reading"}
+    table["alerts"] = Counter(expected=len(alerts), stored=len(stored_alerts), lost=len(alerts - stored_alerts),
+                              unexpected=len(stored_alerts - alerts))
+
+    lines = archive_by_id(config)
+    row = table["archive"] = Counter(expected=len(archive), stored=sum(len(v) for v in lines.values()))
+    for obs_id, value in archive.items():
+        found = lines.get(obs_id, [])
+        row["lost"] += not found
+        row["doubled"] += max(len(found) - 1, 0)
+        row["stale"] += bool(found) and found[-1] != value
+    row["unexpected"] = len(set(lines) - set(archive))
+    row["doubled"] += len(set(lines) & set(anomalies))  # in the archive and the anomaly index both
+
+    dead = set(index_docs(es, e.deadletter_index))
+    table["dead letter"] = Counter(expected=len(bad), stored=len(dead), lost=len(bad - dead), unexpected=len(dead - bad))
+    return table
+
+
+PROBLEMS = ("lost", "doubled", "stale", "unexpected")
+
+
+def print_table(table: dict[str, Counter]) -> None:
+    print(f"\n{'sink':<12} {'expected':>9} {'stored':>9} " + " ".join(f"{p:>10}" for p in PROBLEMS))
+    for sink, row in table.items():
+        print(f"{sink:<12} {row['expected']:>9,} {row['stored']:>9,} " + " ".join(f"{row[p]:>10,}" for p in PROBLEMS))
+
+
+def clean(table: dict[str, Counter]) -> bool:
+    return not any(row[p] for row in table.values() for p in PROBLEMS)
+
+
+# --------------------------------------------------------------------------- the run
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
+                                     formatter_class=argparse.RawDescriptionHelpFormatter, epilog=__doc__)
+    parser.add_argument("--short", action="store_true", help="the short scenario (about 3 minutes) make test runs")
+    parser.add_argument("--seed", type=int, default=7)
+    args = parser.parse_args(argv)
+    scenario = SHORT if args.short else FULL
+    run = f"bp_chaos_{time.strftime('%Y%m%d%H%M%S')}_{os.getpid()}"
+    folder = ROOT / "var" / "chaos" / run
+    folder.mkdir(parents=True)
+    config = load_config(overrides={
+        "kafka.topic": run, "paths.archive_dir": str(folder / "archive"), "paths.checkpoint_dir": str(folder / "checkpoint"),
+        **{f"elasticsearch.{kind}_index": f"{run}_{kind}" for kind in ("anomalies", "alerts", "trends", "deadletter", "metrics")}})
+    feed = build_feed(scenario, args.seed)
+    say(f"run {run}: {len(feed.messages):,} messages: " + ", ".join(f"{n:,} {k}" for k, n in feed.counts.items()))
+    admin = AdminClient({"bootstrap.servers": config.kafka.bootstrap_servers})
+    admin.create_topics([NewTopic(run, num_partitions=3, replication_factor=1)])[run].result(30)
+
+    job = Job(config, folder)
+    job.start()
+    publisher = Publisher(config, feed, scenario.publish_s)
+    publisher.start()
+    started = time.monotonic()
+    faults = sorted([(t, "kill the job") for t in scenario.job_kills]
+                    + [(scenario.es_hang[0], "hang elasticsearch"), (scenario.es_kill, "kill elasticsearch"),
+                       (scenario.broker_kill, "kill the broker")])
+    for at, fault in faults:
+        while time.monotonic() - started < at:
+            job.check()
+            time.sleep(0.5)
+        say(fault)
+        if fault == "kill the job":
+            job.kill()
+            job.start()
+        elif fault == "hang elasticsearch":
+            pid = service_pid("elasticsearch")
+            os.kill(pid, signal.SIGSTOP)
+            time.sleep(scenario.es_hang[1])
+            os.kill(pid, signal.SIGCONT)
+            say(f"elasticsearch resumed after {scenario.es_hang[1]:.0f} s")
+        else:
+            name = "elasticsearch" if "elasticsearch" in fault else "kafka"
+            os.kill(service_pid(name), signal.SIGKILL)
+            time.sleep(3)
+            stack_up()
+            say(f"{name} is back")
+    publisher.join()
+    if publisher.failures:
+        say(f"{len(publisher.failures)} messages could not be published: {publisher.failures[0]}")
+        return 1
+    say(f"all {len(feed.messages):,} messages published; waiting for the job to catch up")
+    deadline = time.monotonic() + scenario.catch_up_s
+    table = reconcile(config, feed, publisher.bad_coordinates)
+    while not clean(table) and time.monotonic() < deadline:
+        job.check()
+        time.sleep(10)
+        table = reconcile(config, feed, publisher.bad_coordinates)
+    status = job.stop()
+    say(f"the job stopped on SIGTERM with status {status}; it was started {job.starts} times "
+        f"({len(scenario.job_kills)} after a kill -9), and exited by itself {len(job.exits)} times")
+    table = reconcile(config, feed, publisher.bad_coordinates)
+    print_table(table)
+    ok = clean(table) and not job.exits and status == 0
+    print(f"\n{'OK' if ok else 'FAILED'}: {sum(row['expected'] for row in table.values()):,} expected entries; "
+          f"job log: {folder}/job-*.log")
+    return 0 if ok else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())
