@@ -7,7 +7,7 @@ JVM_JAR := build/bp-monitor-jvm.jar
 # The hostname may resolve to another interface; Spark binds to loopback here.
 export SPARK_LOCAL_IP ?= 127.0.0.1
 
-.PHONY: demo test install system-deps up down status clean dist
+.PHONY: demo test chaos install system-deps up down status clean dist
 
 ## demo: install, start the local stack, run the pipeline end to end, print a summary
 demo: install up
@@ -16,6 +16,10 @@ demo: install up
 ## test: install, start the local stack, run the whole test suite against it
 test: install up
 	$(PY) -m pytest
+
+## chaos: the full fault-injection scenario (kill -9, Elasticsearch hung and killed, broker killed), reconciled by id
+chaos: install up
+	$(PY) jobs/chaos.py
 
 ## install: OS packages where missing, then a virtualenv with the project and its dev extras
 install: system-deps $(VENV)/.installed $(JVM_JAR)

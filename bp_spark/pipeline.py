@@ -15,6 +15,7 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
+from py4j.protocol import Py4JError
 from pyspark.errors import StreamingQueryException
 from pyspark.sql import SparkSession
 from pyspark.sql.streaming import StreamingQuery
@@ -135,11 +136,13 @@ class Pipeline:
 
     def stop(self) -> None:
         """Stop the queries, let the listener record their last batches, remove it, release the claims."""
-        self.stop_queries()
         try:
+            self.stop_queries()
             if not self.listener.wait_for([query.lastProgress for query in self.queries]):
                 log.warning("the last progress reports did not reach the monitoring listener in time")
             self.spark.streams.removeListener(self.listener)
+        except Py4JError as exc:  # the JVM went first (it was signalled too): nothing left to stop
+            log.warning("the Spark JVM ended before the queries were stopped (%s)", summarise(exc))
         finally:
             for held in self.claims:
                 held.release()

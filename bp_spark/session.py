@@ -12,6 +12,7 @@ import subprocess
 from collections.abc import Mapping
 from pathlib import Path
 
+from py4j.protocol import Py4JError
 from pyspark.sql import SparkSession
 
 from bp_spark.versions import connector_conf
@@ -80,6 +81,8 @@ def stop_session(spark: SparkSession, timeout_s: float = 30.0) -> None:
     proc = getattr(spark.sparkContext._gateway, "proc", None)  # None under spark-submit
     try:
         spark.stop()
+    except Py4JError:  # the JVM has gone already (it was signalled too)
+        pass
     finally:
         if proc is not None and proc.poll() is None:
             try:

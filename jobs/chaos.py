@@ -20,6 +20,7 @@ The job's own log (no patient data) is kept under ``var/chaos/<run>/``.
 from __future__ import annotations
 
 import argparse
+import logging
 import os
 import random
 import re
@@ -38,6 +39,7 @@ sys.path.insert(0, str(ROOT))
 import orjson  # noqa: E402
 from confluent_kafka import Producer  # noqa: E402
 from confluent_kafka.admin import AdminClient, NewTopic  # noqa: E402
+from elasticsearch.helpers import scan  # noqa: E402
 
 from bp_spark.config import Config, env_name, load_config  # noqa: E402
 from bp_spark.elastic import make_client  # noqa: E402
@@ -47,6 +49,9 @@ MIX = {"normotensive": 0.45, "elevated": 0.1, "stage_1": 0.15, "stage_2": 0.2, "
 STACK = Path(os.environ.get("BP_STACK_DIR", ROOT / ".stack"))
 PID_FILES = {"elasticsearch": STACK / "elasticsearch" / "elasticsearch.pid", "kafka": STACK / "kafka" / "kafka.pid"}
 RETRACTED = None
+QUIET = logging.getLogger("chaos.kafka-client")
+QUIET.addHandler(logging.NullHandler())
+QUIET.propagate = False
 
 
 @dataclass(frozen=True)
@@ -201,7 +206,8 @@ class Publisher(threading.Thread):
         # Messages wait in the producer while the broker is down (up to 10 minutes), and the
         # idempotent producer never writes one twice when it retries.
         producer = Producer({"bootstrap.servers": self.config.kafka.bootstrap_servers, "enable.idempotence": True,
-                             "message.timeout.ms": 600_000, "linger.ms": 20})
+                             "message.timeout.ms": 600_000, "linger.ms": 20,
+                             "logger": QUIET})  # the broker's death is planned: no connection errors on stderr
         topic = self.config.kafka.topic
 
         def delivered(err, msg, bad: bool) -> None:
@@ -225,8 +231,9 @@ class Publisher(threading.Thread):
 
 
 def stack_up() -> None:
+    """Start what is not running, in a session of its own: a service restarted here must outlive this run."""
     subprocess.run([sys.executable, str(ROOT / "stack" / "localstack.py"), "up"], check=True,
-                   stdout=subprocess.DEVNULL)
+                   stdout=subprocess.DEVNULL, start_new_session=True)
 
 
 def service_pid(name: str) -> int:
@@ -260,7 +267,8 @@ class Job:
         self.process.wait()
 
     def stop(self) -> int:
-        os.killpg(self.process.pid, signal.SIGTERM)
+        """SIGTERM to the job, as docker stop or systemd sends it; the job ends its JVM itself."""
+        self.process.send_signal(signal.SIGTERM)
         try:
             return self.process.wait(120)
         except subprocess.TimeoutExpired:
@@ -292,14 +300,7 @@ def index_docs(es, index: str) -> dict[str, dict]:
     if not es.indices.exists(index=index):
         return {}
     es.indices.refresh(index=index)
-    docs, after = {}, None
-    while True:
-        page = es.search(index=index, size=5000, sort=[{"_id": "asc"}], search_after=after,
-                         query={"match_all": {}})["hits"]["hits"]
-        if not page:
-            return docs
-        docs.update({hit["_id"]: hit["_source"] for hit in page})
-        after = page[-1]["sort"]
+    return {hit["_id"]: hit["_source"] for hit in scan(es, index=index, query={"query": {"match_all": {}}}, size=5000)}
 
 
 def reconcile(config: Config, feed: Feed, bad: set[str]) -> dict[str, Counter]:
@@ -377,6 +378,15 @@ def main(argv: list[str] | None = None) -> int:
 
     job = Job(config, folder)
     job.start()
+    try:
+        return run_scenario(scenario, config, feed, job, folder)
+    finally:
+        if job.process is not None and job.process.poll() is None:
+            job.stop()
+
+
+def run_scenario(scenario: Scenario, config: Config, feed: Feed, job: Job, folder: Path) -> int:
+    """Publish while striking, wait for the job to catch up, reconcile; return the exit status."""
     publisher = Publisher(config, feed, scenario.publish_s)
     publisher.start()
     started = time.monotonic()

@@ -24,6 +24,15 @@ from bp_spark.versions import connector_conf
 os.environ.setdefault("SPARK_LOCAL_IP", "127.0.0.1")
 
 
+def pytest_configure(config) -> None:
+    config.addinivalue_line("markers", "chaos: kills and restarts the local stack's services; runs last")
+
+
+def pytest_collection_modifyitems(config, items) -> None:
+    """Tests that kill the stack's services run after every other test."""
+    items.sort(key=lambda item: item.get_closest_marker("chaos") is not None)
+
+
 @pytest.fixture(scope="session")
 def config() -> Config:
     """The default configuration, as the jobs load it."""

@@ -70,3 +70,11 @@ def test_compose_stream_job_gets_the_same_connectors_as_the_jobs() -> None:
     command = doc["services"]["stream"]["command"]
     confs = dict(arg.split("=", 1) for arg in command if arg.startswith("spark.jars."))
     assert confs == connector_conf()
+
+
+def test_services_restart_when_they_fail() -> None:
+    services = yaml.safe_load(_interpolate(COMPOSE.read_text(), read_env_file()))["services"]
+    for name in ("kafka", "elasticsearch", "kibana", "spark-master", "spark-worker", "stream"):
+        assert services[name]["restart"] == "unless-stopped", name
+    assert services["generator"]["restart"] == "on-failure"
+    assert services["kibana-setup"]["restart"] == "no"

@@ -7,9 +7,9 @@ same names. The tag is a hash of the checkpoint's location and the topic, so two
 checkpoints, or two topics) sharing an archive never write the same name.
 
 Corrections and retractions remove the earlier version of an observation from whichever
-patient's files hold it: the patient the new version names first, then, for ids found neither
-there nor in the anomaly index (a reading moved to another patient, an id-only retraction), a
-scan of the whole archive.
+patient's files hold it: the patient the new version names, and, for ids the anomaly index did
+not hold (a reading moved to another patient, an id-only retraction, a normal reading
+corrected), every patient whose files a scan of the whole archive finds them in.
 """
 
 from __future__ import annotations
@@ -127,8 +127,8 @@ class ArchiveSink:
         """Drop observation ids from the archive; return the lines removed.
 
         ``ids_by_patient``: ids to look for in the files of the patient the new version names.
-        ``unlocated``: ids whose earlier version may be anywhere (not found in the anomaly index);
-        those not found in their named patient's files are looked for in the whole archive.
+        ``unlocated``: ids whose earlier version may be anywhere (not found in the anomaly index),
+        looked for in the whole archive.
         """
         if not ids_by_patient and not unlocated:
             return 0
@@ -143,59 +143,60 @@ class ArchiveSink:
         for manifest in fs.globStatus(HadoopPath(work_root, "patient_id=*/manifest.txt")) or []:
             work = manifest.getPath().getParent()
             self._finish_rewrite(fs, work, manifest.getPath(), HadoopPath(root_path, work.getName()), batch_id)
-        removed, found = 0, set()
-        for patient_id, ids in sorted(ids_by_patient.items()):
-            lines, matched = self._rewrite_patient(fs, root_path, work_root, patient_id, ids, batch_id)
-            removed, found = removed + lines, found | matched
-        rest = unlocated - found
-        if rest:
-            for patient_id in self._patients_holding(fs, root_path, rest, batch_id):
-                removed += self._rewrite_patient(fs, root_path, work_root, patient_id, rest, batch_id)[0]
+        # One rewrite per patient and batch: the ids named for it, and the ids found in its files.
+        plan = {patient_id: set(ids) for patient_id, ids in ids_by_patient.items()}
+        for patient_id, ids in self._patients_holding(fs, root_path, unlocated, batch_id).items():
+            plan.setdefault(patient_id, set()).update(ids)
+        removed = sum(self._rewrite_patient(fs, root_path, work_root, patient_id, ids, batch_id)
+                      for patient_id, ids in sorted(plan.items()))
         fs.delete(work_root, True)
         return removed
 
-    def _patients_holding(self, fs, root_path, ids: set[str], batch_id: int) -> list[str]:
-        """The patients whose archive files hold any of ``ids`` (a scan of the whole archive)."""
+    def _patients_holding(self, fs, root_path, ids: set[str], batch_id: int) -> dict[str, set[str]]:
+        """Which of ``ids`` each patient's archive files hold (a scan of the whole archive)."""
         HadoopPath = self.spark._jvm.org.apache.hadoop.fs.Path
         pattern = HadoopPath(root_path, "patient_id=*/*.jsonl")
-        if not fs.globStatus(pattern):
-            return []
+        if not ids or not fs.globStatus(pattern):
+            return {}
         file_name = F.input_file_name()
-        holding = (self.spark.read.text(pattern.toString())
-                   .where(~file_name.contains("/" + self._own_prefix(batch_id)))
-                   .where(_observation_id(F.col("value")).isin(*sorted(ids)))
-                   .select(F.regexp_extract(file_name, r"/patient_id=([^/]+)/[^/]+$", 1).alias("patient"))
-                   .distinct().collect())
-        return sorted(row.patient for row in holding if row.patient)
+        found = (self.spark.read.text(pattern.toString())
+                 .where(~file_name.contains("/" + self._own_prefix(batch_id)))
+                 .select(F.regexp_extract(file_name, r"/patient_id=([^/]+)/[^/]+$", 1).alias("patient"),
+                         _observation_id(F.col("value")).alias("id"))
+                 .where(F.col("id").isin(*sorted(ids))).distinct().collect())
+        holding: dict[str, set[str]] = {}
+        for row in found:
+            if row.patient:
+                holding.setdefault(row.patient, set()).add(row.id)
+        return holding
 
     def _rewrite_patient(self, fs, root_path, work_root, patient_id: str, ids: set[str],
-                         batch_id: int) -> tuple[int, set[str]]:
+                         batch_id: int) -> int:
         """Rewrite one patient's files without ``ids``: the kept lines go to ``rewrite-<tag>-<batch>.jsonl``,
         then the old files are deleted; a manifest written between the two steps lets a replay
-        finish an interrupted rewrite. Return the lines removed and the ids found."""
+        finish an interrupted rewrite. Return the lines removed."""
         HadoopPath = self.spark._jvm.org.apache.hadoop.fs.Path
         patient_dir = HadoopPath(root_path, f"patient_id={patient_id}")
         if not fs.exists(patient_dir):
-            return 0, set()
+            return 0
         mine, rewritten = self._own_prefix(batch_id), self._rewrite_name(batch_id)
         old = [s.getPath().toString() for s in fs.listStatus(patient_dir)
                if s.getPath().getName().endswith(".jsonl") and not s.getPath().getName().startswith(mine)
                and s.getPath().getName() != rewritten]
         if not old:
-            return 0, set()
-        lines_df = self.spark.read.text(old).select("value", _observation_id(F.col("value")).alias("_id"))
-        wanted = F.col("_id").isin(*sorted(ids))
-        matched = {row._id for row in lines_df.where(wanted).select("_id").distinct().collect()}
-        if not matched:
-            return 0, set()
-        keep_df = lines_df.where(~wanted).select("value")
+            return 0
+        lines_df = self.spark.read.text(old)
+        wanted = _observation_id(F.col("value")).isin(*sorted(ids))
+        keep_df = lines_df.where(~wanted)
         total, kept = lines_df.count(), keep_df.count()
+        if total == kept:
+            return 0
         work = HadoopPath(work_root, f"patient_id={patient_id}")
         keep_df.coalesce(1).write.mode("overwrite").text(HadoopPath(work, "data").toString())
         manifest = HadoopPath(work, "manifest.txt")
         self._write_text(fs, manifest, "\n".join(old))
         self._finish_rewrite(fs, work, manifest, patient_dir, batch_id)
-        return total - kept, matched
+        return total - kept
 
     def _write_text(self, fs, path, text: str) -> None:
         stream = fs.create(path, True)

@@ -1,0 +1,33 @@
+"""The short fault-injection scenario (jobs/chaos.py --short) on the real stack: the stream job is
+killed with kill -9 twice, Elasticsearch hangs then is killed, the broker is killed, while a feed
+with duplicates, corrections, retractions and fuzzed input is published; every sink must then
+hold exactly the last version of each observation, and the job must never have stopped by itself.
+
+It kills and restarts the local stack's services, so it runs after every other test (conftest.py).
+"""
+
+from __future__ import annotations
+
+import re
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+@pytest.mark.chaos
+def test_short_chaos_run_loses_doubles_and_leaves_stale_nothing(kafka_admin, es) -> None:
+    result = subprocess.run([sys.executable, str(ROOT / "jobs" / "chaos.py"), "--short"], capture_output=True,
+                            text=True, timeout=900, cwd=ROOT)
+    print(result.stdout)
+    assert result.returncode == 0, result.stdout[-4000:] + result.stderr[-2000:]
+    table = {line.split()[0]: line.split()[1:] for line in result.stdout.splitlines()
+             if re.match(r"^(anomalies|alerts|archive|dead)\b", line)}
+    assert set(table) == {"anomalies", "alerts", "archive", "dead"}
+    for sink, (expected, stored, *problems) in table.items():
+        assert problems[-4:] == ["0", "0", "0", "0"], (sink, problems)  # lost, doubled, stale, unexpected
+    assert int(table["dead"][1].replace(",", "")) > 0 and int(table["anomalies"][0].replace(",", "")) > 0
+    assert "exited by itself 0 times" in result.stdout
