@@ -29,7 +29,7 @@ from pyspark.sql import functions as F
 
 from bench.workload import generator_observations, median_seconds
 from bp_spark.config import load_config
-from bp_spark.session import build_session
+from bp_spark.session import build_session, stop_session
 from bp_spark.sinks import Sinks
 
 
@@ -75,7 +75,7 @@ def main() -> int:
           f"{spark.sparkContext.defaultParallelism} cores, local files through {fs}")
     for label, took in figures.items():
         print(f"  {label:60s} {took:6.2f} s   {n / took:>9,.0f} obs/s")
-    spark.stop()
+    stop_session(spark)
     return 0
 
 

@@ -30,7 +30,7 @@ from pyspark.sql import types as T
 from bench.workload import generator_observations, median_seconds
 from bp_spark.parse import parse_observations
 from bp_spark.streaming import keep_rows
-from bp_spark.session import build_session
+from bp_spark.session import build_session, stop_session
 
 S, A = T.StructType, T.ArrayType
 
@@ -91,7 +91,7 @@ def main() -> int:
         print(f"  {label:48s} {took:6.2f} s   {n / took:>9,.0f} obs/s")
     print(f"  above the floor: from_json with every field {(old - floor) / (ours - floor):.1f}x the whole parser; "
           f"where() {(filtered - floor) / (kept - floor):.1f}x keep_rows()")
-    spark.stop()
+    stop_session(spark)
     return 0
 
 

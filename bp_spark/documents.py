@@ -3,7 +3,9 @@
 Each frame names its index (``_target``) and document id (``_doc_id``). Documents that come
 from one Kafka message also carry that message (``_raw``) and the id its dead letter would
 have (``_dead_id``, topic-partition-offset): if Elasticsearch refuses the document for what it
-holds, the message goes to the dead letter instead (:mod:`bp_spark.sinks.es`).
+holds, the message goes to the dead letter instead (:mod:`bp_spark.sinks.es`). Alerts are
+written once (``_op`` = ``create``): a replayed batch leaves an existing alert as it is, with
+its first ``processed_at``, so a rule on that field never notifies twice for one alert.
 """
 
 from __future__ import annotations
@@ -15,7 +17,8 @@ from bp_spark.config import Config
 from bp_spark.parse import QUOTE_LIMIT, quoted
 
 # Columns that steer the write and are not part of any document.
-ROUTING_COLUMNS = ("_target", "_doc_id", "_raw", "_dead_id")
+ROUTING_COLUMNS = ("_target", "_doc_id", "_raw", "_dead_id", "_op")
+CREATE = "create"
 
 
 def dead_letter_id() -> Column:
@@ -59,7 +62,7 @@ def alert_docs(critical_df: DataFrame, config: Config, batch_id: int) -> DataFra
     reason = F.format_string("%s: %s/%s mmHg", F.regexp_replace("category", "_", " "),
                              F.col("systolic").cast("int").cast("string"), F.col("diastolic").cast("int").cast("string"))
     return critical_df.select(
-        *_from_message(config.elasticsearch.alerts_index, F.col("observation_id")),
+        *_from_message(config.elasticsearch.alerts_index, F.col("observation_id")), F.lit(CREATE).alias("_op"),
         F.lit("critical_reading").alias("alert_type"), F.col("observation_id").alias("alert_id"),
         reason.alias("reason"),
         "observation_id", "patient_id", "effective_time", "systolic", "diastolic", "category", "severity",
@@ -96,7 +99,7 @@ def sustained_alert_docs(onset_df: DataFrame, config: Config, batch_id: int) -> 
         F.lit(f"{t.sustained_systolic:g}"), F.lit(f"{t.sustained_diastolic:g}"))
     return onset_df.select(
         F.lit(config.elasticsearch.alerts_index).alias("_target"), F.col("trend_id").alias("_doc_id"),
-        F.lit("sustained_hypertension").alias("alert_type"), F.col("trend_id").alias("alert_id"),
+        F.lit(CREATE).alias("_op"), F.lit("sustained_hypertension").alias("alert_type"), F.col("trend_id").alias("alert_id"),
         reason.alias("reason"), "patient_id", F.col("last_reading_time").alias("effective_time"),
         "window_start", "window_end", "readings", "systolic_mean", "diastolic_mean",
         F.lit("warning").alias("severity"), *written(batch_id))

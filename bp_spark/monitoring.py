@@ -2,7 +2,8 @@
 structured record, logs it as a JSON line and indexes it into ``fhir_observations_metrics``.
 
 A record holds: input rows, input and processed rows per second, the batch duration, the rows
-each sink received (from the query's foreachBatch router), the watermark, the rows dropped as
+each sink received and the seconds it waited for each (from the query's foreachBatch router),
+the offsets Kafka removed before they were read, the watermark, the rows dropped as
 later than the watermark, and the Kafka lag (latest offsets minus processed offsets, per
 partition and in total). Monitoring never stops the pipeline: a record that cannot be indexed
 is logged and dropped.

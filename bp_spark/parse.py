@@ -154,6 +154,8 @@ def parse_observations(kafka_df: DataFrame, max_future_s: int = DEFAULT_MAX_FUTU
         obs["resourceType"].alias("_resource_type"),
         obs["id"].alias("observation_id"),
         obs["status"].alias("status"),
+        obs["meta"]["lastUpdated"].cast("timestamp").alias("version_time"),
+        obs["meta"]["versionId"].alias("version_id"),
         has_coding(obs["code"], PANEL_CODE).alias("_is_panel"),
         obs["subject"]["reference"].alias("_subject"),
         F.coalesce(obs["effectiveDateTime"], obs["effectivePeriod"]["start"]).alias("_effective"),
@@ -210,7 +212,7 @@ def parse_observations(kafka_df: DataFrame, max_future_s: int = DEFAULT_MAX_FUTU
     return values_df.select(
         "raw", "kafka_topic", "kafka_partition", "kafka_offset", "kafka_timestamp",
         "observation_id", "status", "patient_id", "effective_time", "systolic", "diastolic",
-        error.alias("error"),
+        "version_time", "version_id", error.alias("error"),
     )
 
 

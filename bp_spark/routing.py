@@ -59,8 +59,12 @@ def readings_stream(source_df: DataFrame, config: Config) -> DataFrame:
 
 
 def latest_versions(ok_df: DataFrame) -> DataFrame:
-    """Of several versions of one observation in a batch, keep the last to arrive."""
+    """Of several versions of one observation in a batch, keep the latest: by ``meta.lastUpdated``,
+    then ``meta.versionId`` (as a number where it is one), where the versions carry them; else
+    the last to arrive."""
     order = Window.partitionBy("observation_id").orderBy(
+        F.col("version_time").desc_nulls_last(), F.col("version_id").cast("long").desc_nulls_last(),
+        F.col("version_id").desc_nulls_last(),
         F.col("kafka_timestamp").desc(), F.col("kafka_partition").desc(), F.col("kafka_offset").desc())
     return ok_df.withColumn("_rank", F.row_number().over(order)).where(F.col("_rank") == 1).drop("_rank")
 
@@ -122,14 +126,10 @@ class BatchRouter:
         """Corrections and retractions: keep each id's last version in this batch, and clear the
         earlier version from wherever it was stored, before the new one is written."""
         latest_df = latest_versions(ok_df)
-        updated = latest_df.where(is_update(F.col("status"))).select("observation_id", "patient_id").collect()
-        ids = {r.observation_id for r in updated}
+        ids = {r.observation_id for r in latest_df.where(is_update(F.col("status"))).select("observation_id").collect()}
         in_anomalies = self.sinks.elasticsearch.delete(sorted(ids), batch_id)
-        by_patient: dict[str, set[str]] = {}
-        for r in updated:
-            if r.patient_id is not None:  # an id-only retraction names no patient
-                by_patient.setdefault(r.patient_id, set()).add(r.observation_id)
-        self.sinks.archive.remove(by_patient, ids - in_anomalies, batch_id)
+        # An earlier version the anomaly index held is not in the archive (one sink per message).
+        self.sinks.archive.remove(ids - in_anomalies, batch_id)
         return latest_df
 
     def _route(self, batch_df: DataFrame, batch_id: int) -> BatchStats:

@@ -39,6 +39,11 @@ PERIOD = T.StructType([
     T.StructField("start", T.StringType()),
 ])
 
+META = T.StructType([
+    T.StructField("versionId", T.StringType()),
+    T.StructField("lastUpdated", T.StringType()),
+])
+
 COMPONENT = T.StructType([
     T.StructField("code", CODEABLE_CONCEPT),
     T.StructField("valueQuantity", QUANTITY),
@@ -47,6 +52,7 @@ COMPONENT = T.StructType([
 OBSERVATION_SCHEMA = T.StructType([
     T.StructField("resourceType", T.StringType()),
     T.StructField("id", T.StringType()),
+    T.StructField("meta", META),
     T.StructField("status", T.StringType()),
     T.StructField("code", CODEABLE_CONCEPT),
     T.StructField("subject", REFERENCE),

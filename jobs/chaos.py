@@ -404,8 +404,10 @@ def run_scenario(scenario: Scenario, config: Config, feed: Feed, job: Job, folde
         elif fault == "hang elasticsearch":
             pid = service_pid("elasticsearch")
             os.kill(pid, signal.SIGSTOP)
-            time.sleep(scenario.es_hang[1])
-            os.kill(pid, signal.SIGCONT)
+            try:
+                time.sleep(scenario.es_hang[1])
+            finally:  # also when this run is interrupted: never leave the stack's node frozen
+                os.kill(pid, signal.SIGCONT)
             say(f"elasticsearch resumed after {scenario.es_hang[1]:.0f} s")
         else:
             name = "elasticsearch" if "elasticsearch" in fault else "kafka"

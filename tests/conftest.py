@@ -18,7 +18,7 @@ from pyspark.sql import SparkSession
 
 from bp_spark.config import Config, load_config
 from bp_spark.elastic import ClusterInfo, ElasticsearchUnavailable, make_client, probe_cluster
-from bp_spark.session import local_files_conf
+from bp_spark.session import local_files_conf, stop_session
 from bp_spark.versions import connector_conf
 
 os.environ.setdefault("SPARK_LOCAL_IP", "127.0.0.1")
@@ -88,7 +88,7 @@ def spark() -> Iterator[SparkSession]:
     )
     session.sparkContext.setLogLevel("WARN")
     yield session
-    session.stop()
+    stop_session(session)  # and its JVM, also if its shutdown hangs
 
 
 @pytest.fixture

@@ -8,7 +8,8 @@ broker and Elasticsearch, and reconciles every sink by id.
 - corrections and retractions find the earlier version under any patient, by id alone too;
 - a topic created after the job started is waited for;
 - offsets Kafka removed before they were read are counted and logged;
-- one job per checkpoint and per archive; two jobs never write the same archive file name.
+- one job per checkpoint and per archive; two jobs never write the same archive file name;
+- a replayed batch leaves alerts as they were; a failing trend query is restarted, routing goes on.
 """
 
 from __future__ import annotations
@@ -27,7 +28,7 @@ from pyspark.sql import SparkSession
 
 from bp_spark.config import Config
 from bp_spark.elastic import install_templates, pipeline_indices
-from bp_spark.monitoring import ROUTING_QUERY
+from bp_spark.monitoring import ROUTING_QUERY, TRENDS_QUERY
 from bp_spark.ownership import OwnershipError
 from bp_spark.parse import NOT_ONE_VALUE
 from bp_spark.pipeline import start_pipeline
@@ -258,3 +259,58 @@ def test_two_jobs_on_one_archive_never_write_the_same_file(
     run_once(spark, second, es)  # batch 0 of another checkpoint and topic, same patient
     assert sorted(archive_lines(first)) == sorted([one[0][1], two[0][1]])
     assert len(list(Path(archive).glob("patient_id=ps/batch-*-000000000000-*.jsonl"))) == 2
+
+
+def test_a_replayed_batch_leaves_alerts_as_they_were_so_no_rule_fires_twice(
+    spark: SparkSession, es: Elasticsearch, kafka_admin, unique_name: str, tmp_path: Path
+) -> None:
+    config = stream_config(unique_name, tmp_path)
+    crisis = reading("pr", "2026-01-01T08:00:00Z", 190, 125)
+    publish(config, [crisis])
+    run_once(spark, config, es)
+    alert, anomaly = (ids_in(es, index)["pr-2026-01-01T08"] for index in
+                      (config.elasticsearch.alerts_index, config.elasticsearch.anomalies_index))
+    # A crash after the writes, before Spark recorded the batch as done: the batch runs again.
+    # (Spark ran a batch without data after it, for the watermark; it goes too.)
+    routing = Path(config.paths.checkpoint_dir) / "routing"
+    for entry in [*routing.glob("commits/*"), *routing.glob("offsets/*")]:
+        if entry.name != "0" or entry.parent.name == "commits":
+            entry.unlink()
+    time.sleep(1.1)
+    run_once(spark, config, es)
+    alert_again, anomaly_again = (ids_in(es, index)["pr-2026-01-01T08"] for index in
+                                  (config.elasticsearch.alerts_index, config.elasticsearch.anomalies_index))
+    assert anomaly_again["processed_at"] != anomaly["processed_at"]  # the replay did write
+    assert alert_again == alert  # the alert was left as it was: same processed_at, a rule on it stays quiet
+
+
+def test_a_failing_trend_query_is_restarted_and_routing_goes_on(
+    spark: SparkSession, es: Elasticsearch, kafka_admin, unique_name: str, tmp_path: Path, caplog
+) -> None:
+    config = stream_config(unique_name, tmp_path, **{"trends.enabled": True})
+    good = generated(patients=4, days=2, seed=24)
+    publish(config, good)
+    install_templates(es, pipeline_indices(config), 0)
+    pipeline = start_pipeline(spark, config, Sinks(spark, config, es))
+    # The trend query's first batch fails (as a bug or a crash in it would); the second is real.
+    real_route, failures = pipeline.trend_router._route, []
+
+    def fail_once(batch_df, batch_id, steps):
+        if not failures:
+            failures.append(batch_id)
+            raise RuntimeError("a trend batch failed")
+        return real_route(batch_df, batch_id, steps)
+    pipeline.trend_router._route = fail_once
+    try:
+        with caplog.at_level("ERROR", logger="bp_spark.pipeline"):
+            pipeline.await_termination(timeout_s=300)
+    finally:
+        pipeline.stop()
+    assert pipeline.restarts == {TRENDS_QUERY: 1}
+    assert any(r.getMessage().startswith(f"query {TRENDS_QUERY} stopped: ") and "restarting it in" in r.getMessage()
+               for r in caplog.records)
+    abnormal, _, normal = expectations(config, [v for _, v in good])
+    assert set(ids_in(es, config.elasticsearch.anomalies_index)) == abnormal
+    assert sorted(archive_lines(config)) == sorted(normal)
+    cohort_days = ids_in(es, config.elasticsearch.trends_index, scope="cohort", period="daily")
+    assert sum(doc["readings"] for doc in cohort_days.values()) == len(good)  # the restarted query caught up

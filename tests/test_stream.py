@@ -177,7 +177,7 @@ def test_a_read_only_index_is_waited_for_and_the_job_resumes_by_itself(
         es.indices.put_settings(index=config.elasticsearch.anomalies_index, settings={"index.blocks.write": False})
 
     lifter = threading.Thread(target=lift_after_three_waits, daemon=True)
-    with caplog.at_level("WARNING", logger="bp_spark.sinks"):
+    with caplog.at_level("WARNING", logger="bp_spark.sinks"), caplog.at_level("INFO", logger="bp_spark.metrics"):
         lifter.start()
         pipeline = run_pipeline(spark, config, es)
     lifter.join()
@@ -190,6 +190,10 @@ def test_a_read_only_index_is_waited_for_and_the_job_resumes_by_itself(
     assert set(ids_in(es, config.elasticsearch.anomalies_index)) == abnormal
     assert sorted(archive_lines(config)) == sorted(normal)
     assert pipeline.router.counts[0]["waited_s"]["elasticsearch"] >= 0.2 + 0.4 + 0.8
+    health = [json.loads(r.getMessage()) for r in caplog.records if r.name == "bp_spark.metrics"]
+    waiting = [h for h in health if h.get("event") == "sink_unavailable"]  # the others are batch records
+    assert [h["attempt"] for h in waiting][:3] == [1, 2, 3]
+    assert all(h["sink"] == "elasticsearch" and h["what"].startswith("batch 0: writing") for h in waiting)
 
 
 def test_give_up_after_stops_the_job_and_a_restart_completes(

@@ -7,9 +7,8 @@ same names. The tag is a hash of the checkpoint's location and the topic, so two
 checkpoints, or two topics) sharing an archive never write the same name.
 
 Corrections and retractions remove the earlier version of an observation from whichever
-patient's files hold it: the patient the new version names, and, for ids the anomaly index did
-not hold (a reading moved to another patient, an id-only retraction, a normal reading
-corrected), every patient whose files a scan of the whole archive finds them in.
+patient's files hold it (a correction may move a reading to another patient; a retraction may
+carry nothing but its id): one scan of the archive finds them, one write rewrites those files.
 """
 
 from __future__ import annotations
@@ -123,80 +122,51 @@ class ArchiveSink:
 
     # ------------------------------------------------------------------ removals
 
-    def remove(self, ids_by_patient: dict[str, set[str]], unlocated: set[str], batch_id: int) -> int:
-        """Drop observation ids from the archive; return the lines removed.
-
-        ``ids_by_patient``: ids to look for in the files of the patient the new version names.
-        ``unlocated``: ids whose earlier version may be anywhere (not found in the anomaly index),
-        looked for in the whole archive.
-        """
-        if not ids_by_patient and not unlocated:
+    def remove(self, ids: set[str], batch_id: int) -> int:
+        """Drop every line of these observation ids from the archive, under any patient (their
+        earlier versions: a correction may have moved a reading to another patient, and a
+        retraction may carry nothing but its id); return the lines removed."""
+        if not ids:
             return 0
-        return self._retry(lambda: self._remove(ids_by_patient, unlocated, batch_id),
+        return self._retry(lambda: self._remove(ids, batch_id),
                            f"batch {batch_id}: removing superseded readings from the archive")
 
-    def _remove(self, ids_by_patient: dict[str, set[str]], unlocated: set[str], batch_id: int) -> int:
+    def _remove(self, ids: set[str], batch_id: int) -> int:
+        """One scan of the archive finds the files holding the ids; one write rewrites them, per
+        patient, without those lines, into ``_rewrite/<tag>/batch=<id>/data``; a manifest of the
+        files to replace is written next; then each patient's new file is moved into place
+        (``rewrite-<tag>-<batch>.jsonl``) and the old files deleted. A replay finishes an
+        interrupted rewrite from its manifest, or starts it again if the manifest was not written."""
         fs, root_path = hadoop_fs(self.spark, self.root)
         HadoopPath = self.spark._jvm.org.apache.hadoop.fs.Path
-        work_root = HadoopPath(root_path, f"_rewrite/{self.tag}/batch={batch_id}")
-        # A rewrite this batch began before a crash is finished first, from its manifest.
-        for manifest in fs.globStatus(HadoopPath(work_root, "patient_id=*/manifest.txt")) or []:
-            work = manifest.getPath().getParent()
-            self._finish_rewrite(fs, work, manifest.getPath(), HadoopPath(root_path, work.getName()), batch_id)
-        # One rewrite per patient and batch: the ids named for it, and the ids found in its files.
-        plan = {patient_id: set(ids) for patient_id, ids in ids_by_patient.items()}
-        for patient_id, ids in self._patients_holding(fs, root_path, unlocated, batch_id).items():
-            plan.setdefault(patient_id, set()).update(ids)
-        removed = sum(self._rewrite_patient(fs, root_path, work_root, patient_id, ids, batch_id)
-                      for patient_id, ids in sorted(plan.items()))
-        fs.delete(work_root, True)
-        return removed
-
-    def _patients_holding(self, fs, root_path, ids: set[str], batch_id: int) -> dict[str, set[str]]:
-        """Which of ``ids`` each patient's archive files hold (a scan of the whole archive)."""
-        HadoopPath = self.spark._jvm.org.apache.hadoop.fs.Path
-        pattern = HadoopPath(root_path, "patient_id=*/*.jsonl")
-        if not ids or not fs.globStatus(pattern):
-            return {}
-        file_name = F.input_file_name()
-        found = (self.spark.read.text(pattern.toString())
-                 .where(~file_name.contains("/" + self._own_prefix(batch_id)))
-                 .select(F.regexp_extract(file_name, r"/patient_id=([^/]+)/[^/]+$", 1).alias("patient"),
-                         _observation_id(F.col("value")).alias("id"))
-                 .where(F.col("id").isin(*sorted(ids))).distinct().collect())
-        holding: dict[str, set[str]] = {}
-        for row in found:
-            if row.patient:
-                holding.setdefault(row.patient, set()).add(row.id)
-        return holding
-
-    def _rewrite_patient(self, fs, root_path, work_root, patient_id: str, ids: set[str],
-                         batch_id: int) -> int:
-        """Rewrite one patient's files without ``ids``: the kept lines go to ``rewrite-<tag>-<batch>.jsonl``,
-        then the old files are deleted; a manifest written between the two steps lets a replay
-        finish an interrupted rewrite. Return the lines removed."""
-        HadoopPath = self.spark._jvm.org.apache.hadoop.fs.Path
-        patient_dir = HadoopPath(root_path, f"patient_id={patient_id}")
-        if not fs.exists(patient_dir):
-            return 0
-        mine, rewritten = self._own_prefix(batch_id), self._rewrite_name(batch_id)
-        old = [s.getPath().toString() for s in fs.listStatus(patient_dir)
-               if s.getPath().getName().endswith(".jsonl") and not s.getPath().getName().startswith(mine)
-               and s.getPath().getName() != rewritten]
-        if not old:
-            return 0
-        lines_df = self.spark.read.text(old)
-        wanted = _observation_id(F.col("value")).isin(*sorted(ids))
-        keep_df = lines_df.where(~wanted)
-        total, kept = lines_df.count(), keep_df.count()
-        if total == kept:
-            return 0
-        work = HadoopPath(work_root, f"patient_id={patient_id}")
-        keep_df.coalesce(1).write.mode("overwrite").text(HadoopPath(work, "data").toString())
+        work = HadoopPath(root_path, f"_rewrite/{self.tag}/batch={batch_id}")
         manifest = HadoopPath(work, "manifest.txt")
-        self._write_text(fs, manifest, "\n".join(old))
-        self._finish_rewrite(fs, work, manifest, patient_dir, batch_id)
-        return total - kept
+        removed = 0
+        if not fs.exists(manifest):
+            pattern = HadoopPath(root_path, "patient_id=*/*.jsonl")
+            if not fs.globStatus(pattern):
+                return 0
+            file_name = F.input_file_name()
+            # This batch's own files (written by an earlier attempt of it) hold new versions.
+            own = file_name.contains("/" + self._own_prefix(batch_id)) | file_name.endswith("/" + self._rewrite_name(batch_id))
+            lines_df = (self.spark.read.text(pattern.toString()).where(~own)
+                        .select("value", file_name.alias("file"),
+                                F.regexp_extract(file_name, r"/patient_id=([^/]+)/[^/]+$", 1).alias("patient_id")))
+            stale = _observation_id(F.col("value")).isin(*sorted(ids))
+            affected = lines_df.where(stale).groupBy("file", "patient_id").count().collect()
+            if not affected:
+                return 0
+            removed = sum(row["count"] for row in affected)
+            files = sorted({(row.patient_id, row.file) for row in affected})
+            kept_df = (self.spark.read.text([file for _, file in files])
+                       .select("value", F.regexp_extract(F.input_file_name(), r"/patient_id=([^/]+)/[^/]+$", 1)
+                               .alias("patient_id"))
+                       .where(~stale))
+            kept_df.repartition("patient_id").write.mode("overwrite").partitionBy("patient_id").text(
+                HadoopPath(work, "data").toString())
+            self._write_text(fs, manifest, "\n".join(f"{patient}\t{file}" for patient, file in files))
+        self._finish_rewrite(fs, work, manifest, root_path, batch_id)
+        return removed
 
     def _write_text(self, fs, path, text: str) -> None:
         stream = fs.create(path, True)
@@ -205,18 +175,20 @@ class ArchiveSink:
         finally:
             stream.close()
 
-    def _finish_rewrite(self, fs, work, manifest, patient_dir, batch_id: int) -> None:
+    def _finish_rewrite(self, fs, work, manifest, root_path, batch_id: int) -> None:
         HadoopPath = self.spark._jvm.org.apache.hadoop.fs.Path
         reader = self.spark._jvm.java.io.BufferedReader(self.spark._jvm.java.io.InputStreamReader(fs.open(manifest)))
         try:
-            old = [line for line in iter(reader.readLine, None) if line]
+            entries = [line.split("\t", 1) for line in iter(reader.readLine, None) if line]
         finally:
             reader.close()
-        target = HadoopPath(patient_dir, self._rewrite_name(batch_id))
-        for part in fs.globStatus(HadoopPath(work, "data/part-*")) or []:
-            if fs.exists(target):
-                fs.delete(target, False)
-            fs.rename(part.getPath(), target)
-        for name in old:
+        for patient_id in sorted({patient for patient, _ in entries}):
+            patient_dir = HadoopPath(root_path, f"patient_id={patient_id}")
+            target = HadoopPath(patient_dir, self._rewrite_name(batch_id))
+            for part in fs.globStatus(HadoopPath(work, f"data/patient_id={patient_id}/part-*")) or []:
+                if fs.exists(target):
+                    fs.delete(target, False)
+                fs.rename(part.getPath(), target)
+        for _, name in entries:
             fs.delete(HadoopPath(name), False)
         fs.delete(work, True)

@@ -25,7 +25,7 @@ from pyspark.sql import DataFrame
 from pyspark.sql import functions as F
 
 from bp_spark.config import Config
-from bp_spark.documents import ROUTING_COLUMNS
+from bp_spark.documents import CREATE, ROUTING_COLUMNS
 from bp_spark.elastic import connector_options
 from bp_spark.parse import QUOTE_LIMIT
 from bp_spark.sinks.retry import SinkFailure, summarise, with_retries
@@ -48,6 +48,7 @@ class _Item:
     source: str
     dead_id: str | None
     dead_source: str | None
+    op: str = "index"
 
 
 @dataclass
@@ -73,6 +74,25 @@ def _item_result(entry: dict) -> dict:
     return next(iter(entry.values()))
 
 
+def _union(frames: list[DataFrame]) -> DataFrame:
+    """One frame of several indices' documents, every routing column present."""
+    union_df = frames[0]
+    for more_df in frames[1:]:
+        union_df = union_df.unionByName(more_df, allowMissingColumns=True)
+    for column in ROUTING_COLUMNS:
+        if column not in union_df.columns:
+            union_df = union_df.withColumn(column, F.lit(None).cast("string"))
+    return union_df
+
+
+def _by_operation(frames) -> dict[str, list[DataFrame]]:
+    """The frames to index and the frames to create (those whose ``_op`` is ``create``)."""
+    grouped: dict[str, list[DataFrame]] = {}
+    for frame in frames:
+        grouped.setdefault(CREATE if "_op" in frame.columns else "index", []).append(frame)
+    return grouped
+
+
 class ElasticsearchSink:
     """Writes and deletes documents by id; reads back what the trend query needs."""
 
@@ -82,7 +102,6 @@ class ElasticsearchSink:
         self.waits = waits  # seconds waited for each sink in the current batch (health record)
         self._options = {
             **connector_options(config.elasticsearch.url),
-            "es.write.operation": "index",
             # Bulk requests of 5,000 documents / 5 MB: a fifth of the round trips of the defaults.
             "es.batch.size.entries": "5000",
             "es.batch.size.bytes": "5mb",
@@ -105,16 +124,14 @@ class ElasticsearchSink:
         the dead letter now)."""
         if not docs:
             return Refused()
-        frames = list(docs.values())
-        union_df = frames[0]
-        for more_df in frames[1:]:
-            union_df = union_df.unionByName(more_df, allowMissingColumns=True)
-        for column in ROUTING_COLUMNS:
-            if column not in union_df.columns:
-                union_df = union_df.withColumn(column, F.lit(None).cast("string"))
+        union_df = _union(list(docs.values()))
         what = f"batch {batch_id}: writing {', '.join(docs)}"
         try:
-            union_df.write.format(ES_FORMAT).options(**self._options).mode("append").save("{_target}")
+            # Two passes at most: documents to index (a replay overwrites them), and alerts to create
+            # (a replay finds them there, and the careful path takes that 409 as written).
+            for op, frames in _by_operation(docs.values()).items():
+                (_union(frames).write.format(ES_FORMAT).options(**self._options).option("es.write.operation", op)
+                 .mode("append").save("{_target}"))
             return Refused()
         except (Py4JError, PySparkException) as exc:
             log.warning("%s: the connector's bulk write failed (%s); writing the batch through the careful path, "
@@ -146,11 +163,11 @@ class ElasticsearchSink:
                 dead_fields.append(F.substring("observation_id", 1, 64).alias("observation_id"))
             dead_json = F.when(F.col("_dead_id").isNotNull(), F.to_json(F.struct(*dead_fields)))
         rows_df = union_df.select("_target", "_doc_id", "_dead_id", F.to_json(F.struct(*fields)).alias("_json"),
-                                  dead_json.alias("_dead_json"))
+                                  dead_json.alias("_dead_json"), F.coalesce("_op", F.lit("index")).alias("_op"))
         chunk: list[_Item] = []
         size = 0
         for row in rows_df.toLocalIterator(prefetchPartitions=True):
-            chunk.append(_Item(row._target, row._doc_id, row._json, row._dead_id, row._dead_json))
+            chunk.append(_Item(row._target, row._doc_id, row._json, row._dead_id, row._dead_json, row._op))
             size += len(row._json)
             if len(chunk) >= CAREFUL_CHUNK_DOCS or size >= CAREFUL_CHUNK_BYTES:
                 yield chunk
@@ -167,13 +184,13 @@ class ElasticsearchSink:
             nonlocal pending
             operations: list = []
             for item in pending:
-                operations += [{"index": {"_index": item.target, "_id": item.doc_id}}, item.source]
+                operations += [{item.op: {"_index": item.target, "_id": item.doc_id}}, item.source]
             response = self.es.bulk(operations=operations, refresh=False)
             again, statuses = [], Counter()
             for item, entry in zip(pending, response["items"]):
                 result = _item_result(entry)
                 status = result.get("status", 500)
-                if status < 300:
+                if status < 300 or (status == 409 and item.op == CREATE):  # created once, by an earlier attempt
                     continue
                 error = result.get("error") or {}
                 if status == 400:

@@ -9,9 +9,11 @@ long; they never quote a document, whose content may be a patient's.
 
 from __future__ import annotations
 
+import json
 import logging
 import re
 import time
+from datetime import datetime, timezone
 from collections.abc import Callable
 from typing import TypeVar
 
@@ -24,6 +26,9 @@ from pyspark.errors import AnalysisException, PySparkException
 from bp_spark.config import OutagesConfig
 
 log = logging.getLogger("bp_spark.sinks")
+# The health records' logger (bp_spark/monitoring.py): while a sink is down no batch ends, so no
+# batch record is written; each attempt writes a record of its own there, saying which sink.
+health_log = logging.getLogger("bp_spark.metrics")
 
 T = TypeVar("T")
 
@@ -95,6 +100,10 @@ def with_retries(action: Callable[[], T], what: str, sink: str, policy: OutagesC
                 delay = min(delay, give_up_s - failing_s)
             log.warning("%s is unavailable: %s failed (attempt %d, failing for %.0f s): %s; trying again in %.1f s",
                         sink, what, attempt + 1, failing_s, summary, delay)
+            health_log.info(json.dumps({"timestamp": datetime.now(timezone.utc).isoformat(timespec="milliseconds"),
+                                        "event": "sink_unavailable", "sink": sink, "what": what, "attempt": attempt + 1,
+                                        "failing_s": round(failing_s, 1), "next_attempt_in_s": round(delay, 1)},
+                                       separators=(",", ":")))
             if waits is not None:
                 waits[sink] = waits.get(sink, 0.0) + delay
             time.sleep(delay)
