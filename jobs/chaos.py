@@ -277,9 +277,9 @@ class Job:
 
 
 def job_env(config: Config) -> dict[str, str]:
+    # The job's own defaults (trigger, batch bounds), but for a shorter wait between attempts.
     keys = {"kafka.topic": config.kafka.topic, "paths.archive_dir": config.paths.archive_dir,
-            "paths.checkpoint_dir": config.paths.checkpoint_dir, "stream.trigger": "2 seconds",
-            "kafka.max_offsets_per_trigger": "3000", "outages.backoff_s": "0.5", "outages.max_backoff_s": "5",
+            "paths.checkpoint_dir": config.paths.checkpoint_dir, "outages.backoff_s": "0.5", "outages.max_backoff_s": "5",
             **{f"elasticsearch.{kind}_index": getattr(config.elasticsearch, f"{kind}_index")
                for kind in ("anomalies", "alerts", "trends", "deadletter", "metrics")}}
     return {**os.environ, "SPARK_LOCAL_IP": "127.0.0.1", **{env_name(key): str(value) for key, value in keys.items()}}

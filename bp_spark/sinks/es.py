@@ -127,16 +127,38 @@ class ElasticsearchSink:
         union_df = _union(list(docs.values()))
         what = f"batch {batch_id}: writing {', '.join(docs)}"
         try:
-            # Two passes at most: documents to index (a replay overwrites them), and alerts to create
-            # (a replay finds them there, and the careful path takes that 409 as written).
+            # Two passes at most: documents to index (a replay overwrites them), and alerts to create,
+            # less those a replayed batch finds there already (they stay as they were).
             for op, frames in _by_operation(docs.values()).items():
-                (_union(frames).write.format(ES_FORMAT).options(**self._options).option("es.write.operation", op)
+                frame = _union(frames)
+                if op == CREATE:
+                    frame = self._not_yet_written(frame, batch_id)
+                (frame.write.format(ES_FORMAT).options(**self._options).option("es.write.operation", op)
                  .mode("append").save("{_target}"))
             return Refused()
         except (Py4JError, PySparkException) as exc:
             log.warning("%s: the connector's bulk write failed (%s); writing the batch through the careful path, "
                         "document by document", what, summarise(exc))
         return self._write_carefully(union_df, batch_id, what)
+
+    def _not_yet_written(self, create_df: DataFrame, batch_id: int) -> DataFrame:
+        """The documents of ``create_df`` (alerts: a few a batch) that their index does not hold yet."""
+        wanted: dict[str, list[str]] = {}
+        for row in create_df.select("_target", "_doc_id").collect():
+            wanted.setdefault(row._target, []).append(row._doc_id)
+
+        def run() -> list[tuple[str, str]]:
+            found = []
+            for index, ids in wanted.items():
+                if self.es.indices.exists(index=index):
+                    docs = self.es.mget(index=index, ids=ids, source=False)["docs"]
+                    found += [(index, doc["_id"]) for doc in docs if doc.get("found")]
+            return found
+        existing = self._retry(run, f"batch {batch_id}: looking for alerts written before") if wanted else []
+        if not existing:
+            return create_df
+        keys = F.concat_ws("\u0000", "_target", "_doc_id")
+        return create_df.where(~keys.isin(*[f"{index}\u0000{doc_id}" for index, doc_id in existing]))
 
     def _write_carefully(self, union_df: DataFrame, batch_id: int, what: str) -> Refused:
         refusals: list[Refusal] = []
