@@ -24,6 +24,7 @@ import logging
 import os
 import random
 import re
+import shutil
 import signal
 import subprocess
 import sys
@@ -434,7 +435,22 @@ def run_scenario(scenario: Scenario, config: Config, feed: Feed, job: Job, folde
     ok = clean(table) and not job.exits and status == 0
     print(f"\n{'OK' if ok else 'FAILED'}: {sum(row['expected'] for row in table.values()):,} expected entries; "
           f"job log: {folder}/job-*.log")
+    if ok:  # a failed run keeps its topic, indices and folders to look into
+        remove_run(config, folder)
     return 0 if ok else 1
+
+
+def remove_run(config: Config, folder: Path) -> None:
+    """Drop the run's topic and indices, and its folder but the job logs."""
+    es = make_client(config.elasticsearch.url)
+    e = config.elasticsearch
+    names = [e.anomalies_index, e.alerts_index, e.trends_index, e.deadletter_index, e.metrics_index]
+    es.indices.delete(index=",".join(names), ignore_unavailable=True)
+    for name in names:
+        es.options(ignore_status=404).indices.delete_index_template(name=f"bp-monitor-{name}")
+    AdminClient({"bootstrap.servers": config.kafka.bootstrap_servers}).delete_topics([config.kafka.topic])
+    for sub in ("archive", "checkpoint"):
+        shutil.rmtree(folder / sub, ignore_errors=True)
 
 
 if __name__ == "__main__":
