@@ -92,6 +92,7 @@ def stop_session(spark: SparkSession, timeout_s: float = 15.0) -> None:
         pass
     finally:
         if proc is not None and proc.poll() is None:
+            logging.getLogger().addFilter(_not_about_the_ended_jvm)  # from here on the JVM is going away
             try:
                 proc.stdin.close()
                 proc.wait(timeout_s)
@@ -100,4 +101,3 @@ def stop_session(spark: SparkSession, timeout_s: float = 15.0) -> None:
                             proc.pid, timeout_s)
                 proc.kill()
                 proc.wait()
-            logging.getLogger().addFilter(_not_about_the_ended_jvm)
