@@ -34,6 +34,16 @@ log = logging.getLogger("bp_spark.session")
 
 # Java helpers (jvm/), built by `make install`.
 JVM_JAR = Path(__file__).resolve().parent.parent / "build" / "bp-monitor-jvm.jar"
+# Spark's logging, without the documents Elasticsearch's refusals quote.
+LOG_CONFIG = Path(__file__).resolve().parent.parent / "conf" / "spark-log4j2.properties"
+
+
+def log_conf() -> dict[str, str]:
+    """The driver JVM's log configuration (conf/spark-log4j2.properties), where this process starts
+    the JVM itself; under spark-submit the JVM is running already (pass --driver-java-options)."""
+    if "PYSPARK_GATEWAY_PORT" in os.environ:
+        return {}
+    return {"spark.driver.extraJavaOptions": f"-Dlog4j2.configurationFile=file:{LOG_CONFIG}"}
 
 
 def local_files_conf() -> dict[str, str]:
@@ -66,7 +76,7 @@ def build_session(app_name: str, extra_conf: Mapping[str, str] | None = None) ->
     builder = builder.config("spark.ui.showConsoleProgress", "false")
     for key, value in METRICS_CONF.items():
         builder = builder.config(key, value)
-    for key, value in {**local_files_conf(), **(extra_conf or {})}.items():
+    for key, value in {**local_files_conf(), **log_conf(), **(extra_conf or {})}.items():
         builder = builder.config(key, value)
     return builder.getOrCreate()
 

@@ -18,7 +18,7 @@ from pyspark.sql import SparkSession
 
 from bp_spark.config import Config, load_config
 from bp_spark.elastic import ClusterInfo, ElasticsearchUnavailable, make_client, probe_cluster
-from bp_spark.session import local_files_conf, stop_session
+from bp_spark.session import local_files_conf, log_conf, stop_session
 from bp_spark.versions import connector_conf
 
 os.environ.setdefault("SPARK_LOCAL_IP", "127.0.0.1")
@@ -73,7 +73,7 @@ def es(es_cluster: tuple[Elasticsearch, ClusterInfo]) -> Elasticsearch:
 def spark() -> Iterator[SparkSession]:
     """The one SparkSession of the run: local[2], few shuffle partitions, UI off, connectors on."""
     builder = SparkSession.builder
-    for key, value in {**connector_conf(), **local_files_conf()}.items():
+    for key, value in {**connector_conf(), **local_files_conf(), **log_conf()}.items():
         builder = builder.config(key, value)
     session = (
         builder.master("local[2]")
