@@ -124,7 +124,6 @@ class ElasticsearchSink:
         the dead letter now)."""
         if not docs:
             return Refused()
-        union_df = _union(list(docs.values()))
         what = f"batch {batch_id}: writing {', '.join(docs)}"
         try:
             # Two passes at most: documents to index (a replay overwrites them), and alerts to create,
@@ -139,7 +138,7 @@ class ElasticsearchSink:
         except (Py4JError, PySparkException) as exc:
             log.warning("%s: the connector's bulk write failed (%s); writing the batch through the careful path, "
                         "document by document", what, summarise(exc))
-        return self._write_carefully(union_df, batch_id, what)
+        return self._write_carefully(_union(list(docs.values())), batch_id, what)
 
     def _not_yet_written(self, create_df: DataFrame, batch_id: int) -> DataFrame:
         """The documents of ``create_df`` (alerts: a few a batch) that their index does not hold yet."""
