@@ -13,7 +13,7 @@ from pyspark.sql import Column, DataFrame, SparkSession
 from pyspark.sql import functions as F
 
 from bp_spark.config import Config
-from bp_spark.sinks.retry import backoff_s
+from bp_spark.sinks.retry import SinkFailure, with_retries
 
 log = logging.getLogger("bp_spark.pipeline")
 
@@ -36,26 +36,19 @@ def topic_state(admin: AdminClient, topic: str, timeout_s: float = 10.0) -> tupl
     return None, partitions
 
 
-def wait_for_topic(config: Config, give_up_s: float | None = None) -> list[int]:
-    """Return the topic's partitions once it exists and each has a leader, waiting with capped backoff
-    (each wait logged): a job started before its topic, or while Kafka is down, waits for them.
-    ``give_up_s``: raise TimeoutError after that long (default: ``outages.give_up_after``, 0 = never)."""
+def wait_for_topic(config: Config) -> list[int]:
+    """Return the topic's partitions once it exists and each has a leader: a job started before
+    its topic, or while Kafka is down, waits for them as for any unavailable sink (capped
+    backoff, each attempt logged, ``outages.give_up_after``)."""
     admin = AdminClient({"bootstrap.servers": config.kafka.bootstrap_servers})
-    give_up_s = config.outages.give_up_after_s if give_up_s is None else give_up_s
-    started, attempt = time.monotonic(), 0
-    while True:
+
+    def ready() -> list[int]:
         problem, partitions = topic_state(admin, config.kafka.topic)
-        if problem is None:
-            return partitions
-        waited = time.monotonic() - started
-        if give_up_s and waited >= give_up_s:
-            raise TimeoutError(f"Kafka topic {config.kafka.topic} at {config.kafka.bootstrap_servers} could not be read "
-                               f"for {waited:.0f} s: {problem}")
-        delay = backoff_s(config.outages, attempt)
-        log.warning("waiting for Kafka topic %s at %s: %s; looking again in %.0f s (waiting for %.0f s so far)",
-                    config.kafka.topic, config.kafka.bootstrap_servers, problem, delay, waited)
-        time.sleep(delay)
-        attempt += 1
+        if problem is not None:
+            raise SinkFailure(problem)
+        return partitions
+    return with_retries(ready, f"waiting for Kafka topic {config.kafka.topic} at {config.kafka.bootstrap_servers}",
+                        "kafka", config.outages)
 
 
 def kafka_source(spark: SparkSession, config: Config) -> DataFrame:

@@ -89,6 +89,9 @@ def run(spark, config, sinks: Sinks | None) -> int:
     except (CheckpointLayoutError, OwnershipError) as exc:
         print(f"stream: {exc}", file=sys.stderr)
         return 2
+    except SinkUnavailable as exc:  # the topic did not come within outages.give_up_after
+        print(f"stream: {exc}", file=sys.stderr)
+        return 1
     except KeyboardInterrupt:
         return 0
     log.info("reading %s from %s; queries %s; checkpoints under %s", config.kafka.topic,

@@ -187,7 +187,7 @@ def test_a_topic_created_after_the_job_started_is_waited_for(
 ) -> None:
     config = stream_config(unique_name, tmp_path)
     finished: list = []
-    with caplog.at_level("WARNING", logger="bp_spark.pipeline"):
+    with caplog.at_level("WARNING", logger="bp_spark.sinks"):
         job = threading.Thread(target=lambda: finished.append(run_once(spark, config, es)), daemon=True)
         job.start()
         deadline = time.monotonic() + 60
@@ -200,6 +200,7 @@ def test_a_topic_created_after_the_job_started_is_waited_for(
         job.join(300)
     assert finished, "the job did not finish once its topic was there"
     waits = [r.getMessage() for r in caplog.records if "waiting for Kafka topic" in r.getMessage()]
+    assert waits[0].startswith(f"kafka is unavailable: waiting for Kafka topic {unique_name} at ")
     assert "the topic does not exist (yet)" in waits[0]
     abnormal, _, normal = expectations(config, [v for _, v in good])
     assert set(ids_in(es, config.elasticsearch.anomalies_index)) == abnormal

@@ -74,6 +74,11 @@ def _item_result(entry: dict) -> dict:
     return next(iter(entry.values()))
 
 
+def _status(result: dict) -> str:
+    """An item's answer for a log line: its HTTP status and error type, never the document."""
+    return f"{result.get('status')} {(result.get('error') or {}).get('type', '')}".strip()
+
+
 def _union(frames: list[DataFrame]) -> DataFrame:
     """One frame of several indices' documents, every routing column present."""
     union_df = frames[0]
@@ -219,7 +224,7 @@ class ElasticsearchSink:
                                             str(error.get("reason", ""))[:REFUSAL_REASON_LIMIT]))
                 else:
                     again.append(item)
-                    statuses[f"{status} {error.get('type', '')}".strip()] += 1
+                    statuses[_status(result)] += 1
             pending = again
             if pending:
                 raise SinkFailure(f"{len(pending)} documents not taken: "
@@ -274,8 +279,7 @@ class ElasticsearchSink:
         def run() -> set[str]:
             results = list(map(_item_result, self.es.bulk(operations=operations, refresh=False)["items"]))
             # A document that is not there is already where we want it: 404s are not errors.
-            failed = Counter(f"{r.get('status')} {(r.get('error') or {}).get('type', '')}".strip()
-                             for r in results if r.get("status", 500) not in (200, 404))
+            failed = Counter(_status(r) for r in results if r.get("status", 500) not in (200, 404))
             if failed:
                 raise SinkFailure("deletes not done: " + ", ".join(f"{s} x{n}" for s, n in failed.items()))
             return {r["_id"] for r in results if r.get("status") == 200 and r.get("_index") == e.anomalies_index}
