@@ -54,5 +54,6 @@ status:
 	@python3 stack/localstack.py status
 
 ## clean: stop the stack and remove its data, downloads and the demo's output
-clean: down
-	rm -rf .stack var dist build
+clean:
+	@python3 stack/localstack.py clean
+	rm -rf var dist build

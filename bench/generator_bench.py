@@ -23,6 +23,7 @@ from confluent_kafka import Producer
 from confluent_kafka.admin import AdminClient
 
 from bp_spark.config import load_config
+from bp_spark.connections import kafka_settings
 from bp_spark.generator import encode, make_patients, readings, window
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -50,14 +51,14 @@ def timed_job(observations: int, validate: str, topics: list[str]) -> float:
     return observations / elapsed
 
 
-def timed_flush_per_message(observations: int, bootstrap: str, topics: list[str]) -> float:
+def timed_flush_per_message(observations: int, config, topics: list[str]) -> float:
     """The prototype's way: produce, then flush, for every message."""
     topic = f"bench_flush_{uuid.uuid4().hex[:8]}"
     topics.append(topic)
     start, end = window("", END, 1)
     messages = [encode(r) for r in readings(make_patients(observations // 4 + 1, 42, {"normotensive": 1.0}),
                                             start, end, 4, 42, 0, 0)][:observations]
-    producer = Producer({"bootstrap.servers": bootstrap})
+    producer = Producer(kafka_settings(config))
     producer.produce(topic, b"warm-up")
     producer.flush(30)
     started = time.perf_counter()
@@ -74,14 +75,15 @@ def main() -> int:
     parser.add_argument("--flush-observations", type=int, default=2_000, help="workload for flush-per-message")
     parser.add_argument("--repeats", type=int, default=3)
     args = parser.parse_args()
-    bootstrap = load_config().kafka.bootstrap_servers
+    config = load_config()
+    bootstrap = config.kafka.bootstrap_servers
     topics: list[str] = []
     try:
         sample = [timed_job(args.observations, "sample", topics) for _ in range(args.repeats)]
         every = [timed_job(args.all_observations, "all", topics) for _ in range(args.repeats)]
-        flush = [timed_flush_per_message(args.flush_observations, bootstrap, topics) for _ in range(args.repeats)]
+        flush = [timed_flush_per_message(args.flush_observations, config, topics) for _ in range(args.repeats)]
     finally:
-        AdminClient({"bootstrap.servers": bootstrap}).delete_topics(topics)
+        AdminClient(kafka_settings(config)).delete_topics(topics)
     rows = [
         (f"generator, --validate sample ({args.observations:,} obs)", sample),
         (f"generator, --validate all ({args.all_observations:,} obs)", every),

@@ -44,6 +44,7 @@ from confluent_kafka.admin import AdminClient
 
 from bp_spark.config import load_config
 from bp_spark.elastic import make_client
+from bp_spark.connections import kafka_settings
 
 ROOT = Path(__file__).resolve().parent.parent
 _spec = importlib.util.spec_from_file_location("generate_job", ROOT / "jobs" / "generate.py")
@@ -111,7 +112,7 @@ def run_job(topic: str, observations: int, no_sinks: bool, workdir: Path, trends
     rows = sum(r for r, _ in batches)
     assert rows == observations, f"the job saw {rows} rows, expected {observations}"
     in_batches = sum(s for r, s in batches if r)
-    es = make_client(load_config().elasticsearch.url)
+    es = make_client(load_config())
     stored = 0
     if not no_sinks:
         es.indices.refresh(index=f"{name}_anomalies")
@@ -129,11 +130,11 @@ def run_job(topic: str, observations: int, no_sinks: bool, workdir: Path, trends
 def prototype_consumer(topic: str, seconds: float, workdir: Path) -> float:
     """The prototype's way: one Elasticsearch call per anomaly, one file append per normal reading."""
     config = load_config()
-    es = make_client(config.elasticsearch.url)
+    es = make_client(config)
     index = f"bench_proto_{uuid.uuid4().hex[:8]}"
     out = workdir / index
     out.mkdir()
-    consumer = Consumer({"bootstrap.servers": config.kafka.bootstrap_servers, "group.id": index,
+    consumer = Consumer({**kafka_settings(config), "group.id": index,
                          "auto.offset.reset": "earliest", "enable.auto.commit": False})
     consumer.subscribe([topic])
     done = 0
@@ -176,7 +177,7 @@ def main() -> int:
     parser.add_argument("--warmup-observations", type=int, default=100_000,
                         help="an untimed first run on this many other observations; 0: none")
     args = parser.parse_args()
-    bootstrap = load_config().kafka.bootstrap_servers
+    config = load_config()
     topic = f"bench_stream_{uuid.uuid4().hex[:8]}"
     warmup_topic = f"{topic}_warmup"
     workdir = Path(tempfile.mkdtemp(prefix="bp-bench-"))
@@ -199,7 +200,7 @@ def main() -> int:
                   f"peak {full[-1]['peak_mb']:,.0f} MB); with trends {with_trends[-1]['e2e']:,.0f} obs/s; no sinks {bare[-1]['e2e']:,.0f} obs/s; "
                   f"prototype {proto[-1]:,.0f} obs/s", flush=True)
     finally:
-        AdminClient({"bootstrap.servers": bootstrap}).delete_topics([topic, warmup_topic])
+        AdminClient(kafka_settings(config)).delete_topics([topic, warmup_topic])
         shutil.rmtree(workdir, ignore_errors=True)
 
     def med(runs: list[dict], key: str) -> float:

@@ -1,7 +1,11 @@
 """Configuration: read once into a frozen, typed object, validated before Spark starts.
 
-Defaults live in ``conf/pipeline.toml``. The environment overrides them with
-``BP_<SECTION>_<KEY>`` (``BP_KAFKA_TOPIC``), and the jobs' flags override both. A bad value
+Defaults live in ``conf/pipeline.toml``. The local stack's client settings (``.stack/env``,
+written by ``make up``) override them, the environment overrides both with
+``BP_<SECTION>_<KEY>`` (``BP_KAFKA_TOPIC``), and the jobs' flags override all. Passwords are
+never read from the TOML file: from ``BP_*_PASSWORD`` (or ``_API_KEY``) variables, or from the
+files that ``*_file`` keys name, as container secrets are mounted; they are held as
+:class:`Secret`, which never prints its value. A bad value
 raises :class:`ConfigError`, whose message names the key, the value, where it came from and
 what is allowed. Library code receives plain values from this object; it never reads the
 environment itself.
@@ -25,8 +29,55 @@ DEFAULT_CONFIG_PATH = PROJECT_ROOT / "conf" / "pipeline.toml"
 ENV_PREFIX = "BP_"
 
 
+def default_stack_env() -> Path:
+    """The local stack's client settings, ``.stack/env`` (``$BP_STACK_DIR/env``)."""
+    return Path(os.environ.get("BP_STACK_DIR", PROJECT_ROOT / ".stack")) / "env"
+
+
 class ConfigError(ValueError):
     """A configuration value is missing, mistyped or out of range."""
+
+
+class Secret:
+    """A password or key: its value is given only by :meth:`reveal`, never by ``str`` or ``repr``,
+    so that a logged or printed configuration shows ``'***'``."""
+
+    __slots__ = ("_value",)
+
+    def __init__(self, value: str = "") -> None:
+        self._value = value
+
+    def reveal(self) -> str:
+        return self._value
+
+    def __bool__(self) -> bool:
+        return bool(self._value)
+
+    def __eq__(self, other: object) -> bool:
+        return isinstance(other, Secret) and other._value == self._value
+
+    def __hash__(self) -> int:
+        return hash(self._value)
+
+    def __repr__(self) -> str:
+        return "Secret('***')" if self._value else "Secret('')"
+
+    __str__ = __repr__
+
+
+@dataclass(frozen=True)
+class SecurityConfig:
+    """How every connection is protected: TLS with a CA, and credentials (in the sections)."""
+
+    mode: str
+    ca_file: str
+    truststore_file: str
+    truststore_password_file: str
+    truststore_password: Secret
+
+    @property
+    def tls(self) -> bool:
+        return self.mode == "tls"
 
 
 @dataclass(frozen=True)
@@ -39,6 +90,10 @@ class KafkaConfig:
     max_offsets_per_trigger: int
     min_partitions: int
     alerts_topic: str
+    username: str
+    password_file: str
+    password: Secret
+    sasl_mechanism: str
 
 
 @dataclass(frozen=True)
@@ -52,6 +107,12 @@ class ElasticsearchConfig:
     deadletter_index: str
     metrics_index: str
     number_of_replicas: int
+    username: str
+    password_file: str
+    password: Secret
+    api_key_file: str
+    api_key: Secret
+    deadletter_retention: str
 
 
 @dataclass(frozen=True)
@@ -88,6 +149,11 @@ class PathsConfig:
 
     archive_dir: str
     checkpoint_dir: str
+    archive_umask: str
+
+    @property
+    def archive_umask_bits(self) -> int:
+        return int(self.archive_umask, 8)
 
 
 @dataclass(frozen=True)
@@ -147,6 +213,7 @@ class GeneratorConfig:
 class Config:
     """The whole configuration of bp-monitor."""
 
+    security: SecurityConfig
     kafka: KafkaConfig
     elasticsearch: ElasticsearchConfig
     outages: OutagesConfig
@@ -288,7 +355,25 @@ def _validate_mode(value: str) -> str | None:
     return None if value in ("all", "sample", "none") else "'all', 'sample' or 'none'"
 
 
+def _security_mode(value: str) -> str | None:
+    return None if value in ("tls", "plain") else ("'tls' (TLS and credentials on every connection) or 'plain' "
+                                                   "(neither: only for services on a trusted network)")
+
+
+def _sasl_mechanism(value: str) -> str | None:
+    return None if value in ("SCRAM-SHA-512", "SCRAM-SHA-256", "PLAIN") else "SCRAM-SHA-512, SCRAM-SHA-256 or PLAIN"
+
+
+def _umask(value: str) -> str | None:
+    return None if re.fullmatch(r"0?[0-7]{3}", value) and int(value, 8) & 0o007 == 0o007 else (
+        "an octal umask that keeps other users out, such as '077' (files 0600, folders 0700) or '027'")
+
+
 VALIDATORS: dict[str, Callable[[Any], str | None]] = {
+    "security.mode": _security_mode,
+    "kafka.sasl_mechanism": _sasl_mechanism,
+    "paths.archive_umask": _umask,
+    "elasticsearch.deadletter_retention": _never_or_duration,
     "kafka.bootstrap_servers": _bootstrap_servers,
     "kafka.topic": _topic,
     "kafka.starting_offsets": _starting_offsets,
@@ -405,15 +490,44 @@ def _sections() -> dict[str, type]:
     return {f.name: typing.get_type_hints(Config)[f.name] for f in dataclasses.fields(Config)}
 
 
+def read_env_file(path: Path | None) -> dict[str, str]:
+    """``KEY=VALUE`` lines of an env file such as ``.stack/env``; {} when there is none."""
+    if path is None or not Path(path).is_file():
+        return {}
+    values = {}
+    for line in Path(path).read_text().splitlines():
+        line = line.strip()
+        if line and not line.startswith("#") and "=" in line:
+            key, value = line.split("=", 1)
+            values[key.strip()] = value.strip()
+    return values
+
+
+def _read_secret(key: str, file_key: str, file_path: str, env: Mapping[str, str]) -> Secret:
+    """A secret from its environment variable, else from the file its ``*_file`` key names."""
+    if env.get(env_name(key)):
+        return Secret(env[env_name(key)])
+    if not file_path:
+        return Secret()
+    try:
+        return Secret(Path(file_path).expanduser().read_text().strip())
+    except OSError as exc:
+        raise ConfigError(f"{file_key} = {file_path!r} cannot be read ({exc.strerror}): it must name a file "
+                          f"holding {key.split('.')[1].replace('_', ' ')} of {key.split('.')[0]}") from exc
+
+
 def load_config(
     path: Path | str | None = None,
     env: Mapping[str, str] | None = None,
     overrides: Mapping[str, Any] | None = None,
+    stack_env: Path | None | str = "default",
 ) -> Config:
-    """Load the configuration from ``path`` (default ``conf/pipeline.toml``), then the
-    environment, then ``overrides`` (``{"kafka.topic": "vitals"}``), and validate it."""
+    """Load the configuration from ``path`` (default ``conf/pipeline.toml``), then the local stack's
+    client settings (``stack_env``, default ``.stack/env``; None for none), then the environment,
+    then ``overrides`` (``{"kafka.topic": "vitals"}``), and validate it."""
     path = Path(path) if path is not None else DEFAULT_CONFIG_PATH
     env = os.environ if env is None else env
+    env = {**read_env_file(default_stack_env() if stack_env == "default" else stack_env), **env}
     overrides = dict(overrides or {})
     try:
         data = tomllib.loads(path.read_text())
@@ -424,15 +538,20 @@ def load_config(
 
     sections = _sections()
     known = {f"{s}.{f.name}" for s, cls in sections.items() for f in dataclasses.fields(cls)}
+    secret_keys = {f"{s}.{f.name}" for s, cls in sections.items()
+                   for f in dataclasses.fields(cls) if typing.get_type_hints(cls)[f.name] is Secret}
     for section, values in data.items():
         if section not in sections or not isinstance(values, dict):
             raise ConfigError(f"[{section}] in {path} is not a known section; allowed: {', '.join(sections)}")
         for name in values:
+            if f"{section}.{name}" in secret_keys:
+                raise ConfigError(f"{section}.{name} is a secret and is not read from {path}: set "
+                                  f"{env_name(section + '.' + name)}, or {section}.{name}_file to a file holding it")
             if f"{section}.{name}" not in known:
                 raise ConfigError(f"{section}.{name} in {path} is not a known key; allowed in [{section}]: "
                                   + ", ".join(f.name for f in dataclasses.fields(sections[section])))
     for key in overrides:
-        if key not in known:
+        if key not in known or key in secret_keys:
             raise ConfigError(f"override {key!r} is not a known key")
 
     built = {}
@@ -441,6 +560,9 @@ def load_config(
         values = {}
         for f in dataclasses.fields(cls):
             key = f"{section}.{f.name}"
+            if key in secret_keys:  # after its *_file key, declared before it
+                values[f.name] = _read_secret(key, f"{key}_file", values[f"{f.name}_file"], env)
+                continue
             if key in overrides and overrides[key] is not None:
                 raw, source = overrides[key], "the command line"
             elif env_name(key) in env:
@@ -489,10 +611,35 @@ def _check_consistency(config: Config) -> None:
     if window_s % slide_s:
         raise ConfigError(f"trends.sustained_window ({tr.sustained_window}) must be a whole number of "
                           f"trends.sustained_slide ({tr.sustained_slide})")
+    _check_security(config)
     es = config.elasticsearch
     names = [es.anomalies_index, es.alerts_index, es.trends_index, es.deadletter_index, es.metrics_index]
     if len(set(names)) != len(names):
         raise ConfigError(f"elasticsearch.*_index must be five different indices, got {names}")
+
+
+def _check_security(config: Config) -> None:
+    """In TLS mode every connection is encrypted and authenticated; say what is missing."""
+    sec, kafka, es = config.security, config.kafka, config.elasticsearch
+    for key, value in (("security.ca_file", sec.ca_file), ("security.truststore_file", sec.truststore_file)):
+        if value and not Path(value).expanduser().is_file():
+            raise ConfigError(f"{key} = {value!r}: no such file")
+    if not sec.tls:
+        return
+    hint = ("; `make up` writes the local stack's settings to .stack/env, which the jobs read, or set "
+            "security.mode = \"plain\" for services without security")
+    if not es.url.startswith("https://"):
+        raise ConfigError(f"elasticsearch.url = {es.url!r} is plain HTTP but security.mode is 'tls': use https://{hint}")
+    if not (es.username and es.password) and not es.api_key:
+        raise ConfigError("Elasticsearch credentials are not set: elasticsearch.username with "
+                          f"{env_name('elasticsearch.password')} or elasticsearch.password_file, or "
+                          f"{env_name('elasticsearch.api_key')} / elasticsearch.api_key_file{hint}")
+    if not (kafka.username and kafka.password):
+        raise ConfigError(f"Kafka credentials are not set: kafka.username with {env_name('kafka.password')} or "
+                          f"kafka.password_file{hint}")
+    if sec.truststore_file and not sec.truststore_password:
+        raise ConfigError(f"security.truststore_file is set but its password is not: "
+                          f"{env_name('security.truststore_password')} or security.truststore_password_file")
 
 
 def add_config_flags(parser: Any, flags: list[str]) -> None:

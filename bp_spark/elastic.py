@@ -9,9 +9,10 @@ from urllib.parse import urlparse
 
 from elasticsearch import Elasticsearch
 from elasticsearch import exceptions as es_exceptions
-from elastic_transport import TransportError
+from elastic_transport import TlsError, TransportError
 
-from bp_spark.config import Config
+from bp_spark.config import Config, duration_seconds, env_name
+from bp_spark.connections import AccessRefused
 from bp_spark.versions import elasticsearch_version
 
 
@@ -36,18 +37,46 @@ class ClusterInfo:
         return int(self.version.split(".")[0])
 
 
-def make_client(url: str, request_timeout: float = 30.0) -> Elasticsearch:
-    """A client for ``url`` that retries on timeouts and overload."""
-    return Elasticsearch(url, request_timeout=request_timeout, retry_on_timeout=True, max_retries=3)
+def make_client(config: Config, request_timeout: float = 30.0) -> Elasticsearch:
+    """A client of the configured cluster (HTTPS with the CA and credentials in TLS mode) that
+    retries on timeouts and overload."""
+    es, security = config.elasticsearch, config.security
+    options: dict = {"request_timeout": request_timeout, "retry_on_timeout": True, "max_retries": 3}
+    if security.tls:
+        if es.api_key:
+            options["api_key"] = es.api_key.reveal()
+        else:
+            options["basic_auth"] = (es.username, es.password.reveal())
+        if security.ca_file:
+            options["ca_certs"] = security.ca_file
+    return Elasticsearch(es.url, **options)
 
 
-def probe_cluster(client: Elasticsearch, url: str, expected_major: int | None = None) -> ClusterInfo:
-    """Check that the cluster answers and runs ``expected_major`` (default: the pinned version's
-    major); say what to do when it does not."""
+def probe_cluster(client: Elasticsearch, config: Config, expected_major: int | None = None) -> ClusterInfo:
+    """Check that the cluster answers, accepts our credentials and runs ``expected_major``
+    (default: the pinned version's major); say what to do when it does not."""
+    url = config.elasticsearch.url
     if expected_major is None:
         expected_major = int(elasticsearch_version().split(".")[0])
     try:
         main = client.info()
+    except es_exceptions.AuthenticationException:
+        who = "the API key" if config.elasticsearch.api_key else f"user {config.elasticsearch.username!r}"
+        raise AccessRefused(
+            f"Elasticsearch at {url} refused authentication as {who} (HTTP 401): check elasticsearch.username "
+            f"and the password ({env_name('elasticsearch.password')} or elasticsearch.password_file), or the API key."
+        ) from None
+    except es_exceptions.AuthorizationException:
+        raise AccessRefused(
+            f"Elasticsearch at {url} accepted user {config.elasticsearch.username!r} but refused it the cluster's "
+            "monitor privilege (HTTP 403): grant the role of docs/security.md."
+        ) from None
+    except TlsError as exc:
+        raise AccessRefused(
+            f"Elasticsearch at {url}: the TLS handshake failed, its certificate is not trusted "
+            f"({str(exc.message)[:160]}). security.ca_file ({config.security.ca_file or 'empty: the system trust store'}) "
+            "must hold the CA that signed the node's certificate."
+        ) from None
     except (TransportError, es_exceptions.ApiError) as exc:
         raise ElasticsearchUnreachable(
             f"Elasticsearch at {url} did not answer ({exc}). Start the local stack with `make up`, "
@@ -62,19 +91,34 @@ def probe_cluster(client: Elasticsearch, url: str, expected_major: int | None = 
     return info
 
 
-def connector_options(url: str) -> dict[str, str]:
-    """Options for ``format("org.elasticsearch.spark.sql")`` that reach ``url`` directly.
+def connector_options(config: Config) -> dict[str, str]:
+    """Options for ``format("org.elasticsearch.spark.sql")`` that reach the cluster directly.
 
     ``wan.only`` keeps the connector on the given address: node discovery would hand out
-    publish addresses that a client outside the cluster's network may not reach.
+    publish addresses that a client outside the cluster's network may not reach. In TLS mode the
+    connector trusts ``security.truststore_file`` (it does not read PEM) and sends the user and
+    password, or the API key as an ``Authorization`` header. These are per-write options, never
+    SparkConf: they do not reach the Spark UI's Environment tab, and the plans that show options
+    are redacted (``bp_spark.session.REDACTION_CONF``).
     """
-    parsed = urlparse(url)
-    return {
+    es, security = config.elasticsearch, config.security
+    parsed = urlparse(es.url)
+    options = {
         "es.nodes": parsed.hostname or "localhost",
         "es.port": str(parsed.port or (443 if parsed.scheme == "https" else 9200)),
         "es.nodes.wan.only": "true",
         "es.net.ssl": str(parsed.scheme == "https").lower(),
     }
+    if security.tls:
+        if security.truststore_file:
+            options["es.net.ssl.truststore.location"] = Path(security.truststore_file).expanduser().resolve().as_uri()
+            options["es.net.ssl.truststore.pass"] = security.truststore_password.reveal()
+        if es.api_key:
+            options["es.net.http.header.Authorization"] = f"ApiKey {es.api_key.reveal()}"
+        else:
+            options["es.net.http.auth.user"] = es.username
+            options["es.net.http.auth.pass"] = es.password.reveal()
+    return options
 
 
 def count_documents(client: Elasticsearch, index: str, query: dict | None = None) -> int:
@@ -97,6 +141,24 @@ def refresh_indices(client: Elasticsearch, config: Config) -> None:
     """Make everything the stream job wrote searchable now (indices refresh every 5 s otherwise)."""
     client.indices.refresh(index=",".join(pipeline_indices(config).values()), ignore_unavailable=True,
                            allow_no_indices=True)
+
+
+def expire_dead_letters(client: Elasticsearch, config: Config, page: int = 1000) -> int:
+    """Delete dead letters processed longer ago than ``elasticsearch.deadletter_retention`` (they
+    hold raw payloads: patient data); return how many. Search and bulk delete, page by page: the
+    minimal distributions have no delete-by-query."""
+    retention = config.elasticsearch.deadletter_retention.strip()
+    index = config.elasticsearch.deadletter_index
+    if retention in ("0", "") or not client.indices.exists(index=index):
+        return 0
+    query = {"range": {"processed_at": {"lt": f"now-{duration_seconds(retention)}s"}}}
+    deleted = 0
+    while True:
+        hits = client.search(index=index, query=query, size=page, source=False)["hits"]["hits"]
+        if not hits:
+            return deleted
+        client.bulk(operations=[{"delete": {"_index": index, "_id": hit["_id"]}} for hit in hits], refresh=True)
+        deleted += len(hits)
 
 
 TEMPLATE_DIR = Path(__file__).resolve().parent.parent / "conf" / "elasticsearch"

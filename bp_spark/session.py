@@ -30,6 +30,17 @@ METRICS_CONF = {
 }
 
 
+# Secrets kept out of the Spark UI, its event logs and the plans it shows. Spark's default
+# redaction pattern, (?i)secret|password|token|access[.]key, misses the connectors' keys:
+# es.net.http.auth.pass, es.net.ssl.truststore.pass, kafka.sasl.jaas.config. Options of reads and
+# writes are redacted with both patterns. And no one who can open the UI may kill a job from it.
+REDACTION_CONF = {
+    "spark.redaction.regex": r"(?i)secret|password|token|access[.]key|[.]pass$|auth|jaas|sasl|api[._]?key|credential",
+    "spark.sql.redaction.options.regex": r"(?i)url|[.]pass$|auth|jaas|sasl|api[._]?key|truststore|keystore",
+    "spark.ui.killEnabled": "false",
+}
+
+
 log = logging.getLogger("bp_spark.session")
 
 # Java helpers (jvm/), built by `make install`.
@@ -64,6 +75,16 @@ def local_files_conf() -> dict[str, str]:
             "spark.hadoop.fs.file.impl": "bpmonitor.NoForkLocalFileSystem"}
 
 
+def private_files_conf(umask: str) -> dict[str, str]:
+    """Files and folders Hadoop creates (archive, checkpoints) masked with ``umask`` (``paths.archive_umask``).
+
+    Hadoop sets each new file's permission itself (0666 masked with this key, 022 by default),
+    so the process's umask is not enough; and its file systems are cached with the configuration
+    they were first made with, so the key must be in the session's configuration from the start.
+    """
+    return {"spark.hadoop.fs.permissions.umask-mode": umask}
+
+
 def build_session(app_name: str, extra_conf: Mapping[str, str] | None = None) -> SparkSession:
     """Get or create the session with the Kafka and Elasticsearch connectors on its classpath."""
     builder = SparkSession.builder.appName(app_name)
@@ -74,7 +95,7 @@ def build_session(app_name: str, extra_conf: Mapping[str, str] | None = None) ->
     builder = builder.config("spark.sql.session.timeZone", "UTC")
     # Progress bars on stderr would interleave with the job's one log line per batch.
     builder = builder.config("spark.ui.showConsoleProgress", "false")
-    for key, value in METRICS_CONF.items():
+    for key, value in {**METRICS_CONF, **REDACTION_CONF}.items():
         builder = builder.config(key, value)
     for key, value in {**local_files_conf(), **log_conf(), **(extra_conf or {})}.items():
         builder = builder.config(key, value)

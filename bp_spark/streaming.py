@@ -8,23 +8,25 @@ import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 
-from confluent_kafka.admin import AdminClient
 from pyspark.sql import Column, DataFrame, SparkSession
 from pyspark.sql import functions as F
 
 from bp_spark.config import Config
+from bp_spark.connections import AccessRefused, KafkaAccess, spark_kafka_options
 from bp_spark.sinks.retry import SinkFailure, with_retries
 
 log = logging.getLogger("bp_spark.pipeline")
 
 
-def topic_state(admin: AdminClient, topic: str, timeout_s: float = 10.0) -> tuple[str | None, list[int]]:
+def topic_state(admin: KafkaAccess, topic: str, timeout_s: float = 10.0) -> tuple[str | None, list[int]]:
     """Why ``topic`` cannot be read yet (missing, a partition without a leader, the broker silent),
     or None; and its partitions."""
     try:
         # All topics' metadata: asking for this one by name would make a broker that auto-creates
         # topics create it, with its default partitions, before the producer of the feed does.
         metadata = admin.list_topics(timeout=timeout_s).topics.get(topic)
+    except AccessRefused:
+        raise  # a wrong password or CA: waiting would not mend it
     except Exception as exc:  # librdkafka's KafkaException: the broker did not answer
         return f"the broker did not answer ({str(exc)[:160]})", []
     if metadata is None or metadata.error is not None or not metadata.partitions:
@@ -40,7 +42,7 @@ def wait_for_topic(config: Config) -> list[int]:
     """Return the topic's partitions once it exists and each has a leader: a job started before
     its topic, or while Kafka is down, waits for them as for any unavailable sink (capped
     backoff, each attempt logged, ``outages.give_up_after``)."""
-    admin = AdminClient({"bootstrap.servers": config.kafka.bootstrap_servers})
+    admin = KafkaAccess(config)
 
     def ready() -> list[int]:
         problem, partitions = topic_state(admin, config.kafka.topic)
@@ -55,7 +57,7 @@ def kafka_source(spark: SparkSession, config: Config) -> DataFrame:
     """The topic as a stream of Kafka records."""
     reader = (
         spark.readStream.format("kafka")
-        .option("kafka.bootstrap.servers", config.kafka.bootstrap_servers)
+        .options(**spark_kafka_options(config))
         .option("subscribe", config.kafka.topic)
         .option("startingOffsets", config.kafka.starting_offsets)
         # A topic recreated or trimmed by retention must not stop a monitor: the offsets it lost

@@ -45,6 +45,7 @@ from elasticsearch.helpers import scan  # noqa: E402
 from bp_spark.config import Config, env_name, load_config  # noqa: E402
 from bp_spark.elastic import make_client  # noqa: E402
 from bp_spark.generator import encode, make_patients, readings, window  # noqa: E402
+from bp_spark.connections import kafka_settings
 
 MIX = {"normotensive": 0.45, "elevated": 0.1, "stage_1": 0.15, "stage_2": 0.2, "hypotensive": 0.1}
 STACK = Path(os.environ.get("BP_STACK_DIR", ROOT / ".stack"))
@@ -206,7 +207,7 @@ class Publisher(threading.Thread):
     def run(self) -> None:
         # Messages wait in the producer while the broker is down (up to 10 minutes), and the
         # idempotent producer never writes one twice when it retries.
-        producer = Producer({"bootstrap.servers": self.config.kafka.bootstrap_servers, "enable.idempotence": True,
+        producer = Producer({**kafka_settings(self.config), "enable.idempotence": True,
                              "message.timeout.ms": 600_000, "linger.ms": 20,
                              "logger": QUIET})  # the broker's death is planned: no connection errors on stderr
         topic = self.config.kafka.topic
@@ -306,7 +307,7 @@ def index_docs(es, index: str) -> dict[str, dict]:
 
 def reconcile(config: Config, feed: Feed, bad: set[str]) -> dict[str, Counter]:
     """Per sink: expected, stored, lost, doubled, stale, unexpected."""
-    es = make_client(config.elasticsearch.url)
+    es = make_client(config)
     e = config.elasticsearch
     anomalies, archive, alerts = expected_sinks(feed, config)
     table: dict[str, Counter] = {}
@@ -374,7 +375,7 @@ def main(argv: list[str] | None = None) -> int:
         **{f"elasticsearch.{kind}_index": f"{run}_{kind}" for kind in ("anomalies", "alerts", "trends", "deadletter", "metrics")}})
     feed = build_feed(scenario, args.seed)
     say(f"run {run}: {len(feed.messages):,} messages: " + ", ".join(f"{n:,} {k}" for k, n in feed.counts.items()))
-    admin = AdminClient({"bootstrap.servers": config.kafka.bootstrap_servers})
+    admin = AdminClient(kafka_settings(config))
     admin.create_topics([NewTopic(run, num_partitions=3, replication_factor=1)])[run].result(30)
 
     job = Job(config, folder)
@@ -442,13 +443,13 @@ def run_scenario(scenario: Scenario, config: Config, feed: Feed, job: Job, folde
 
 def remove_run(config: Config, folder: Path) -> None:
     """Drop the run's topic and indices, and its folder but the job logs."""
-    es = make_client(config.elasticsearch.url)
+    es = make_client(config)
     e = config.elasticsearch
     names = [e.anomalies_index, e.alerts_index, e.trends_index, e.deadletter_index, e.metrics_index]
     es.indices.delete(index=",".join(names), ignore_unavailable=True)
     for name in names:
         es.options(ignore_status=404).indices.delete_index_template(name=f"bp-monitor-{name}")
-    AdminClient({"bootstrap.servers": config.kafka.bootstrap_servers}).delete_topics([config.kafka.topic])
+    AdminClient(kafka_settings(config)).delete_topics([config.kafka.topic])
     for sub in ("archive", "checkpoint"):
         shutil.rmtree(folder / sub, ignore_errors=True)
 

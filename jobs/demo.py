@@ -30,6 +30,7 @@ from bp_spark.config import Config, ConfigError, load_config
 from bp_spark.elastic import (ElasticsearchUnavailable, count_documents, distinct_count, make_client, probe_cluster,
                               refresh_indices)
 from bp_spark.generator import aha_category
+from bp_spark.connections import kafka_settings
 
 JOBS = Path(__file__).resolve().parent
 UNREADABLE = [
@@ -45,7 +46,7 @@ def step(message: str) -> None:
 
 def topic_size(config: Config) -> int:
     """Messages on the topic now (sum over partitions of high minus low watermark)."""
-    consumer = Consumer({"bootstrap.servers": config.kafka.bootstrap_servers, "group.id": "bp-demo-size"})
+    consumer = Consumer({**kafka_settings(config), "group.id": "bp-demo-size"})
     try:
         partitions = consumer.list_topics(config.kafka.topic, timeout=10).topics[config.kafka.topic].partitions
         total = 0
@@ -110,9 +111,9 @@ def main() -> int:
     started = time.monotonic()
     try:
         config = load_config()
-        es = make_client(config.elasticsearch.url)
-        cluster = probe_cluster(es, config.elasticsearch.url)
-        producer = Producer({"bootstrap.servers": config.kafka.bootstrap_servers})
+        es = make_client(config)
+        cluster = probe_cluster(es, config)
+        producer = Producer(kafka_settings(config))
         producer.list_topics(timeout=15)
     except (ConfigError, ElasticsearchUnavailable) as exc:
         print(f"demo: {exc}", file=sys.stderr)

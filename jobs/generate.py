@@ -24,6 +24,7 @@ from confluent_kafka import KafkaException, Producer
 
 from bp_spark.logs import configure_logging
 from bp_spark.config import Config, ConfigError, add_config_flags, load_config_from_args
+from bp_spark.connections import check_kafka, kafka_settings
 from bp_spark.generator import (
     Tally, Validator, encode, live_reading, make_patients, readings, window,
 )
@@ -33,10 +34,11 @@ log = logging.getLogger("generate")
 PROGRESS_EVERY_S = 5.0
 
 
-def producer_settings(bootstrap_servers: str) -> dict:
-    """Safe and fast: idempotent, acks from all replicas, batched, compressed, bounded waits."""
+def producer_settings(config: Config) -> dict:
+    """Safe and fast: idempotent, acks from all replicas, batched, compressed, bounded waits; TLS and
+    SASL as configured."""
     return {
-        "bootstrap.servers": bootstrap_servers,
+        **kafka_settings(config),
         "enable.idempotence": True,
         "acks": "all",
         "linger.ms": 20,
@@ -143,7 +145,7 @@ def run(config: Config, dry_run: bool, live: bool, out=None) -> int:
     validate = Validator(g.validate)
     t = config.thresholds
     tally = Tally(limits=(t.systolic_low, t.systolic_high, t.diastolic_low, t.diastolic_high))
-    publisher = None if dry_run else Publisher(producer_settings(config.kafka.bootstrap_servers), config.kafka.topic)
+    publisher = None if dry_run else Publisher(producer_settings(config), config.kafka.topic)
 
     if live:
         rng = random.Random(f"live/{g.seed}")
@@ -236,6 +238,8 @@ def main(argv: list[str] | None = None) -> int:
             # Ids are unique per patient and second: a patient may measure at most once a second.
             raise ConfigError(f"--live --rate {config.generator.rate:g} is more than one reading per patient per "
                               f"second; use --rate <= --patients ({config.generator.patients})")
+        if not args.dry_run:
+            check_kafka(config, timeout_s=5)  # a refused login: exit 2 at once, naming Kafka
         return run(config, args.dry_run, args.live)
     except ConfigError as exc:
         print(f"generate: {exc}", file=sys.stderr)

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import argparse
 import html
+import os
 import sys
 from datetime import datetime, timezone
 from pathlib import Path
@@ -112,11 +113,11 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     try:
         config = load_config_from_args(args)
-        es = make_client(config.elasticsearch.url)
-        probe_cluster(es, config.elasticsearch.url)
+        es = make_client(config)
+        probe_cluster(es, config)
     except (ConfigError, ElasticsearchUnavailable) as exc:
         print(f"report: {exc}", file=sys.stderr)
-        return 1
+        return 2 if isinstance(exc, ConfigError) else 1
     refresh_indices(es, config)
     results = []
     for p in dashboard_panels(indices=data_view_indices(config)):
@@ -126,7 +127,12 @@ def main(argv: list[str] | None = None) -> int:
             results.append((p, []))
     output = Path(args.output)
     output.parent.mkdir(parents=True, exist_ok=True)
-    output.write_text(render(results, summary_counts(es, config), config.elasticsearch.url))
+    page = render(results, summary_counts(es, config), config.elasticsearch.url)
+    # It names patients and their readings: readable by its owner only, also when it existed before.
+    fd = os.open(output, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    os.fchmod(fd, 0o600)
+    with os.fdopen(fd, "w") as out:
+        out.write(page)
     print(f"report: {output.resolve()} ({len(results)} panels)")
     return 0
 

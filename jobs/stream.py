@@ -12,16 +12,20 @@ sink holds every observation exactly once.
 
 It waits rather than stops: for a topic that does not exist yet, for Kafka or Elasticsearch
 while they are down (each attempt logged), and it restarts a query that failed. Set
-outages.give_up_after to stop instead after that long. Exit status: 0 done (available-now) or
-interrupted (Ctrl-C, SIGTERM); 1 a sink or query given up on; 2 a configuration problem
-(a bad setting, a checkpoint or archive another job holds).
+outages.give_up_after to stop instead after that long. Credentials refused or a certificate not
+trusted are not outages: the job stops at start, naming the service. Exit status: 0 done
+(available-now) or interrupted (Ctrl-C, SIGTERM); 1 a sink or query given up on; 2 a
+configuration problem (a bad setting, authentication refused, a checkpoint or archive another
+job holds).
 """
 
 from __future__ import annotations
 
 import argparse
 import logging
+import os
 import signal
+import threading
 import sys
 from pathlib import Path
 
@@ -31,13 +35,14 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from bp_spark.logs import configure_logging
 from bp_spark.config import ConfigError, add_config_flags, load_config_from_args
-from bp_spark.elastic import (ElasticsearchUnavailable, ElasticsearchUnreachable, install_templates, make_client,
-                              pipeline_indices, probe_cluster)
+from bp_spark.connections import check_kafka
+from bp_spark.elastic import (ElasticsearchUnavailable, ElasticsearchUnreachable, expire_dead_letters,
+                              install_templates, make_client, pipeline_indices, probe_cluster)
 from bp_spark.ownership import OwnershipError
 from bp_spark.pipeline import CheckpointLayoutError, PipelineStopped, start_pipeline
-from bp_spark.session import build_session, stop_session
+from bp_spark.session import build_session, private_files_conf, stop_session
 from bp_spark.sinks import Sinks, SinkUnavailable
-from bp_spark.sinks.retry import with_retries
+from bp_spark.sinks.retry import summarise, with_retries
 
 log = logging.getLogger("stream")
 
@@ -55,25 +60,45 @@ def main(argv: list[str] | None = None) -> int:
     signal.signal(signal.SIGTERM, _interrupt)
     try:
         config = load_config_from_args(args)
-        es = make_client(config.elasticsearch.url)
+        es = make_client(config)
 
         def prepare() -> list[str]:
-            probe_cluster(es, config.elasticsearch.url)
-            return install_templates(es, pipeline_indices(config), config.elasticsearch.number_of_replicas)
+            probe_cluster(es, config)
+            written = install_templates(es, pipeline_indices(config), config.elasticsearch.number_of_replicas)
+            _expire_dead_letters(es, config)
+            return written
         # Elasticsearch down or hung at start is waited for, as it is later; a wrong version is not.
         for name in with_retries(prepare, "connecting at start", "elasticsearch", config.outages,
                                  also_retry=(ElasticsearchUnreachable,)):
             log.info("installed index template %s", name)
+        check_kafka(config)  # a refused login stops the job here; a broker down is waited for later
     except (ConfigError, ElasticsearchUnavailable, SinkUnavailable) as exc:
         print(f"stream: {exc}", file=sys.stderr)
         return 2 if isinstance(exc, ConfigError) else 1
     except KeyboardInterrupt:
         return 0
-    spark = build_session(config.stream.app_name, {"spark.driver.memory": config.stream.driver_memory})
+    # The job's files (archive, checkpoints, logs) hold patient data: the owner's alone by default.
+    os.umask(config.paths.archive_umask_bits)
+    spark = build_session(config.stream.app_name, {"spark.driver.memory": config.stream.driver_memory,
+                                                   **private_files_conf(config.paths.archive_umask)})
     try:
         return run(spark, config, None if args.no_sinks else Sinks(spark, config, es))
     finally:
         stop_session(spark)
+
+
+def _expire_dead_letters(es, config) -> None:
+    """Apply elasticsearch.deadletter_retention now, and again every hour while the job runs."""
+    try:
+        deleted = expire_dead_letters(es, config)
+        if deleted:
+            log.info("deleted %d dead letters older than %s (elasticsearch.deadletter_retention)", deleted,
+                     config.elasticsearch.deadletter_retention)
+    except Exception as exc:  # retention is housekeeping: an outage here must not stop the monitor
+        log.warning("could not apply the dead-letter retention (%s); trying again in an hour", summarise(exc))
+    timer = threading.Timer(3600, _expire_dead_letters, (es, config))
+    timer.daemon = True
+    timer.start()
 
 
 def _interrupt(signum: int, frame: object) -> None:

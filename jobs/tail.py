@@ -21,6 +21,7 @@ import uuid
 from confluent_kafka import Consumer, KafkaError, KafkaException
 
 from bp_spark.config import ConfigError, add_config_flags, load_config_from_args
+from bp_spark.connections import check_kafka, kafka_settings
 
 
 def render(msg, pretty: bool) -> str:
@@ -54,12 +55,13 @@ def main(argv: list[str] | None = None) -> int:
         parser.error("--max and --idle-timeout must be >= 0")
     try:
         config = load_config_from_args(args)
+        check_kafka(config, timeout_s=10)
     except ConfigError as exc:
         print(f"tail: {exc}", file=sys.stderr)
         return 2
 
     consumer = Consumer({
-        "bootstrap.servers": config.kafka.bootstrap_servers,
+        **kafka_settings(config),
         "group.id": f"bp-tail-{uuid.uuid4().hex[:8]}",
         "auto.offset.reset": "earliest" if args.from_beginning else "latest",
         "enable.auto.commit": False,

@@ -6,28 +6,41 @@ Usage::
     python3 stack/localstack.py up       # download once, start both, wait until both answer
     python3 stack/localstack.py down     # stop both
     python3 stack/localstack.py status   # what runs, where it listens, where it logs
+    python3 stack/localstack.py clean    # stop both and remove all their state
 
 No Docker: Kafka comes from the ``org.apache.kafka`` artifacts and Elasticsearch from
 the ``integ-test-zip`` distribution, both fetched from Maven Central with Maven and run
 with this machine's Java. Versions come from ``.env``. Downloads, data and logs live under
 one git-ignored folder, ``.stack/`` (or ``$BP_STACK_DIR``); a second ``up`` reuses them.
 
+Secure by default: the first ``up`` makes a private CA and a server certificate (OpenSSL,
+under ``.stack/certs``) and random passwords (``.stack/secrets``); Elasticsearch serves HTTPS
+with security on, Kafka a SASL_SSL listener (SCRAM-SHA-512) with ACLs. Both get a user
+``bp-pipeline`` with only the privileges the pipeline needs, and ``.stack/env`` (mode 0600)
+holds every client setting as ``BP_*`` variables, which the jobs read by default. Every file
+under ``.stack/`` is readable by its owner only.
+
 Elasticsearch refuses to run as root, so under root it runs as the system user
-``bpmonitor`` (created on first use). Only the standard library is used: this script
-runs before the project's virtual environment exists.
+``bpmonitor`` (created on first use), from a folder of its own under ``/var/lib/bp-monitor``
+(``.stack/elasticsearch`` links to it): no parent folder of the checkout is opened to other
+users. Only the standard library is used: this script runs before the project's virtual
+environment exists.
 """
 
 from __future__ import annotations
 
 import argparse
 import base64
+import hashlib
 import json
 import os
 import pwd
 import re
+import secrets
 import shutil
 import signal
 import socket
+import ssl
 import subprocess
 import sys
 import time
@@ -40,6 +53,14 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
 SERVICE_USER = "bpmonitor"
+# Under root, Elasticsearch's distribution and node live here, owned by SERVICE_USER.
+SERVICE_HOME = Path("/var/lib/bp-monitor")
+# The user the jobs connect as (Elasticsearch and Kafka), and the Kafka broker's own user.
+PIPELINE_USER = "bp-pipeline"
+KAFKA_ADMIN_USER = "admin"
+# What the pipeline user may touch: its default indices and topics, and the names the tests,
+# benches and the chaos run give theirs (bp_test_*, bp_chaos_*, bench_*).
+RESOURCE_PREFIXES = ("fhir_observations", "bp_", "bench_")
 KAFKA_HEAP = "-Xms256m -Xmx512m"
 ES_HEAP = "-Xms512m -Xmx512m"
 START_TIMEOUT_S = 120
@@ -76,6 +97,26 @@ class Layout:
     es_transport_port: int
 
     @property
+    def es_base(self) -> Path:
+        """Where Elasticsearch's distribution and node live: under ``.stack`` unless we are root,
+        then in a folder of the service user that no parent of the checkout has to open."""
+        if os.geteuid() != 0:
+            return self.base
+        return SERVICE_HOME / hashlib.sha256(str(self.base).encode()).hexdigest()[:12]
+
+    @property
+    def certs(self) -> Path:
+        return self.base / "certs"
+
+    @property
+    def secrets(self) -> Path:
+        return self.base / "secrets"
+
+    @property
+    def env_file(self) -> Path:
+        return self.base / "env"
+
+    @property
     def downloads(self) -> Path:
         return self.base / "downloads"
 
@@ -101,11 +142,11 @@ class Layout:
 
     @property
     def es_home(self) -> Path:
-        return self.downloads / f"elasticsearch-{self.es_version}"
+        return self.es_base / "downloads" / f"elasticsearch-{self.es_version}"
 
     @property
     def es_dir(self) -> Path:
-        return self.base / "elasticsearch"
+        return self.es_base / "elasticsearch"
 
     @property
     def es_log(self) -> Path:
@@ -243,6 +284,105 @@ def wait_until(check, timeout_s: float, pid_file: Path, log: Path, service: str)
     raise StackError(f"{service} did not answer within {timeout_s} s. Last lines of {log}:\n{tail(log)}")
 
 
+# --------------------------------------------------------------------------- secrets and certificates
+
+
+def private_dir(path: Path) -> Path:
+    """``path`` as a folder only its owner can enter (created if missing)."""
+    path.mkdir(parents=True, exist_ok=True)
+    path.chmod(0o700)
+    return path
+
+
+def write_private(path: Path, text: str) -> None:
+    """Write ``text`` to ``path`` readable by its owner only, from the first byte on."""
+    path.unlink(missing_ok=True)
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    with os.fdopen(fd, "w") as out:
+        out.write(text)
+
+
+def secret_file(layout: Layout, name: str) -> Path:
+    """The file holding the password ``name``, made (random, 0600) on first use."""
+    path = private_dir(layout.secrets) / name
+    if not path.exists():
+        write_private(path, secrets.token_urlsafe(24))
+    return path
+
+
+def secret(layout: Layout, name: str) -> str:
+    return secret_file(layout, name).read_text().strip()
+
+
+def openssl(*args: str, what: str) -> None:
+    exe = shutil.which("openssl")
+    if exe is None:
+        raise StackError("OpenSSL is needed to make the local stack's certificates. Install it "
+                         "(Debian/Ubuntu: apt-get install -y openssl) and run `make up` again.")
+    result = subprocess.run([exe, *args], capture_output=True, text=True)
+    if result.returncode != 0:
+        raise StackError(f"Making {what} failed (openssl exit {result.returncode}):\n{result.stderr[-2000:]}")
+
+
+def ensure_certificates(layout: Layout, java: Path) -> None:
+    """A private CA and one server certificate for localhost (both services), made once.
+
+    ``server.key`` is PKCS#8 (Kafka's PEM key store needs it), ``server.pem`` holds key and
+    chain for Kafka, and ``truststore.p12`` holds the CA for the Spark Elasticsearch connector,
+    which does not take PEM.
+    """
+    certs = private_dir(layout.certs)
+    if (certs / "truststore.p12").exists():
+        return
+    started = time.monotonic()
+    openssl("req", "-x509", "-newkey", "rsa:3072", "-nodes", "-days", "3650", "-subj", "/CN=bp-monitor local CA",
+            "-keyout", str(certs / "ca.key"), "-out", str(certs / "ca.crt"), what="the local CA")
+    openssl("req", "-newkey", "rsa:2048", "-nodes", "-subj", "/CN=localhost",
+            "-keyout", str(certs / "server.key"), "-out", str(certs / "server.csr"), what="the server key")
+    extensions = certs / "server.ext"
+    extensions.write_text("subjectAltName=DNS:localhost,IP:127.0.0.1,IP:::1\nbasicConstraints=CA:FALSE\n"
+                          "keyUsage=digitalSignature,keyEncipherment\nextendedKeyUsage=serverAuth,clientAuth\n")
+    openssl("x509", "-req", "-in", str(certs / "server.csr"), "-CA", str(certs / "ca.crt"),
+            "-CAkey", str(certs / "ca.key"), "-CAcreateserial", "-days", "825", "-sha256",
+            "-extfile", str(extensions), "-out", str(certs / "server.crt"), what="the server certificate")
+    write_private(certs / "server.pem", (certs / "server.key").read_text() + (certs / "server.crt").read_text()
+                  + (certs / "ca.crt").read_text())
+    keytool = java.parent / "keytool"
+    result = subprocess.run(
+        [str(keytool), "-importcert", "-noprompt", "-alias", "bp-monitor-ca", "-storetype", "PKCS12",
+         "-file", str(certs / "ca.crt"), "-keystore", str(certs / "truststore.p12"),
+         "-storepass:file", str(secret_file(layout, "truststore"))],
+        capture_output=True, text=True,
+    )
+    if result.returncode != 0:
+        raise StackError(f"Making the trust store failed (keytool exit {result.returncode}):\n{result.stdout}{result.stderr}")
+    for leftover in ("server.csr", "server.ext", "ca.srl"):
+        (certs / leftover).unlink(missing_ok=True)
+    say(f"made a private CA and a server certificate for localhost in {time.monotonic() - started:.0f} s ({certs})")
+
+
+def write_client_env(layout: Layout) -> None:
+    """``.stack/env``: every setting a client of this stack needs, as the jobs' BP_* variables."""
+    lines = [
+        "# Written by `make up` (stack/localstack.py): how to reach the local stack. The jobs read it",
+        "# by default; the environment overrides each key. Passwords stay in the files named here.",
+        "BP_SECURITY_MODE=tls",
+        f"BP_SECURITY_CA_FILE={layout.certs / 'ca.crt'}",
+        f"BP_SECURITY_TRUSTSTORE_FILE={layout.certs / 'truststore.p12'}",
+        f"BP_SECURITY_TRUSTSTORE_PASSWORD_FILE={secret_file(layout, 'truststore')}",
+        f"BP_KAFKA_BOOTSTRAP_SERVERS=localhost:{layout.kafka_port}",
+        f"BP_KAFKA_USERNAME={PIPELINE_USER}",
+        f"BP_KAFKA_PASSWORD_FILE={secret_file(layout, 'kafka-pipeline')}",
+        f"BP_ELASTICSEARCH_URL=https://localhost:{layout.es_port}",
+        f"BP_ELASTICSEARCH_USERNAME={PIPELINE_USER}",
+        f"BP_ELASTICSEARCH_PASSWORD_FILE={secret_file(layout, 'es-pipeline')}",
+        "",
+    ]
+    text = "\n".join(lines)
+    if not layout.env_file.exists() or layout.env_file.read_text() != text:
+        write_private(layout.env_file, text)
+
+
 # --------------------------------------------------------------------------- Kafka
 
 
@@ -251,16 +391,31 @@ def kafka_pid_file(layout: Layout) -> Path:
 
 
 def kafka_properties(layout: Layout) -> str:
+    jaas = ('org.apache.kafka.common.security.scram.ScramLoginModule required '
+            f'username="{KAFKA_ADMIN_USER}" password="{secret(layout, "kafka-admin")}";')
     return "\n".join([
-        "# written by stack/localstack.py: single-node KRaft broker and controller",
+        "# written by stack/localstack.py: single-node KRaft broker and controller. Clients connect",
+        "# over SASL_SSL (SCRAM-SHA-512, TLS with the stack's CA) and are authorised by ACLs; the",
+        "# controller listener, broker to controller in this one process, stays on loopback.",
         "process.roles=broker,controller",
         "node.id=1",
         f"controller.quorum.voters=1@127.0.0.1:{layout.controller_port}",
-        f"listeners=PLAINTEXT://127.0.0.1:{layout.kafka_port},CONTROLLER://127.0.0.1:{layout.controller_port}",
-        f"advertised.listeners=PLAINTEXT://127.0.0.1:{layout.kafka_port}",
-        "inter.broker.listener.name=PLAINTEXT",
+        f"listeners=SASL_SSL://127.0.0.1:{layout.kafka_port},CONTROLLER://127.0.0.1:{layout.controller_port}",
+        f"advertised.listeners=SASL_SSL://127.0.0.1:{layout.kafka_port}",
+        "inter.broker.listener.name=SASL_SSL",
         "controller.listener.names=CONTROLLER",
-        "listener.security.protocol.map=CONTROLLER:PLAINTEXT,PLAINTEXT:PLAINTEXT",
+        "listener.security.protocol.map=CONTROLLER:PLAINTEXT,SASL_SSL:SASL_SSL",
+        "sasl.enabled.mechanisms=SCRAM-SHA-512",
+        "sasl.mechanism.inter.broker.protocol=SCRAM-SHA-512",
+        f"listener.name.sasl_ssl.scram-sha-512.sasl.jaas.config={jaas}",
+        "ssl.keystore.type=PEM",
+        f"ssl.keystore.location={layout.certs / 'server.pem'}",
+        "ssl.truststore.type=PEM",
+        f"ssl.truststore.location={layout.certs / 'ca.crt'}",
+        "authorizer.class.name=org.apache.kafka.metadata.authorizer.StandardAuthorizer",
+        # The broker's own user, and the controller listener's unauthenticated loopback peer.
+        f"super.users=User:{KAFKA_ADMIN_USER};User:ANONYMOUS",
+        "allow.everyone.if.no.acl.found=false",
         f"log.dirs={layout.kafka_dir / 'data'}",
         "num.partitions=3",
         "auto.create.topics.enable=true",
@@ -273,6 +428,62 @@ def kafka_properties(layout: Layout) -> str:
         "group.initial.rebalance.delay.ms=0",
         "",
     ])
+
+
+def format_kafka_storage(layout: Layout, java: Path, props: Path) -> None:
+    """Format the broker's storage with the SCRAM users in its first metadata.
+
+    The passwords reach the tool through a Java argument file (0600, removed at once), not the
+    command line, where ``ps`` would show them.
+    """
+    data = layout.kafka_dir / "data"
+    secured = layout.kafka_dir / "scram-users"
+    if (data / "meta.properties").exists() and secured.exists():
+        return
+    if data.exists():
+        say("Kafka's data predates the stack's security (no SCRAM users): removing it and its topics")
+        shutil.rmtree(data)
+    cluster_id = base64.urlsafe_b64encode(uuid.uuid4().bytes).rstrip(b"=").decode()
+    args = ["kafka.tools.StorageTool", "format", "-t", cluster_id, "-c", str(props), "--ignore-formatted"]
+    for user, name in ((KAFKA_ADMIN_USER, "kafka-admin"), (PIPELINE_USER, "kafka-pipeline")):
+        args += ["--add-scram", f"SCRAM-SHA-512=[name={user},password={secret(layout, name)}]"]
+    argfile = layout.kafka_dir / "format.args"
+    write_private(argfile, "\n".join(f'"{a}"' for a in args) + "\n")
+    try:
+        cmd = kafka_java_cmd(layout, java, f"@{argfile}")
+        result = subprocess.run(cmd, capture_output=True, text=True)
+    finally:
+        argfile.unlink(missing_ok=True)
+    if result.returncode != 0:
+        raise StackError(f"Formatting Kafka's storage failed:\n{result.stdout}{result.stderr}")
+    secured.write_text(f"{KAFKA_ADMIN_USER}\n{PIPELINE_USER}\n")
+
+
+def grant_kafka_acls(layout: Layout, java: Path) -> None:
+    """The pipeline user's ACLs: its topics (by prefix) and consumer groups, nothing on the cluster."""
+    marker = layout.kafka_dir / "acls-v1"
+    if marker.exists():
+        return
+    admin_config = layout.kafka_dir / "admin.properties"
+    write_private(admin_config, "\n".join([
+        f"bootstrap.servers=127.0.0.1:{layout.kafka_port}",
+        "security.protocol=SASL_SSL",
+        "sasl.mechanism=SCRAM-SHA-512",
+        "sasl.jaas.config=org.apache.kafka.common.security.scram.ScramLoginModule required "
+        f'username="{KAFKA_ADMIN_USER}" password="{secret(layout, "kafka-admin")}";',
+        "ssl.truststore.type=PEM",
+        f"ssl.truststore.location={layout.certs / 'ca.crt'}",
+        "",
+    ]))
+    source = ROOT / "stack" / "KafkaAcls.java"
+    cmd = [str(java), "-cp", f"{layout.kafka_libs}/*", f"-Dlog4j2.configurationFile={ROOT / 'stack' / 'kafka-log4j2.properties'}",
+           str(source), str(admin_config), PIPELINE_USER, *RESOURCE_PREFIXES]
+    result = subprocess.run(cmd, capture_output=True, text=True, timeout=120)
+    admin_config.unlink(missing_ok=True)
+    if result.returncode != 0:
+        raise StackError(f"Granting the Kafka ACLs failed:\n{result.stdout[-2000:]}{result.stderr[-2000:]}")
+    marker.write_text("".join(line + "\n" for line in result.stdout.splitlines() if line.startswith("ResourcePattern")))
+    say(f"granted {PIPELINE_USER} its Kafka topics and groups ({', '.join(p + '*' for p in RESOURCE_PREFIXES)})")
 
 
 def kafka_java_cmd(layout: Layout, java: Path, main: str, *args: str) -> list[str]:
@@ -304,18 +515,10 @@ def start_kafka(layout: Layout, java: Path) -> None:
     check_port_free(layout.kafka_port, "Kafka", pid_file)
     check_port_free(layout.controller_port, "the Kafka controller", pid_file)
     ensure_kafka_downloaded(layout)
-    layout.kafka_dir.mkdir(parents=True, exist_ok=True)
+    private_dir(layout.kafka_dir)
     props = layout.kafka_dir / "server.properties"
-    props.write_text(kafka_properties(layout))
-    if not (layout.kafka_dir / "data" / "meta.properties").exists():
-        cluster_id = base64.urlsafe_b64encode(uuid.uuid4().bytes).rstrip(b"=").decode()
-        result = subprocess.run(
-            kafka_java_cmd(layout, java, "kafka.tools.StorageTool", "format", "-t", cluster_id,
-                           "-c", str(props), "--ignore-formatted"),
-            capture_output=True, text=True,
-        )
-        if result.returncode != 0:
-            raise StackError(f"Formatting Kafka's storage failed:\n{result.stdout}{result.stderr}")
+    write_private(props, kafka_properties(layout))
+    format_kafka_storage(layout, java, props)
     with open(layout.kafka_log, "ab") as log:
         proc = subprocess.Popen(
             kafka_java_cmd(layout, java, "kafka.Kafka", str(props)),
@@ -324,7 +527,8 @@ def start_kafka(layout: Layout, java: Path) -> None:
     pid_file.write_text(str(proc.pid))
     seconds = wait_until(lambda: port_open(layout.kafka_port) and kafka_started(layout),
                          START_TIMEOUT_S, pid_file, layout.kafka_log, "Kafka")
-    say(f"Kafka up in {seconds:.0f} s")
+    say(f"Kafka up in {seconds:.0f} s (SASL_SSL on 127.0.0.1:{layout.kafka_port})")
+    grant_kafka_acls(layout, java)
 
 
 def kafka_started(layout: Layout) -> bool:
@@ -345,21 +549,33 @@ def es_pid_file(layout: Layout) -> Path:
 
 
 def es_url(layout: Layout, path: str) -> str:
-    return f"http://127.0.0.1:{layout.es_port}{path}"
+    return f"https://localhost:{layout.es_port}{path}"
+
+
+def es_request(layout: Layout, method: str, path: str, body: dict | None = None, user: str = "elastic",
+               timeout: float = 5) -> dict:
+    """One HTTPS request to the local node, trusting only the stack's CA, as ``user``."""
+    password = secret(layout, "elastic" if user == "elastic" else "es-pipeline")
+    token = base64.b64encode(f"{user}:{password}".encode()).decode()
+    request = urllib.request.Request(es_url(layout, path), method=method,
+                                     data=None if body is None else json.dumps(body).encode(),
+                                     headers={"Authorization": f"Basic {token}", "Content-Type": "application/json"})
+    context = ssl.create_default_context(cafile=str(layout.certs / "ca.crt"))
+    with urllib.request.urlopen(request, timeout=timeout, context=context) as resp:
+        return json.load(resp)
 
 
 def es_healthy(layout: Layout) -> bool:
     # The stripped distribution has no handler on "/", so health is asked of the cluster API.
     try:
-        with urllib.request.urlopen(es_url(layout, "/_cluster/health"), timeout=2) as resp:
-            return json.load(resp).get("status") in ("green", "yellow")
+        return es_request(layout, "GET", "/_cluster/health", timeout=2).get("status") in ("green", "yellow")
     except (urllib.error.URLError, OSError, ValueError):
         return False
 
 
 def es_config(layout: Layout) -> str:
     return "\n".join([
-        "# written by stack/localstack.py: one local node, security off on loopback",
+        "# written by stack/localstack.py: one local node on loopback, security and HTTPS on",
         "cluster.name: bp-monitor",
         "node.name: bp-monitor-local",
         f"path.data: {layout.es_dir / 'data'}",
@@ -368,12 +584,64 @@ def es_config(layout: Layout) -> str:
         f"http.port: {layout.es_port}",
         f"transport.port: {layout.es_transport_port}",
         "discovery.type: single-node",
-        "xpack.security.enabled: false",
+        "xpack.security.enabled: true",
+        "xpack.security.http.ssl.enabled: true",
+        "xpack.security.http.ssl.key: certs/server.key",
+        "xpack.security.http.ssl.certificate: certs/server.crt",
+        "xpack.security.http.ssl.certificate_authorities: certs/ca.crt",
+        # One node, transport bound to loopback: no other node to authenticate.
+        "xpack.security.transport.ssl.enabled: false",
+        "xpack.license.self_generated.type: basic",
         # A development disk may be nearly full; the default watermarks would then turn
         # every index read-only and the pipeline would stall for no reason of its own.
         "cluster.routing.allocation.disk.threshold_enabled: false",
         "",
     ])
+
+
+def es_tool(layout: Layout, java: Path, tool: str, *args: str, stdin: str | None = None) -> None:
+    """Run one of the distribution's command-line tools on the node's config folder."""
+    env = dict(os.environ, ES_JAVA_HOME=str(java_home_of(java)), ES_PATH_CONF=str(layout.es_dir / "config"))
+    env.pop("JAVA_HOME", None)
+    result = subprocess.run([str(layout.es_home / "bin" / tool), *args], env=env, input=stdin,
+                            capture_output=True, text=True, timeout=120)
+    if result.returncode != 0:
+        raise StackError(f"{tool} {' '.join(args)} failed (exit {result.returncode}):\n{result.stdout}{result.stderr}")
+
+
+def configure_es_security(layout: Layout, java: Path) -> None:
+    """Certificates under the node's config folder; the pipeline's role (``roles.yml``) and user
+    (file realm); the ``elastic`` user's password in the key store. Passwords reach the tools
+    on stdin, never on a command line. (The stripped distribution cannot hold the native realm's
+    index, so users live in files.)"""
+    conf = layout.es_dir / "config"
+    certs = private_dir(conf / "certs")
+    for name in ("ca.crt", "server.crt", "server.key"):
+        write_private(certs / name, (layout.certs / name).read_text())
+    write_private(conf / "roles.yml", "# written by stack/localstack.py\nbp_pipeline: " + json.dumps(pipeline_role()) + "\n")
+    stamp = conf / "security.source"
+    sources = [secret_file(layout, "elastic"), secret_file(layout, "es-pipeline")]
+    fingerprint = " ".join(str(path.stat().st_mtime_ns) for path in sources)
+    if stamp.exists() and stamp.read_text() == fingerprint and (conf / "elasticsearch.keystore").exists():
+        return
+    (conf / "elasticsearch.keystore").unlink(missing_ok=True)
+    es_tool(layout, java, "elasticsearch-keystore", "create")
+    es_tool(layout, java, "elasticsearch-keystore", "add", "--stdin", "--force", "bootstrap.password",
+            stdin=secret(layout, "elastic"))
+    for name in ("users", "users_roles"):
+        write_private(conf / name, "")
+    password = secret(layout, "es-pipeline")
+    es_tool(layout, java, "elasticsearch-users", "useradd", PIPELINE_USER, "-r", "bp_pipeline",
+            stdin=f"{password}\n{password}\n")
+    stamp.write_text(fingerprint)
+
+
+def pipeline_role() -> dict:
+    """The pipeline user's privileges: its indices and their templates, and reading the cluster's health."""
+    return {
+        "cluster": ["monitor", "manage_index_templates"],
+        "indices": [{"names": [f"{prefix}*" for prefix in RESOURCE_PREFIXES], "privileges": ["all"]}],
+    }
 
 
 def ensure_es_downloaded(layout: Layout) -> None:
@@ -384,8 +652,9 @@ def ensure_es_downloaded(layout: Layout) -> None:
         mvn(layout, ["dependency:copy",
                      f"-Dartifact=org.elasticsearch.distribution.integ-test-zip:elasticsearch:{layout.es_version}:zip",
                      f"-DoutputDirectory={layout.downloads}"], f"Elasticsearch {layout.es_version}")
-    staging = layout.downloads / f".unzip-{layout.es_version}"
+    staging = layout.es_home.parent / f".unzip-{layout.es_version}"
     shutil.rmtree(staging, ignore_errors=True)
+    staging.parent.mkdir(parents=True, exist_ok=True)
     try:
         with zipfile.ZipFile(layout.es_zip) as archive:
             archive.extractall(staging)
@@ -451,15 +720,33 @@ def service_user() -> pwd.struct_passwd | None:
 
 
 def hand_over(layout: Layout, user: pwd.struct_passwd) -> None:
-    """Let the service user reach and own Elasticsearch's files."""
-    for path in (layout.es_home, layout.es_dir):
+    """Give the service user Elasticsearch's files, in a folder of their own: no parent folder of
+    the checkout (``/root`` often) is opened to other users."""
+    if layout.es_base != layout.base:
+        SERVICE_HOME.mkdir(parents=True, exist_ok=True)
+        SERVICE_HOME.chmod(0o711)  # ours: the service user may pass through, nobody may list
+        layout.es_base.chmod(0o700)
+        owned = [layout.es_base]
+    else:
+        owned = [layout.es_home, layout.es_dir]
+    for path in owned:
         subprocess.run(["chown", "-R", f"{user.pw_uid}:{user.pw_gid}", str(path)], check=True)
-    # Every parent folder must be traversable (x) by the service user; /root often is not.
-    for parent in reversed(layout.es_dir.parents):
-        mode = parent.stat().st_mode
-        if not mode & 0o001:
-            say(f"allowing other users to traverse {parent} (chmod o+x; no listing, no reading)")
-            parent.chmod(mode | 0o001)
+
+
+def link_es_dir(layout: Layout) -> None:
+    """Under root: ``.stack/elasticsearch`` points at the node's folder (logs, pid file), and a
+    node folder of an older layout, inside ``.stack``, moves there with its data."""
+    link = layout.base / "elasticsearch"
+    if layout.es_dir == link:
+        return
+    if link.is_dir() and not link.is_symlink() and not layout.es_dir.exists():
+        say(f"moving Elasticsearch's node folder to {layout.es_dir} (owned by {SERVICE_USER})")
+        layout.es_dir.parent.mkdir(parents=True, exist_ok=True)
+        shutil.move(str(link), str(layout.es_dir))
+    elif link.is_dir() and not link.is_symlink():
+        shutil.rmtree(link)
+    if not link.is_symlink():
+        link.symlink_to(layout.es_dir)
 
 
 def start_es(layout: Layout, java: Path) -> None:
@@ -469,14 +756,17 @@ def start_es(layout: Layout, java: Path) -> None:
         return
     check_port_free(layout.es_port, "Elasticsearch", pid_file)
     check_port_free(layout.es_transport_port, "Elasticsearch (transport)", pid_file)
+    private_dir(layout.es_base)
+    link_es_dir(layout)
     ensure_es_downloaded(layout)
     install_root_info_plugin(layout, java)
     conf = layout.es_dir / "config"
     for sub in ("data", "logs", "tmp"):
-        (layout.es_dir / sub).mkdir(parents=True, exist_ok=True)
+        private_dir(layout.es_dir / sub)
     if not conf.exists():
         shutil.copytree(layout.es_home / "config", conf)
-    (conf / "elasticsearch.yml").write_text(es_config(layout))
+    write_private(conf / "elasticsearch.yml", es_config(layout))
+    configure_es_security(layout, java)
     env = dict(os.environ, ES_JAVA_HOME=str(java_home_of(java)), ES_PATH_CONF=str(conf),
                ES_JAVA_OPTS=ES_HEAP, ES_TMPDIR=str(layout.es_dir / "tmp"))
     env.pop("JAVA_HOME", None)  # ES warns when both are set; ES_JAVA_HOME decides
@@ -496,7 +786,7 @@ def start_es(layout: Layout, java: Path) -> None:
             f"{tail(startup_log)}\nand of {layout.es_log}:\n{tail(layout.es_log)}"
         )
     seconds = wait_until(lambda: es_healthy(layout), START_TIMEOUT_S, pid_file, layout.es_log, "Elasticsearch")
-    say(f"Elasticsearch up ({seconds:.0f} s after the launcher returned)")
+    say(f"Elasticsearch up ({seconds:.0f} s after the launcher returned; HTTPS, security on)")
 
 
 # --------------------------------------------------------------------------- commands
@@ -522,9 +812,16 @@ def stop(pid_file: Path, service: str) -> None:
 def cmd_up(layout: Layout) -> None:
     java, major = find_java()
     say(f"Java {major} at {java}; state under {layout.base}")
+    private_dir(layout.base)
     layout.downloads.mkdir(parents=True, exist_ok=True)
+    old_home = layout.downloads / f"elasticsearch-{layout.es_version}"
+    if layout.es_home != old_home and old_home.is_dir():  # an older layout's copy, now unused
+        shutil.rmtree(old_home)
+    ensure_certificates(layout, java)
     start_kafka(layout, java)
     start_es(layout, java)
+    write_client_env(layout)
+    say(f"client settings (TLS, users, password files) in {layout.env_file}; the jobs read it by default")
     cmd_status(layout)
 
 
@@ -538,20 +835,33 @@ def cmd_status(layout: Layout) -> bool:
     es_ok = read_pid(es_pid_file(layout)) is not None and es_healthy(layout)
     state = {True: "running", False: "stopped"}
     say(f"Kafka {layout.kafka_version:<8} {state[kafka_ok]:<8} bootstrap 127.0.0.1:{layout.kafka_port}   log {layout.kafka_log}")
-    say(f"Elasticsearch {layout.es_version:<8} {state[es_ok]:<8} http://127.0.0.1:{layout.es_port}   log {layout.es_log}")
+    say(f"Elasticsearch {layout.es_version:<8} {state[es_ok]:<8} {es_url(layout, '')}   log {layout.es_log}")
     return kafka_ok and es_ok
+
+
+def cmd_clean(layout: Layout) -> None:
+    """Stop the stack and remove its state: ``.stack`` and, under root, the node's own folder."""
+    cmd_down(layout)
+    if layout.es_base != layout.base and layout.es_base.exists():
+        shutil.rmtree(layout.es_base)
+    if layout.base.exists():
+        shutil.rmtree(layout.base)
+    say(f"removed {layout.base}")
 
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("command", choices=["up", "down", "status"])
+    parser.add_argument("command", choices=["up", "down", "status", "clean"])
     args = parser.parse_args(argv)
+    os.umask(0o077)  # every file and folder the stack makes is its owner's alone
     try:
         layout = layout_from_env()
         if args.command == "up":
             cmd_up(layout)
         elif args.command == "down":
             cmd_down(layout)
+        elif args.command == "clean":
+            cmd_clean(layout)
         else:
             return 0 if cmd_status(layout) else 1
     except StackError as exc:

@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Install what bp-monitor needs from the operating system, only where it is missing:
 # Python 3.11 with venv, Java 17+ (Kafka 4, Elasticsearch 8, Spark 3.5) and Maven
-# (fetches Kafka and Elasticsearch from Maven Central), headless Chromium with its driver
+# (fetches Kafka and Elasticsearch from Maven Central), OpenSSL (the local stack's
+# certificates), headless Chromium with its driver
 # (the report's browser test). Debian/Ubuntu via apt-get.
 set -euo pipefail
 
@@ -19,6 +20,8 @@ python_ok || missing+=(python3.11 python3.11-venv)
 java_ok || missing+=(openjdk-17-jdk-headless)
 command -v mvn >/dev/null || missing+=(maven)
 command -v setpriv >/dev/null || missing+=(util-linux)
+# The local stack's private CA and server certificates.
+command -v openssl >/dev/null || missing+=(openssl)
 # Headless Chromium and its WebDriver: the test that opens the HTML report in a browser.
 command -v chromium >/dev/null || missing+=(chromium)
 command -v chromedriver >/dev/null || missing+=(chromium-driver)

@@ -17,8 +17,9 @@ from elasticsearch import Elasticsearch
 from pyspark.sql import SparkSession
 
 from bp_spark.config import Config, load_config
+from bp_spark.connections import kafka_settings
 from bp_spark.elastic import ClusterInfo, ElasticsearchUnavailable, make_client, probe_cluster
-from bp_spark.session import local_files_conf, log_conf, stop_session
+from bp_spark.session import REDACTION_CONF, local_files_conf, log_conf, private_files_conf, stop_session
 from bp_spark.versions import connector_conf
 
 os.environ.setdefault("SPARK_LOCAL_IP", "127.0.0.1")
@@ -42,7 +43,7 @@ def config() -> Config:
 @pytest.fixture(scope="session")
 def kafka_admin(config: Config) -> AdminClient:
     """An admin client of the real broker; fails the test when the broker does not answer."""
-    admin = AdminClient({"bootstrap.servers": config.kafka.bootstrap_servers})
+    admin = AdminClient(kafka_settings(config))
     try:
         admin.list_topics(timeout=15)
     except Exception as exc:  # the client raises KafkaException with the librdkafka reason
@@ -56,9 +57,9 @@ def kafka_admin(config: Config) -> AdminClient:
 @pytest.fixture(scope="session")
 def es_cluster(config: Config) -> tuple[Elasticsearch, ClusterInfo]:
     """A client of the real Elasticsearch node and what the probe learned of it."""
-    client = make_client(config.elasticsearch.url)
+    client = make_client(config)
     try:
-        info = probe_cluster(client, config.elasticsearch.url)
+        info = probe_cluster(client, config)
     except ElasticsearchUnavailable as exc:
         pytest.fail(f"{exc} Log: .stack/elasticsearch/logs/bp-monitor.log")
     return client, info
@@ -73,7 +74,8 @@ def es(es_cluster: tuple[Elasticsearch, ClusterInfo]) -> Elasticsearch:
 def spark() -> Iterator[SparkSession]:
     """The one SparkSession of the run: local[2], few shuffle partitions, UI off, connectors on."""
     builder = SparkSession.builder
-    for key, value in {**connector_conf(), **local_files_conf(), **log_conf()}.items():
+    conf = {**connector_conf(), **local_files_conf(), **log_conf(), **REDACTION_CONF, **private_files_conf("077")}
+    for key, value in conf.items():
         builder = builder.config(key, value)
     session = (
         builder.master("local[2]")
@@ -102,11 +104,11 @@ def _remove_test_topics_and_indices(config: Config) -> Iterator[None]:
     """After the run, drop the bp_test_* topics and indices the tests made, so the stack stays tidy."""
     yield
     try:
-        admin = AdminClient({"bootstrap.servers": config.kafka.bootstrap_servers})
+        admin = AdminClient(kafka_settings(config))
         leftovers = [t for t in admin.list_topics(timeout=5).topics if t.startswith("bp_test_")]
         if leftovers:
             admin.delete_topics(leftovers)
-        es = make_client(config.elasticsearch.url)
+        es = make_client(config)
         names = list(es.indices.get(index="bp_test_*", allow_no_indices=True))
         if names:  # by name: Elasticsearch 8 refuses wildcard deletes by default
             es.indices.delete(index=",".join(names))

@@ -13,6 +13,7 @@ from elasticsearch import Elasticsearch
 from pyspark.sql import SparkSession
 
 from bp_spark.config import Config, env_name, load_config
+from bp_spark.connections import kafka_settings
 from bp_spark.elastic import install_templates, pipeline_indices
 from bp_spark.generator import encode, make_patients, readings, window
 from bp_spark.pipeline import Pipeline, start_pipeline
@@ -54,7 +55,7 @@ def job_env(config: Config) -> dict[str, str]:
 def publish(config: Config, messages: list[tuple]) -> list[tuple[int, int]]:
     """Send ``(key, value)`` or ``(key, value, Kafka timestamp in ms)`` messages; return each one's (partition, offset)."""
     coordinates: dict[int, tuple[int, int]] = {}
-    producer = Producer({"bootstrap.servers": config.kafka.bootstrap_servers, "enable.idempotence": True,
+    producer = Producer({**kafka_settings(config), "enable.idempotence": True,
                          "message.max.bytes": 1_000_000})
     for i, (key, value, *timestamp) in enumerate(messages):
         producer.produce(config.kafka.topic, key=key, value=value, timestamp=timestamp[0] if timestamp else 0,

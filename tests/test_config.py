@@ -7,14 +7,14 @@ from pathlib import Path
 
 import pytest
 
-from bp_spark.config import ConfigError, add_config_flags, env_name, load_config, load_config_from_args
+from bp_spark.config import ConfigError, Secret, add_config_flags, env_name, load_config, load_config_from_args
 
 
 def test_defaults_match_the_design_contracts() -> None:
-    config = load_config(env={})
+    config = load_config(env={"BP_SECURITY_MODE": "plain"}, stack_env=None)
     assert config.kafka.bootstrap_servers == "localhost:9092"
     assert config.kafka.topic == "fhir_observations"
-    assert config.elasticsearch.url == "http://localhost:9200"
+    assert config.elasticsearch.url == "https://localhost:9200"
     assert config.elasticsearch.anomalies_index == "fhir_observations_anomalies"
     assert config.elasticsearch.alerts_index == "fhir_observations_alerts"
     assert config.elasticsearch.trends_index == "fhir_observations_trends"
@@ -120,10 +120,10 @@ def test_flags_reach_the_config(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.delenv("BP_KAFKA_TOPIC", raising=False)
     parser = argparse.ArgumentParser()
     add_config_flags(parser, ["topic", "es-url", "trigger"])
-    args = parser.parse_args(["--topic", "vitals", "--es-url", "http://es:9200", "--trigger", "available-now"])
+    args = parser.parse_args(["--topic", "vitals", "--es-url", "https://es:9200", "--trigger", "available-now"])
     config = load_config_from_args(args)
     assert (config.kafka.topic, config.elasticsearch.url, config.stream.trigger) == (
-        "vitals", "http://es:9200", "available-now")
+        "vitals", "https://es:9200", "available-now")
 
 
 def test_outage_settings_are_validated() -> None:
@@ -133,3 +133,58 @@ def test_outage_settings_are_validated() -> None:
         load_config(env={}, overrides={"outages.max_backoff_s": 1.0})
     assert load_config(env={}).outages.give_up_after_s == 0  # never: wait out any outage
     assert load_config(env={}, overrides={"outages.give_up_after": "2 minutes"}).outages.give_up_after_s == 120
+
+
+# --------------------------------------------------------------------------- security settings
+
+PLAIN_ENV = {"BP_SECURITY_MODE": "plain"}
+
+
+def test_secure_by_default_refuses_to_start_without_credentials() -> None:
+    with pytest.raises(ConfigError) as err:
+        load_config(env={}, stack_env=None)
+    message = str(err.value)
+    assert "Elasticsearch credentials are not set" in message and "BP_ELASTICSEARCH_PASSWORD" in message
+    assert "make up" in message and "security.mode" in message
+    with pytest.raises(ConfigError, match=r"elasticsearch.url = 'http://es:9200' is plain HTTP but security.mode is 'tls'"):
+        load_config(env={"BP_ELASTICSEARCH_URL": "http://es:9200"}, stack_env=None)
+
+
+def test_passwords_come_from_the_environment_or_files_and_never_print(tmp_path: Path) -> None:
+    password_file = tmp_path / "kafka-password"
+    password_file.write_text("from-a-file\n")
+    env = {"BP_ELASTICSEARCH_USERNAME": "pipeline", "BP_ELASTICSEARCH_PASSWORD": "from-the-env",
+           "BP_KAFKA_USERNAME": "pipeline", "BP_KAFKA_PASSWORD_FILE": str(password_file)}
+    config = load_config(env=env, stack_env=None)
+    assert config.elasticsearch.password.reveal() == "from-the-env"
+    assert config.kafka.password.reveal() == "from-a-file"  # stripped of its line break
+    shown = repr(config) + str(config)
+    assert "from-the-env" not in shown and "from-a-file" not in shown and "Secret('***')" in shown
+    assert config.elasticsearch.password == Secret("from-the-env")
+    with pytest.raises(ConfigError, match=r"kafka.password_file = '.*nope' cannot be read"):
+        load_config(env={**env, "BP_KAFKA_PASSWORD_FILE": str(tmp_path / "nope")}, stack_env=None)
+
+
+def test_a_password_in_the_toml_file_is_refused(tmp_path: Path) -> None:
+    text = Path("conf/pipeline.toml").read_text()
+    leaky = tmp_path / "leaky.toml"
+    leaky.write_text(text.replace('username = ""\npassword_file = ""', 'username = ""\npassword = "hunter2"', 1))
+    with pytest.raises(ConfigError) as err:
+        load_config(leaky, env=PLAIN_ENV, stack_env=None)
+    assert "kafka.password is a secret and is not read from" in str(err.value)
+    assert "BP_KAFKA_PASSWORD" in str(err.value) and "hunter2" not in str(err.value)
+
+
+def test_the_stack_env_file_is_read_and_the_environment_wins(tmp_path: Path) -> None:
+    stack_env = tmp_path / "env"
+    stack_env.write_text("# comment\nBP_SECURITY_MODE=plain\nBP_KAFKA_TOPIC=from_stack\nBP_KAFKA_USERNAME=stack-user\n")
+    config = load_config(env={}, stack_env=stack_env)
+    assert (config.security.mode, config.kafka.topic, config.kafka.username) == ("plain", "from_stack", "stack-user")
+    assert load_config(env={"BP_KAFKA_TOPIC": "from_env"}, stack_env=stack_env).kafka.topic == "from_env"
+
+
+def test_archive_umask_must_keep_other_users_out() -> None:
+    assert load_config(env=PLAIN_ENV, stack_env=None).paths.archive_umask_bits == 0o077
+    assert load_config(env={**PLAIN_ENV, "BP_PATHS_ARCHIVE_UMASK": "027"}, stack_env=None).paths.archive_umask_bits == 0o027
+    with pytest.raises(ConfigError, match="paths.archive_umask = '022'.*keeps other users out"):
+        load_config(env={**PLAIN_ENV, "BP_PATHS_ARCHIVE_UMASK": "022"}, stack_env=None)

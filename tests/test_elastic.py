@@ -5,6 +5,7 @@ from __future__ import annotations
 import pytest
 from elasticsearch import Elasticsearch
 
+from bp_spark.config import load_config
 from bp_spark.elastic import ElasticsearchUnavailable, connector_options, install_templates, load_template
 
 
@@ -46,6 +47,24 @@ def test_template_and_connector_options() -> None:
     assert body["index_patterns"] == ["x_anomalies"]
     assert body["template"]["settings"]["number_of_replicas"] == 2
     assert body["template"]["mappings"]["dynamic"] == "strict"
-    assert connector_options("https://es.example:9243") == {
+    plain = {"BP_SECURITY_MODE": "plain"}
+    assert connector_options(load_config(env={**plain, "BP_ELASTICSEARCH_URL": "https://es.example:9243"}, stack_env=None)) == {
         "es.nodes": "es.example", "es.port": "9243", "es.nodes.wan.only": "true", "es.net.ssl": "true"}
-    assert connector_options("http://localhost")["es.port"] == "9200"
+    assert connector_options(load_config(env={**plain, "BP_ELASTICSEARCH_URL": "http://localhost"}, stack_env=None))[
+        "es.port"] == "9200"
+
+
+def test_connector_options_carry_the_trust_store_and_credentials(tmp_path) -> None:
+    store = tmp_path / "trust.p12"
+    store.write_bytes(b"not read here")
+    env = {"BP_ELASTICSEARCH_URL": "https://es.example:9243", "BP_ELASTICSEARCH_USERNAME": "pipeline",
+           "BP_ELASTICSEARCH_PASSWORD": "pw-1", "BP_KAFKA_USERNAME": "pipeline", "BP_KAFKA_PASSWORD": "pw-2",
+           "BP_SECURITY_TRUSTSTORE_FILE": str(store), "BP_SECURITY_TRUSTSTORE_PASSWORD": "pw-3"}
+    options = connector_options(load_config(env=env, stack_env=None))
+    assert options["es.net.ssl"] == "true"
+    assert options["es.net.ssl.truststore.location"] == store.as_uri()  # the connector wants a URL
+    assert (options["es.net.ssl.truststore.pass"], options["es.net.http.auth.user"], options["es.net.http.auth.pass"]) == (
+        "pw-3", "pipeline", "pw-1")
+    assert "es.net.ssl.cert.allow.self.signed" not in options  # it would turn verification off
+    with_key = connector_options(load_config(env={**env, "BP_ELASTICSEARCH_API_KEY": "a2V5"}, stack_env=None))
+    assert with_key["es.net.http.header.Authorization"] == "ApiKey a2V5" and "es.net.http.auth.pass" not in with_key

@@ -16,6 +16,7 @@ from confluent_kafka.admin import AdminClient, NewTopic
 from fhir.resources.R4B.observation import Observation
 
 from bp_spark.config import Config
+from bp_spark.connections import kafka_settings
 from bp_spark.generator import (
     GROUPS, Validator, aha_category, encode, make_patients, readings, window,
 )
@@ -173,7 +174,7 @@ def test_publishes_the_exact_observations_to_the_real_broker(
     assert status == 0, err
     assert "delivered 200, failed 0" in err
 
-    consumer = Consumer({"bootstrap.servers": config.kafka.bootstrap_servers, "group.id": unique_name,
+    consumer = Consumer({**kafka_settings(config), "group.id": unique_name,
                          "auto.offset.reset": "earliest", "enable.auto.commit": False})
     consumer.subscribe([unique_name])
     received = []

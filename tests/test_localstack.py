@@ -74,4 +74,4 @@ def test_status_reports_the_running_stack() -> None:
                             capture_output=True, text=True)
     assert result.returncode == 0, result.stdout + result.stderr
     assert "Kafka" in result.stdout and "running" in result.stdout
-    assert "http://127.0.0.1:9200" in result.stdout
+    assert "https://localhost:9200" in result.stdout

@@ -28,8 +28,9 @@ def test_files_and_folders_get_the_permissions_asked_for(spark: SparkSession, tm
     stream.write(bytearray(b'{"id": "x"}\n'))
     stream.close()
     assert file.read_bytes() == b'{"id": "x"}\n'
-    assert stat.S_IMODE(os.stat(folder).st_mode) == 0o750
-    assert stat.S_IMODE(os.stat(file).st_mode) == 0o640  # Hadoop's umask, 022, leaves 640 whole
+    # the session's umask (private_files_conf("077"), as the job's) keeps group and others out
+    assert stat.S_IMODE(os.stat(folder).st_mode) == 0o700
+    assert stat.S_IMODE(os.stat(file).st_mode) == 0o600
     fs.setPermission(hadoop_file, FsPermission.createImmutable(0o604))
     assert stat.S_IMODE(os.stat(file).st_mode) == 0o604
 

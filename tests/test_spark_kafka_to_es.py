@@ -13,6 +13,7 @@ from pyspark.sql import types as T
 
 from bp_spark.config import Config
 from bp_spark.elastic import ClusterInfo, connector_options
+from bp_spark.connections import kafka_settings, spark_kafka_options
 
 READING = T.StructType([
     T.StructField("id", T.StringType()),
@@ -27,13 +28,13 @@ def test_stream_from_kafka_into_elasticsearch(
 ) -> None:
     es, _ = es_cluster
     readings = [{"id": f"obs-{i}", "systolic": 100.0 + 10 * i, "diastolic": 70.0 + i} for i in range(6)]
-    producer = Producer({"bootstrap.servers": config.kafka.bootstrap_servers})
+    producer = Producer(kafka_settings(config))
     for reading in readings:
         producer.produce(unique_name, key=reading["id"], value=json.dumps(reading))
     assert producer.flush(30) == 0
 
     es.indices.create(index=unique_name, settings={"number_of_replicas": 0})
-    options = {**connector_options(config.elasticsearch.url), "es.mapping.id": "id"}
+    options = {**connector_options(config), "es.mapping.id": "id"}
 
     def write_batch(batch_df: DataFrame, batch_id: int) -> None:
         (batch_df.withColumn("batch_id", F.lit(batch_id))
@@ -41,7 +42,7 @@ def test_stream_from_kafka_into_elasticsearch(
 
     source_df = (
         spark.readStream.format("kafka")
-        .option("kafka.bootstrap.servers", config.kafka.bootstrap_servers)
+        .options(**spark_kafka_options(config))
         .option("subscribe", unique_name)
         .option("startingOffsets", "earliest")
         .load()

@@ -11,13 +11,14 @@ from elasticsearch import Elasticsearch
 from bp_spark.config import Config
 from bp_spark.elastic import ClusterInfo
 from bp_spark.versions import elasticsearch_version
+from bp_spark.connections import kafka_settings
 
 
 def test_kafka_round_trip_on_an_auto_created_three_partition_topic(
     config: Config, kafka_admin: AdminClient, unique_name: str
 ) -> None:
     sent = {f"patient-{i}": {"id": f"obs-{i}", "systolic": 110 + i} for i in range(30)}
-    producer = Producer({"bootstrap.servers": config.kafka.bootstrap_servers, "enable.idempotence": True})
+    producer = Producer({**kafka_settings(config), "enable.idempotence": True})
     failures: list[str] = []
     for key, value in sent.items():
         producer.produce(unique_name, key=key, value=json.dumps(value),
@@ -28,7 +29,7 @@ def test_kafka_round_trip_on_an_auto_created_three_partition_topic(
     topic = kafka_admin.list_topics(unique_name, timeout=10).topics[unique_name]
     assert len(topic.partitions) == 3  # the broker's num.partitions for new topics
 
-    consumer = Consumer({"bootstrap.servers": config.kafka.bootstrap_servers, "group.id": unique_name,
+    consumer = Consumer({**kafka_settings(config), "group.id": unique_name,
                          "auto.offset.reset": "earliest", "enable.auto.commit": False})
     consumer.subscribe([unique_name])
     received: dict[str, dict] = {}

@@ -23,6 +23,7 @@ from pyspark.sql import SparkSession
 from bp_spark.monitoring import ROUTING_QUERY, TRENDS_QUERY, late_rows
 from bp_spark.pipeline import CheckpointLayoutError, PipelineStopped, check_checkpoint_layout
 from bp_spark.trend_query import TRENDS_CHECKPOINT
+from bp_spark.connections import kafka_settings
 from streams import (ROOT, archive_lines, expectations, generated, ids_in, job_env, publish, reading, run_once,
                      run_pipeline, stream_config, version)
 
@@ -63,6 +64,11 @@ def test_known_mix_reaches_every_sink_by_id_and_reconciles(
         patient = path.parent.name.split("=", 1)[1]
         assert all(orjson.loads(line)["subject"]["reference"] == f"Patient/{patient}"
                    for line in path.read_bytes().splitlines())
+    # patient data at rest: files 0600, folders 0700 (paths.archive_umask), whatever the process umask
+    archive = Path(config.paths.archive_dir)
+    modes = {oct(p.stat().st_mode & 0o777) for p in [archive, *archive.rglob("*")] if p.is_dir()}
+    assert modes == {"0o700"}, [(oct(p.stat().st_mode & 0o777), str(p)) for p in [archive, *archive.rglob("*")]]
+    assert {oct(p.stat().st_mode & 0o777) for p in archive.rglob("*.jsonl")} == {"0o600"}
     dead = ids_in(es, config.elasticsearch.deadletter_index)
     expected_dead = {f"{unique_name}-{p}-{o}": reason for (p, o), reason in zip(coordinates[len(good):], reasons)}
     assert {doc_id: doc["reason"] for doc_id, doc in dead.items()} == expected_dead
@@ -268,7 +274,7 @@ def test_trends_sustained_onsets_and_late_readings(
     assert inside[1] in archive_lines(config)
     assert set(ids_in(es, config.elasticsearch.alerts_index)) == {onset, "pc-2026-01-03T09"}  # no second onset
 
-    consumer = Consumer({"bootstrap.servers": config.kafka.bootstrap_servers, "group.id": unique_name,
+    consumer = Consumer({**kafka_settings(config), "group.id": unique_name,
                          "auto.offset.reset": "earliest"})
     consumer.subscribe([config.kafka.alerts_topic])
     published = []

@@ -8,6 +8,7 @@ from pyspark.sql import functions as F
 from bp_spark.config import Config
 from bp_spark.documents import ROUTING_COLUMNS
 from bp_spark.sinks.retry import with_retries
+from bp_spark.connections import spark_kafka_options
 
 
 class AlertTopic:
@@ -26,6 +27,6 @@ class AlertTopic:
         fields = [c for c in alert_docs_df.columns if c not in ROUTING_COLUMNS]
         records_df = alert_docs_df.select(F.col("patient_id").alias("key"), F.to_json(F.struct(*fields)).alias("value"))
         writer = (records_df.write.format("kafka")
-                  .option("kafka.bootstrap.servers", self.config.kafka.bootstrap_servers).option("topic", topic))
+                  .options(**spark_kafka_options(self.config)).option("topic", topic))
         with_retries(writer.save, f"batch {batch_id}: publishing alerts to Kafka topic {topic}", "alert_topic",
                      self.config.outages, self.waits)

@@ -62,6 +62,21 @@ class ArchiveSink:
         self.waits = waits
         self.tag = archive_tag(spark, config)
         self.root = config.paths.archive_dir.rstrip("/")
+        # Patient readings: the job's session masks every file Hadoop creates with paths.archive_umask
+        # (bp_spark.session.private_files_conf; 077: 0600 files, 0700 folders).
+        self.umask = config.paths.archive_umask_bits
+        # Hadoop creates missing parent folders with the process's umask, not the one above: make
+        # the folders that writes create parents of ourselves, one level at a time.
+        self._private_dirs(self.root, f"{self.root}/_staging", f"{self.root}/_staging/{self.tag}",
+                           f"{self.root}/_rewrite", f"{self.root}/_rewrite/{self.tag}")
+
+    def _private_dirs(self, *uris: str) -> None:
+        fs, _ = hadoop_fs(self.spark, self.root)
+        permission = self.spark._jvm.org.apache.hadoop.fs.permission.FsPermission(0o777 & ~self.umask)
+        for uri in uris:  # each one's parent exists by then, so each gets the permission
+            _, path = hadoop_fs(self.spark, uri)
+            if not fs.exists(path):
+                fs.mkdirs(path, permission)
 
     def _retry(self, action, what: str):
         return with_retries(action, what, SINK, self.config.outages, self.waits)
@@ -99,7 +114,7 @@ class ArchiveSink:
         moved = 0
         for source in staging.glob("patient_id=*/part-*"):
             target_dir = root / source.parent.name
-            target_dir.mkdir(parents=True, exist_ok=True)
+            target_dir.mkdir(mode=0o777 & ~self.umask, exist_ok=True)  # the root exists: staging lies in it
             os.replace(source, target_dir / self._name(batch_id, source.name))  # a replay overwrites its own file
             moved += 1
         return moved

@@ -106,7 +106,7 @@ class ElasticsearchSink:
         self.es = es
         self.waits = waits  # seconds waited for each sink in the current batch (health record)
         self._options = {
-            **connector_options(config.elasticsearch.url),
+            **connector_options(config),
             # Bulk requests of 5,000 documents / 5 MB: a fifth of the round trips of the defaults.
             "es.batch.size.entries": "5000",
             "es.batch.size.bytes": "5mb",
