@@ -6,7 +6,8 @@ import pytest
 from elasticsearch import Elasticsearch
 
 from bp_spark.config import load_config
-from bp_spark.elastic import ElasticsearchUnavailable, connector_options, install_templates, load_template
+from bp_spark.elastic import (ElasticsearchUnavailable, connector_options, expire_dead_letters, install_templates,
+                              load_template)
 
 
 def test_templates_are_installed_and_older_indices_brought_up_to_them(es: Elasticsearch, unique_name: str) -> None:
@@ -68,3 +69,20 @@ def test_connector_options_carry_the_trust_store_and_credentials(tmp_path) -> No
     assert "es.net.ssl.cert.allow.self.signed" not in options  # it would turn verification off
     with_key = connector_options(load_config(env={**env, "BP_ELASTICSEARCH_API_KEY": "a2V5"}, stack_env=None))
     assert with_key["es.net.http.header.Authorization"] == "ApiKey a2V5" and "es.net.http.auth.pass" not in with_key
+
+
+def test_dead_letters_older_than_the_retention_are_deleted(es: Elasticsearch, unique_name: str) -> None:
+    """They hold raw payloads: elasticsearch.deadletter_retention bounds how long."""
+    config = load_config(overrides={"elasticsearch.deadletter_index": f"{unique_name}_deadletter",
+                                    "elasticsearch.deadletter_retention": "30 days"})
+    index = config.elasticsearch.deadletter_index
+    install_templates(es, {"deadletter": index}, 0)
+    for doc_id, processed_at in (("old-1", "2026-01-01T00:00:00Z"), ("old-2", "2026-10-01T00:00:00Z"),
+                                 ("recent", "2099-01-01T00:00:00Z")):
+        es.index(index=index, id=doc_id, document={"reason": "r", "raw": "{}", "processed_at": processed_at})
+    es.indices.refresh(index=index)
+    assert expire_dead_letters(es, config, page=1) == 2  # page by page
+    assert [hit["_id"] for hit in es.search(index=index)["hits"]["hits"]] == ["recent"]
+    kept = load_config(overrides={"elasticsearch.deadletter_index": index, "elasticsearch.deadletter_retention": "0"})
+    assert expire_dead_letters(es, kept) == 0
+    es.indices.delete_index_template(name=f"bp-monitor-{index}")

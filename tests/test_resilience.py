@@ -15,9 +15,6 @@ broker and Elasticsearch, and reconciles every sink by id.
 from __future__ import annotations
 
 import random
-import signal
-import subprocess
-import sys
 import threading
 import time
 from pathlib import Path
@@ -36,8 +33,8 @@ from bp_spark.ownership import OwnershipError
 from bp_spark.parse import NOT_ONE_VALUE
 from bp_spark.pipeline import start_pipeline
 from bp_spark.sinks import Sinks
-from streams import (ROOT, archive_lines, expectations, generated, ids_in, job_env, publish, reading, run_once,
-                     run_pipeline, stream_config, version)
+from streams import (archive_lines, expectations, generated, ids_in, publish, reading, run_once, run_pipeline,
+                     stream_config, version)
 
 NOW_MS = int(time.time() * 1000)
 
@@ -318,36 +315,3 @@ def test_a_failing_trend_query_is_restarted_and_routing_goes_on(
     assert sorted(archive_lines(config)) == sorted(normal)
     cohort_days = ids_in(es, config.elasticsearch.trends_index, scope="cohort", period="daily")
     assert sum(doc["readings"] for doc in cohort_days.values()) == len(good)  # the restarted query caught up
-
-
-def test_the_job_logs_no_document_elasticsearch_refused(
-    es: Elasticsearch, kafka_admin, unique_name: str, tmp_path: Path
-) -> None:
-    """Spark's own lines quoted the documents the connector could not write (ids, values);
-    conf/spark-log4j2.properties withholds them. The job runs as users start it; the index is
-    changed under it once it has started (at start it would refuse the conflicting mapping)."""
-    config = stream_config(unique_name, tmp_path, **{"stream.trigger": "1 second"})
-    log_path = tmp_path / "job.log"
-    with open(log_path, "wb") as log:
-        job = subprocess.Popen([sys.executable, str(ROOT / "jobs" / "stream.py")], env=job_env(config),
-                               stdout=log, stderr=subprocess.STDOUT)
-        try:
-            deadline = time.monotonic() + 120
-            while "waiting for Kafka topic" not in log_path.read_text(errors="replace"):
-                assert job.poll() is None and time.monotonic() < deadline, log_path.read_text()[-3000:]
-                time.sleep(0.5)
-            es.indices.create(index=config.elasticsearch.anomalies_index,
-                              mappings={"properties": {"patient_id": {"type": "long"}}})
-            create_topic(kafka_admin, unique_name)
-            publish(config, [reading("pq-secret", f"2026-01-0{d}T08:00:00Z", 161, 97) for d in range(1, 4)])
-            while len(dead_letters(es, config)) < 3:
-                assert job.poll() is None and time.monotonic() < deadline, log_path.read_text()[-3000:]
-                time.sleep(1)
-        finally:
-            job.send_signal(signal.SIGTERM)
-            job.wait(120)
-    output = log_path.read_text(errors="replace")
-    assert "Elasticsearch refused 3 of 3 documents for what they hold (document_parsing_exception x3)" in output
-    assert "Error sample withheld: it quotes documents" in output  # Spark's own line, without the documents
-    assert "pq-secret" not in output and "Preview of field's value" not in output
-    assert job.returncode == 0
