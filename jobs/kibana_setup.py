@@ -5,6 +5,10 @@ and the same objects and the same rule are overwritten in place.
 
     python jobs/kibana_setup.py [--kibana-url http://localhost:5601] [--timeout 300]
 
+With security on, it signs in as ``BP_KIBANA_USERNAME`` (a user allowed to manage saved objects
+and rules, such as ``elastic``) with the password of ``BP_KIBANA_PASSWORD`` or of the file
+``BP_KIBANA_PASSWORD_FILE``; ``BP_KIBANA_CA_FILE`` trusts a Kibana served over HTTPS.
+
 The data views and the rule point at the indices the configuration names (conf/pipeline.toml,
 BP_ELASTICSEARCH_*_INDEX).
 """
@@ -22,7 +26,7 @@ import urllib3
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from bp_spark.config import Config, ConfigError, load_config  # noqa: E402
+from bp_spark.config import Config, ConfigError, Secret, load_config  # noqa: E402
 from bp_spark.dashboards import ALERT_RULE, DASHBOARD_ID, data_view_indices, load_saved_objects  # noqa: E402
 
 RULE_ID = "bp-monitor-critical-alerts"
@@ -51,13 +55,28 @@ def rule_body(config: Config) -> dict:
     return rule
 
 
+def kibana_credentials(env=os.environ) -> tuple[str, Secret]:
+    """The user and password kibana-setup signs in with (none: Kibana without security)."""
+    password = env.get("BP_KIBANA_PASSWORD", "")
+    if not password and env.get("BP_KIBANA_PASSWORD_FILE"):
+        try:
+            password = Path(env["BP_KIBANA_PASSWORD_FILE"]).read_text().strip()
+        except OSError as exc:
+            raise ConfigError(f"BP_KIBANA_PASSWORD_FILE = {env['BP_KIBANA_PASSWORD_FILE']!r} cannot be read "
+                              f"({exc.strerror})") from exc
+    return env.get("BP_KIBANA_USERNAME", ""), Secret(password)
+
+
 class Kibana:
-    def __init__(self, url: str) -> None:
+    def __init__(self, url: str, user: str = "", password: Secret = Secret(), ca_file: str | None = None) -> None:
         self.url = url.rstrip("/")
-        self.http = urllib3.PoolManager(timeout=urllib3.Timeout(connect=5, read=60), retries=False)
+        self.auth = urllib3.make_headers(basic_auth=f"{user}:{password.reveal()}") if user else {}
+        self.http = urllib3.PoolManager(timeout=urllib3.Timeout(connect=5, read=60), retries=False,
+                                        ca_certs=ca_file)
 
     def request(self, method: str, path: str, **kwargs) -> tuple[int, dict]:
-        response = self.http.request(method, self.url + path, headers={**HEADERS, **kwargs.pop("headers", {})}, **kwargs)
+        headers = {**HEADERS, **self.auth, **kwargs.pop("headers", {})}
+        response = self.http.request(method, self.url + path, headers=headers, **kwargs)
         try:
             body = json.loads(response.data or b"{}")
         except ValueError:
@@ -73,6 +92,9 @@ class Kibana:
                 level = body.get("status", {}).get("overall", {}).get("level")
                 if status == 200 and level == "available":
                     return
+                if status == 401:
+                    raise KibanaError(f"Kibana at {self.url} refused authentication (HTTP 401): set BP_KIBANA_USERNAME "
+                                      "and BP_KIBANA_PASSWORD or BP_KIBANA_PASSWORD_FILE")
                 last = f"HTTP {status}, status {level}"
             except urllib3.exceptions.HTTPError as exc:
                 last = str(exc)
@@ -112,7 +134,8 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     try:
         config = load_config()
-        kibana = Kibana(args.kibana_url)
+        user, password = kibana_credentials()
+        kibana = Kibana(args.kibana_url, user, password, os.environ.get("BP_KIBANA_CA_FILE") or None)
         kibana.wait(args.timeout)
         imported = kibana.import_objects(import_payload(config))
         done = kibana.put_rule(rule_body(config))

@@ -302,12 +302,17 @@ def write_private(path: Path, text: str) -> None:
         out.write(text)
 
 
-def secret_file(layout: Layout, name: str) -> Path:
-    """The file holding the password ``name``, made (random, 0600) on first use."""
-    path = private_dir(layout.secrets) / name
+def password_file(folder: Path, name: str) -> Path:
+    """``folder/name``, a random password made (0600) on first use."""
+    path = private_dir(folder) / name
     if not path.exists():
         write_private(path, secrets.token_urlsafe(24))
     return path
+
+
+def secret_file(layout: Layout, name: str) -> Path:
+    """The file holding the local stack's password ``name``."""
+    return password_file(layout.secrets, name)
 
 
 def secret(layout: Layout, name: str) -> str:
@@ -325,40 +330,47 @@ def openssl(*args: str, what: str) -> None:
 
 
 def ensure_certificates(layout: Layout, java: Path) -> None:
-    """A private CA and one server certificate for localhost (both services), made once.
+    """The local stack's CA and server certificate (for localhost), made once."""
+    if not (layout.certs / "truststore.p12").exists():
+        started = time.monotonic()
+        make_certificates(layout.certs, secret_file(layout, "truststore"), java.parent / "keytool",
+                          dns=["localhost"], ips=["127.0.0.1", "::1"])
+        say(f"made a private CA and a server certificate for localhost in {time.monotonic() - started:.0f} s "
+            f"({layout.certs})")
+
+
+def make_certificates(certs: Path, truststore_password: Path, keytool: Path, dns: list[str], ips: list[str]) -> None:
+    """A private CA and one server certificate for ``dns`` and ``ips`` in ``certs``.
 
     ``server.key`` is PKCS#8 (Kafka's PEM key store needs it), ``server.pem`` holds key and
     chain for Kafka, and ``truststore.p12`` holds the CA for the Spark Elasticsearch connector,
-    which does not take PEM.
+    which does not take PEM. Used by the local stack and by docker compose's setup service.
     """
-    certs = private_dir(layout.certs)
-    if (certs / "truststore.p12").exists():
-        return
-    started = time.monotonic()
+    private_dir(certs)
     openssl("req", "-x509", "-newkey", "rsa:3072", "-nodes", "-days", "3650", "-subj", "/CN=bp-monitor local CA",
             "-keyout", str(certs / "ca.key"), "-out", str(certs / "ca.crt"), what="the local CA")
-    openssl("req", "-newkey", "rsa:2048", "-nodes", "-subj", "/CN=localhost",
+    openssl("req", "-newkey", "rsa:2048", "-nodes", "-subj", f"/CN={dns[0]}",
             "-keyout", str(certs / "server.key"), "-out", str(certs / "server.csr"), what="the server key")
+    names = ",".join([f"DNS:{name}" for name in dns] + [f"IP:{ip}" for ip in ips])
     extensions = certs / "server.ext"
-    extensions.write_text("subjectAltName=DNS:localhost,IP:127.0.0.1,IP:::1\nbasicConstraints=CA:FALSE\n"
+    extensions.write_text(f"subjectAltName={names}\nbasicConstraints=CA:FALSE\n"
                           "keyUsage=digitalSignature,keyEncipherment\nextendedKeyUsage=serverAuth,clientAuth\n")
     openssl("x509", "-req", "-in", str(certs / "server.csr"), "-CA", str(certs / "ca.crt"),
             "-CAkey", str(certs / "ca.key"), "-CAcreateserial", "-days", "825", "-sha256",
             "-extfile", str(extensions), "-out", str(certs / "server.crt"), what="the server certificate")
     write_private(certs / "server.pem", (certs / "server.key").read_text() + (certs / "server.crt").read_text()
                   + (certs / "ca.crt").read_text())
-    keytool = java.parent / "keytool"
+    (certs / "truststore.p12").unlink(missing_ok=True)
     result = subprocess.run(
         [str(keytool), "-importcert", "-noprompt", "-alias", "bp-monitor-ca", "-storetype", "PKCS12",
          "-file", str(certs / "ca.crt"), "-keystore", str(certs / "truststore.p12"),
-         "-storepass:file", str(secret_file(layout, "truststore"))],
+         "-storepass:file", str(truststore_password)],
         capture_output=True, text=True,
     )
     if result.returncode != 0:
         raise StackError(f"Making the trust store failed (keytool exit {result.returncode}):\n{result.stdout}{result.stderr}")
     for leftover in ("server.csr", "server.ext", "ca.srl"):
         (certs / leftover).unlink(missing_ok=True)
-    say(f"made a private CA and a server certificate for localhost in {time.monotonic() - started:.0f} s ({certs})")
 
 
 def write_client_env(layout: Layout) -> None:
