@@ -43,8 +43,8 @@ from confluent_kafka import Consumer
 from confluent_kafka.admin import AdminClient
 
 from bp_spark.config import load_config
-from bp_spark.elastic import make_client
 from bp_spark.connections import kafka_settings
+from bp_spark.elastic import make_client
 
 ROOT = Path(__file__).resolve().parent.parent
 _spec = importlib.util.spec_from_file_location("generate_job", ROOT / "jobs" / "generate.py")

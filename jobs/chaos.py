@@ -43,9 +43,9 @@ from confluent_kafka.admin import AdminClient, NewTopic  # noqa: E402
 from elasticsearch.helpers import scan  # noqa: E402
 
 from bp_spark.config import Config, env_name, load_config  # noqa: E402
+from bp_spark.connections import kafka_settings  # noqa: E402
 from bp_spark.elastic import make_client  # noqa: E402
 from bp_spark.generator import encode, make_patients, readings, window  # noqa: E402
-from bp_spark.connections import kafka_settings
 
 MIX = {"normotensive": 0.45, "elevated": 0.1, "stage_1": 0.15, "stage_2": 0.2, "hypotensive": 0.1}
 STACK = Path(os.environ.get("BP_STACK_DIR", ROOT / ".stack"))

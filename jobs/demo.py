@@ -27,10 +27,10 @@ from confluent_kafka import Consumer, KafkaException, Producer, TopicPartition
 from elasticsearch import Elasticsearch
 
 from bp_spark.config import Config, ConfigError, load_config
+from bp_spark.connections import check_kafka, kafka_settings
 from bp_spark.elastic import (ElasticsearchUnavailable, count_documents, distinct_count, make_client, probe_cluster,
                               refresh_indices)
 from bp_spark.generator import aha_category
-from bp_spark.connections import kafka_settings
 
 JOBS = Path(__file__).resolve().parent
 UNREADABLE = [
@@ -113,6 +113,7 @@ def main() -> int:
         config = load_config()
         es = make_client(config)
         cluster = probe_cluster(es, config)
+        check_kafka(config)  # a refused login or certificate says so, rather than "did not answer"
         producer = Producer(kafka_settings(config))
         producer.list_topics(timeout=15)
     except (ConfigError, ElasticsearchUnavailable) as exc:
@@ -121,7 +122,9 @@ def main() -> int:
     except KafkaException as exc:
         print(f"demo: Kafka at {config.kafka.bootstrap_servers} did not answer ({exc}); run `make up`.", file=sys.stderr)
         return 1
-    print(f"demo: Kafka at {config.kafka.bootstrap_servers}, Elasticsearch {cluster.version} at {config.elasticsearch.url}")
+    how = (f"TLS, signed in as {config.kafka.username} / {config.elasticsearch.username or 'an API key'}"
+           if config.security.tls else "plain: no TLS, no credentials")
+    print(f"demo: Kafka at {config.kafka.bootstrap_servers}, Elasticsearch {cluster.version} at {config.elasticsearch.url} ({how})")
 
     step(f"publishing the reference workload to topic {config.kafka.topic}")
     if subprocess.run([sys.executable, str(JOBS / "generate.py")]).returncode != 0:

@@ -12,8 +12,8 @@ from pyspark.sql import functions as F
 from pyspark.sql import types as T
 
 from bp_spark.config import Config
-from bp_spark.elastic import ClusterInfo, connector_options
 from bp_spark.connections import kafka_settings, spark_kafka_options
+from bp_spark.elastic import ClusterInfo, connector_options
 
 READING = T.StructType([
     T.StructField("id", T.StringType()),

@@ -9,9 +9,9 @@ from confluent_kafka.admin import AdminClient
 from elasticsearch import Elasticsearch
 
 from bp_spark.config import Config
+from bp_spark.connections import kafka_settings
 from bp_spark.elastic import ClusterInfo
 from bp_spark.versions import elasticsearch_version
-from bp_spark.connections import kafka_settings
 
 
 def test_kafka_round_trip_on_an_auto_created_three_partition_topic(

@@ -20,10 +20,10 @@ from confluent_kafka import Consumer
 from elasticsearch import Elasticsearch
 from pyspark.sql import SparkSession
 
+from bp_spark.connections import kafka_settings
 from bp_spark.monitoring import ROUTING_QUERY, TRENDS_QUERY, late_rows
 from bp_spark.pipeline import CheckpointLayoutError, PipelineStopped, check_checkpoint_layout
 from bp_spark.trend_query import TRENDS_CHECKPOINT
-from bp_spark.connections import kafka_settings
 from streams import (ROOT, archive_lines, expectations, generated, ids_in, job_env, publish, reading, run_once,
                      run_pipeline, stream_config, version)
 
