@@ -167,6 +167,7 @@ def test_html_report_renders_every_panel_in_headless_chromium(
     assert result.returncode == 0, result.stderr
     assert f"report: {output}" in result.stdout
     assert "<script src=" not in output.read_text()  # self-contained: plotly.js is inside
+    assert output.stat().st_mode & 0o777 == 0o600  # it names patients: its owner's alone
 
     browser = shutil.which("chromium")
     driver_path = shutil.which("chromedriver")

@@ -25,8 +25,8 @@ from confluent_kafka.admin import AdminClient, NewTopic
 from elasticsearch import Elasticsearch
 
 from bp_spark.config import Config, default_stack_env, load_config, read_env_file
-from bp_spark.connections import AccessRefused, check_kafka, kafka_settings
-from bp_spark.elastic import make_client, probe_cluster
+from bp_spark.connections import AccessRefused, check_kafka, kafka_settings, spark_kafka_options
+from bp_spark.elastic import connector_options, make_client, probe_cluster
 from streams import ROOT, ids_in, job_env, publish, reading, stream_config
 
 STACK = default_stack_env().parent
@@ -198,3 +198,22 @@ def test_no_secret_and_no_patient_data_leave_the_job_after_a_failing_write(
     for secret in secrets:
         assert secret not in output and secret not in processes and secret not in ui
     assert job.returncode == 0
+
+
+def test_client_settings_in_each_mode() -> None:
+    """TLS mode: SASL_SSL with the CA for confluent-kafka and for Spark's Kafka clients (whose JAAS line
+    quotes the password safely); plain mode, the one switch for services without security: neither."""
+    env = {"BP_KAFKA_USERNAME": "pipe", "BP_KAFKA_PASSWORD": 'pa"ss\\word', "BP_ELASTICSEARCH_USERNAME": "pipe",
+           "BP_ELASTICSEARCH_PASSWORD": "pw", "BP_SECURITY_CA_FILE": certifi.where()}
+    tls = load_config(env=env, stack_env=None)
+    settings = kafka_settings(tls)
+    assert (settings["security.protocol"], settings["sasl.mechanism"], settings["ssl.ca.location"]) == (
+        "SASL_SSL", "SCRAM-SHA-512", certifi.where())
+    options = spark_kafka_options(tls)
+    assert options["kafka.security.protocol"] == "SASL_SSL" and options["kafka.ssl.truststore.type"] == "PEM"
+    assert options["kafka.sasl.jaas.config"] == ('org.apache.kafka.common.security.scram.ScramLoginModule required '
+                                                 'username="pipe" password="pa\\"ss\\\\word";')
+    plain = load_config(env={"BP_SECURITY_MODE": "plain", "BP_ELASTICSEARCH_URL": "http://es:9200"}, stack_env=None)
+    assert kafka_settings(plain) == {"bootstrap.servers": "localhost:9092"}
+    assert spark_kafka_options(plain) == {"kafka.bootstrap.servers": "localhost:9092"}
+    assert "es.net.http.auth.user" not in connector_options(plain)
