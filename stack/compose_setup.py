@@ -197,7 +197,10 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     os.umask(0o077)
     try:
-        cmd_certs() if args.step == "certs" else cmd_users()
+        if args.step == "certs":
+            cmd_certs()
+        else:
+            cmd_users()
     except StackError as exc:
         print(f"[setup] ERROR: {exc}", file=sys.stderr)
         return 1

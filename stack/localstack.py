@@ -469,6 +469,7 @@ def format_kafka_storage(layout: Layout, java: Path, props: Path) -> None:
     if result.returncode != 0:
         raise StackError(f"Formatting Kafka's storage failed:\n{result.stdout}{result.stderr}")
     secured.write_text(f"{KAFKA_ADMIN_USER}\n{PIPELINE_USER}\n")
+    (layout.kafka_dir / "acls-v1").unlink(missing_ok=True)  # new storage: no ACL yet
 
 
 def grant_kafka_acls(layout: Layout, java: Path) -> None:
