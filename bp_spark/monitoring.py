@@ -46,13 +46,18 @@ def _offsets(value: Any) -> dict[str, dict[str, int]]:
 
 
 def kafka_lag(progress: dict[str, Any]) -> list[dict[str, Any]]:
-    """Per Kafka partition: the offset processed up to, the latest offset the source saw, and the lag."""
+    """Per Kafka partition: the offset processed up to, the latest offset the source saw, and the lag.
+
+    The first batch of a restarted query replays the batch its checkpoint planned, and Spark gives
+    it no latest offsets: its partitions are still listed (with the offset processed up to as the
+    latest known), so that what the batch lost can be told per partition."""
     lag = []
     for source in progress.get("sources", []):
         if not str(source.get("description", "")).startswith("KafkaV2"):
             continue
         processed, latest = _offsets(source.get("endOffset")), _offsets(source.get("latestOffset"))
-        for topic, partitions in sorted(latest.items()):
+        known = {topic: {**processed.get(topic, {}), **latest.get(topic, {})} for topic in {*processed, *latest}}
+        for topic, partitions in sorted(known.items()):
             for partition, latest_offset in sorted(partitions.items(), key=lambda item: int(item[0])):
                 end = processed.get(topic, {}).get(partition, 0)
                 lag.append({"topic": topic, "partition": int(partition), "processed_offset": end,

@@ -31,6 +31,17 @@ def test_kafka_lag_per_partition() -> None:
     ]
 
 
+def test_a_replayed_batch_without_latest_offsets_still_lists_its_partitions() -> None:
+    """The first batch after a restart replays the checkpoint's plan; Spark reports no latest offsets."""
+    source = {**PROGRESS["sources"][0], "latestOffset": None}
+    replayed = {**PROGRESS, "sources": [source], "observedMetrics": {RECORDS_READ: {"0": 697, "1": 800}}}
+    assert kafka_lag(replayed) == [
+        {"topic": "vitals", "partition": 0, "processed_offset": 700, "latest_offset": 700, "lag": 0},
+        {"topic": "vitals", "partition": 1, "processed_offset": 800, "latest_offset": 800, "lag": 0},
+    ]
+    assert [p["lost_offsets"] for p in progress_record(replayed, {})["kafka_partitions"]] == [3, 0]
+
+
 def test_record_of_a_batch() -> None:
     record = progress_record(PROGRESS, {"trend_windows": 40, "alerts": 1})
     assert record == {
