@@ -10,12 +10,13 @@ import logging
 import os
 import subprocess
 from collections.abc import Mapping
-from pathlib import Path
 
 from py4j.protocol import Py4JError
 from pyspark.sql import SparkSession
 
-from bp_spark.versions import connector_conf
+# Java helpers (jvm/, built by `make install`); Spark's logging without the documents Elasticsearch's
+# refusals quote.
+from bp_spark.versions import JVM_JAR, LOG_CONFIG, connector_conf
 
 
 # Spark's own monitoring, on: each streaming query's metrics (input rate, processing rate,
@@ -43,10 +44,6 @@ REDACTION_CONF = {
 
 log = logging.getLogger("bp_spark.session")
 
-# Java helpers (jvm/), built by `make install`.
-JVM_JAR = Path(__file__).resolve().parent.parent / "build" / "bp-monitor-jvm.jar"
-# Spark's logging, without the documents Elasticsearch's refusals quote.
-LOG_CONFIG = Path(__file__).resolve().parent.parent / "conf" / "spark-log4j2.properties"
 
 
 def log_conf() -> dict[str, str]:
@@ -100,6 +97,25 @@ def build_session(app_name: str, extra_conf: Mapping[str, str] | None = None) ->
     for key, value in {**local_files_conf(), **log_conf(), **(extra_conf or {})}.items():
         builder = builder.config(key, value)
     return builder.getOrCreate()
+
+
+# The class each connector registers its data source with, and the package that brings it.
+CONNECTOR_CLASSES = {
+    "org.apache.spark.sql.kafka010.KafkaSourceProvider": "spark-sql-kafka-0-10 (the Kafka source)",
+    "org.elasticsearch.spark.sql.DefaultSource": "elasticsearch-spark-30 (the Elasticsearch connector)",
+}
+
+
+def missing_connectors(spark: SparkSession) -> list[str]:
+    """The connectors the session's JVM cannot load: started by spark-submit without the packages."""
+    loader = spark._jvm.Thread.currentThread().getContextClassLoader()
+    missing = []
+    for name, what in CONNECTOR_CLASSES.items():
+        try:
+            spark._jvm.java.lang.Class.forName(name, False, loader)
+        except Py4JError:
+            missing.append(what)
+    return missing
 
 
 def _not_about_the_ended_jvm(record: logging.LogRecord) -> bool:

@@ -8,11 +8,17 @@ coordinates Spark fetches through ``spark.jars.packages``.
 from __future__ import annotations
 
 import functools
+import os
+import tomllib
 from pathlib import Path
 
 import pyspark
 
-ENV_FILE = Path(__file__).resolve().parent.parent / ".env"
+ROOT = Path(__file__).resolve().parent.parent
+ENV_FILE = ROOT / ".env"
+# What the jobs set themselves when Python starts Spark (bp_spark/session.py), for spark-submit.
+JVM_JAR = ROOT / "build" / "bp-monitor-jvm.jar"
+LOG_CONFIG = ROOT / "conf" / "spark-log4j2.properties"
 
 
 @functools.cache
@@ -67,9 +73,34 @@ def spark_packages() -> list[str]:
     ]
 
 
+def driver_memory() -> str:
+    """``stream.driver_memory`` (``BP_STREAM_DRIVER_MEMORY``, else conf/pipeline.toml), read without
+    the rest of the configuration: it must be known before the driver's JVM starts."""
+    if os.environ.get("BP_STREAM_DRIVER_MEMORY"):
+        return os.environ["BP_STREAM_DRIVER_MEMORY"]
+    return tomllib.loads((ROOT / "conf" / "pipeline.toml").read_text())["stream"]["driver_memory"]
+
+
+def submit_args() -> list[str]:
+    """Every ``spark-submit`` argument the stream job needs that must be known before its JVM starts,
+    so that the documented way to start it is as fast and as quiet about patients as
+    ``python jobs/stream.py``: the connectors, the driver's heap (``stream.driver_memory``; Spark's
+    default is 1 GB), Spark's log without the documents Elasticsearch refused, and local files
+    written without a chmod process each (``build/bp-monitor-jvm.jar``, when built: on the driver's
+    class path and, through ``--jars``, the executors')."""
+    args = ["--driver-memory", driver_memory()]
+    for key, value in connector_conf().items():
+        args += ["--conf", f"{key}={value}"]
+    args += ["--driver-java-options", f"-Dlog4j2.configurationFile={LOG_CONFIG.as_uri()}"]
+    if JVM_JAR.exists():
+        args += ["--driver-class-path", str(JVM_JAR), "--jars", str(JVM_JAR),
+                 "--conf", "spark.hadoop.fs.file.impl=bpmonitor.NoForkLocalFileSystem"]
+    return args
+
+
 def spark_submit_args() -> str:
-    """The ``--conf`` arguments that give ``spark-submit`` the same connectors as the jobs."""
-    return " ".join(f"--conf {key}={value}" for key, value in connector_conf().items())
+    """:func:`submit_args` as one line for the shell: ``spark-submit $(python -m bp_spark.versions) ...``."""
+    return " ".join(submit_args())
 
 
 if __name__ == "__main__":

@@ -40,7 +40,7 @@ from bp_spark.elastic import (ElasticsearchUnavailable, ElasticsearchUnreachable
                               install_templates, make_client, pipeline_indices, probe_cluster)
 from bp_spark.ownership import OwnershipError
 from bp_spark.pipeline import CheckpointLayoutError, PipelineStopped, start_pipeline
-from bp_spark.session import build_session, private_files_conf, stop_session
+from bp_spark.session import build_session, missing_connectors, private_files_conf, stop_session
 from bp_spark.sinks import Sinks, SinkUnavailable
 from bp_spark.sinks.retry import summarise, with_retries
 
@@ -82,6 +82,12 @@ def main(argv: list[str] | None = None) -> int:
     spark = build_session(config.stream.app_name, {"spark.driver.memory": config.stream.driver_memory,
                                                    **private_files_conf(config.paths.archive_umask)})
     try:
+        missing = missing_connectors(spark)
+        if missing:
+            print(f"stream: Spark has no {' and no '.join(missing)}: start the job with "
+                  "`spark-submit $(python -m bp_spark.versions) jobs/stream.py` (those flags add them), "
+                  "or with `python jobs/stream.py`.", file=sys.stderr)
+            return 2
         return run(spark, config, None if args.no_sinks else Sinks(spark, config, es))
     finally:
         stop_session(spark)

@@ -21,7 +21,7 @@ from elasticsearch import Elasticsearch
 
 from bp_spark.config import Config
 from bp_spark.package import build
-from bp_spark.versions import connector_conf
+from bp_spark.versions import submit_args
 from test_stream import archive_lines, expectations, generated, ids_in, job_env, publish, stream_config
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -88,10 +88,11 @@ def test_stream_job_on_a_standalone_cluster_fills_every_sink(
     e = config.elasticsearch
     env = {**job_env(config), "SPARK_HOME": str(SPARK_HOME), "PYSPARK_PYTHON": sys.executable,
            "PYSPARK_DRIVER_PYTHON": sys.executable}
-    settings = [arg for key, value in connector_conf().items() for arg in ("--conf", f"{key}={value}")]
+    # what `spark-submit $(python -m bp_spark.versions)` passes: connectors, driver heap, log
+    # configuration, the local file system without a chmod process (driver and executors)
     command = [str(SPARK_HOME / "bin" / "spark-submit"), "--master", standalone_cluster,
                "--py-files", str(py_files), "--executor-memory", "1g",
-               "--conf", "spark.driver.host=127.0.0.1", *settings,
+               "--conf", "spark.driver.host=127.0.0.1", *submit_args(),
                str(ROOT / "jobs" / "stream.py"), "--trigger", "available-now",
                "--archive-dir", config.paths.archive_dir, "--checkpoint-dir", config.paths.checkpoint_dir]
     result = subprocess.run(command, env=env, capture_output=True, text=True, timeout=600, cwd=tmp_path)

@@ -1,11 +1,15 @@
-"""The session's local file system: Hadoop's, with permissions set without a chmod process."""
+"""The session: its local file system (Hadoop's, with permissions set without a chmod process),
+and the job's one-line answer when spark-submit started it without the connectors."""
 
 from __future__ import annotations
 
 import os
 import stat
+import subprocess
+import sys
 from pathlib import Path
 
+import pyspark
 from pyspark.sql import SparkSession
 
 from bp_spark.session import JVM_JAR
@@ -34,3 +38,18 @@ def test_files_and_folders_get_the_permissions_asked_for(spark: SparkSession, tm
     fs.setPermission(hadoop_file, FsPermission.createImmutable(0o604))
     assert stat.S_IMODE(os.stat(file).st_mode) == 0o604
 
+
+
+def test_spark_submit_without_the_connectors_says_what_to_add(tmp_path: Path) -> None:
+    root = Path(__file__).resolve().parent.parent
+    spark_submit = Path(pyspark.__file__).resolve().parent / "bin" / "spark-submit"
+    env = {**os.environ, "PYSPARK_PYTHON": sys.executable, "PYSPARK_DRIVER_PYTHON": sys.executable,
+           "SPARK_LOCAL_IP": "127.0.0.1", "BP_PATHS_CHECKPOINT_DIR": str(tmp_path / "checkpoint"),
+           "BP_PATHS_ARCHIVE_DIR": str(tmp_path / "archive")}
+    result = subprocess.run([str(spark_submit), str(root / "jobs" / "stream.py")], env=env, capture_output=True,
+                            text=True, timeout=180, cwd=tmp_path)
+    output = result.stdout + result.stderr
+    assert result.returncode == 2, output[-2000:]
+    assert ("stream: Spark has no spark-sql-kafka-0-10 (the Kafka source) and no elasticsearch-spark-30 (the "
+            "Elasticsearch connector): start the job with `spark-submit $(python -m bp_spark.versions) jobs/stream.py`") in output
+    assert "Traceback" not in output

@@ -3,10 +3,14 @@
 from __future__ import annotations
 
 from importlib.metadata import version
+from pathlib import Path
 
 import pyspark
 
+from bp_spark.config import load_config
 from bp_spark.versions import connector_conf, elasticsearch_version, read_env_file, spark_submit_args
+
+ROOT = Path(__file__).resolve().parent.parent
 
 
 def test_python_client_shares_the_server_major_minor() -> None:
@@ -29,7 +33,14 @@ def test_running_server_is_the_pinned_version(es) -> None:
     assert es.info()["version"]["number"] == elasticsearch_version()
 
 
-def test_spark_submit_args_carry_both_settings() -> None:
+def test_spark_submit_args_carry_what_the_job_sets_itself() -> None:
+    """spark-submit starts the driver's JVM before the job runs: the printed flags give it what
+    `python jobs/stream.py` gives its own session (bp_spark/session.py)."""
     args = spark_submit_args().split()
-    assert args[0::2] == ["--conf", "--conf"]
-    assert dict(a.split("=", 1) for a in args[1::2]) == connector_conf()
+    pairs = dict(zip(args[0::2], args[1::2]))
+    confs = dict(args[i + 1].split("=", 1) for i, a in enumerate(args) if a == "--conf")
+    assert {k: v for k, v in confs.items() if k.startswith("spark.jars.")} == connector_conf()
+    assert pairs["--driver-memory"] == load_config().stream.driver_memory  # not Spark's 1 GB
+    assert pairs["--driver-java-options"] == f"-Dlog4j2.configurationFile=file://{ROOT}/conf/spark-log4j2.properties"
+    assert pairs["--driver-class-path"] == pairs["--jars"] == str(ROOT / "build" / "bp-monitor-jvm.jar")
+    assert confs["spark.hadoop.fs.file.impl"] == "bpmonitor.NoForkLocalFileSystem"
