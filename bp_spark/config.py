@@ -173,6 +173,7 @@ class TrendsConfig:
     """The trend query: windowed aggregations on event time, and sustained hypertension."""
 
     enabled: bool
+    trigger: str
     windows: str
     watermark: str
     sustained_window: str
@@ -327,6 +328,12 @@ def _trigger(value: str) -> str | None:
     return "'available-now' or an interval such as '10 seconds', '500 ms', '1 minute'"
 
 
+def _interval_or_empty(value: str) -> str | None:
+    if value == "" or _INTERVAL.match(value):
+        return None
+    return "empty (the stream's trigger) or an interval such as '1 minute', '30 seconds'"
+
+
 def _positive(value: int) -> str | None:
     return None if value > 0 else "an integer > 0"
 
@@ -407,6 +414,7 @@ VALIDATORS: dict[str, Callable[[Any], str | None]] = {
     "stream.trigger": _trigger,
     "stream.app_name": _non_empty,
     "trends.windows": _windows,
+    "trends.trigger": _interval_or_empty,
     "trends.watermark": _duration,
     "trends.sustained_window": _duration,
     "trends.sustained_slide": _duration,

@@ -93,12 +93,13 @@ def configure_state(spark: SparkSession, config: Config) -> None:
     spark.conf.set("spark.sql.shuffle.partitions", str(config.stream.state_partitions))
 
 
-def checkpointed(writer, config: Config, name: str):
-    """The query's checkpoint ``<checkpoint-dir>/<name>`` and trigger."""
+def checkpointed(writer, config: Config, name: str, interval: str = ""):
+    """The query's checkpoint ``<checkpoint-dir>/<name>`` and trigger: ``stream.trigger``, or
+    ``interval`` when given and the job runs continuously (available-now applies to every query)."""
     writer = writer.option("checkpointLocation", f"{config.paths.checkpoint_dir.rstrip('/')}/{name}")
     if config.stream.trigger == "available-now":
         return writer.trigger(availableNow=True)
-    return writer.trigger(processingTime=config.stream.trigger)
+    return writer.trigger(processingTime=interval or config.stream.trigger)
 
 
 def per_step(steps: dict[str, float]) -> str:

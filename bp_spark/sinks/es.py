@@ -131,9 +131,10 @@ class ElasticsearchSink:
             return Refused()
         what = f"batch {batch_id}: writing {', '.join(docs)}"
         try:
-            # Two passes at most: documents to index (a replay overwrites them), and alerts to create,
-            # less those a replayed batch finds there already (they stay as they were).
-            for op, frames in _by_operation(docs.values()).items():
+            # Two passes at most: alerts to create, less those a replayed batch finds there already
+            # (they stay as they were), and documents to index (a replay overwrites them). Alerts
+            # first: a critical alert is never searchable later than its anomaly.
+            for op, frames in sorted(_by_operation(docs.values()).items(), key=lambda item: item[0] != CREATE):
                 frame = _union(frames)
                 if op == CREATE:
                     frame = self._not_yet_written(frame, batch_id)
