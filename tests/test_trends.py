@@ -20,7 +20,7 @@ from bp_spark.trend_query import trends_stream
 from bp_spark.trends import all_trends, sustained_onsets
 from test_parse import BASE
 
-TRENDS = TrendsConfig(enabled=True, windows="hourly=1 hour, daily=1 day", watermark="1 day",
+TRENDS = TrendsConfig(enabled=True, trigger="", windows="hourly=1 hour, daily=1 day", watermark="1 day",
                       sustained_window="7 days", sustained_slide="1 day", sustained_systolic=135.0,
                       sustained_diastolic=85.0, sustained_min_readings=1)
 
