@@ -102,7 +102,16 @@ class Layout:
         then in a folder of the service user that no parent of the checkout has to open."""
         if os.geteuid() != 0:
             return self.base
-        return SERVICE_HOME / hashlib.sha256(str(self.base).encode()).hexdigest()[:12]
+        return SERVICE_HOME / hashlib.sha256(f"{self.base}|{self.instance}".encode()).hexdigest()[:12]
+
+    @property
+    def instance(self) -> str:
+        """This stack's random id (``.stack/instance-id``): a new ``.stack`` at the same path (a fresh
+        clone where an old one was) gets a node folder of its own, never the old one's data."""
+        try:
+            return (self.base / "instance-id").read_text().strip()
+        except FileNotFoundError:
+            return ""
 
     @property
     def certs(self) -> Path:
@@ -758,8 +767,31 @@ def link_es_dir(layout: Layout) -> None:
         shutil.move(str(link), str(layout.es_dir))
     elif link.is_dir() and not link.is_symlink():
         shutil.rmtree(link)
+    if link.is_symlink() and Path(os.readlink(link)) != layout.es_dir:
+        link.unlink()
     if not link.is_symlink():
         link.symlink_to(layout.es_dir)
+    write_private(layout.es_base / "owner.json", json.dumps({"stack": str(layout.base), "instance": layout.instance}))
+
+
+def remove_orphaned_nodes(layout: Layout) -> None:
+    """Delete the node folders under ``/var/lib/bp-monitor`` whose stack is gone (its checkout
+    deleted, or its ``.stack`` made anew): they hold patient data nobody can reach any more. A
+    folder whose node still runs is left alone."""
+    if layout.es_base == layout.base or not SERVICE_HOME.is_dir():
+        return
+    for folder in SERVICE_HOME.iterdir():
+        if folder == layout.es_base or not folder.is_dir():
+            continue
+        try:
+            owner = json.loads((folder / "owner.json").read_text())
+            alive = (Path(owner["stack"]) / "instance-id").read_text().strip() == owner["instance"]
+        except (OSError, ValueError, KeyError):
+            alive = False
+        if alive or read_pid(folder / "elasticsearch" / "elasticsearch.pid") is not None:
+            continue
+        shutil.rmtree(folder)
+        say(f"removed {folder}: the Elasticsearch data of a local stack that no longer exists")
 
 
 def start_es(layout: Layout, java: Path) -> None:
@@ -826,6 +858,9 @@ def cmd_up(layout: Layout) -> None:
     java, major = find_java()
     say(f"Java {major} at {java}; state under {layout.base}")
     private_dir(layout.base)
+    if not layout.instance:
+        write_private(layout.base / "instance-id", uuid.uuid4().hex)
+    remove_orphaned_nodes(layout)
     layout.downloads.mkdir(parents=True, exist_ok=True)
     old_home = layout.downloads / f"elasticsearch-{layout.es_version}"
     if layout.es_home != old_home and old_home.is_dir():  # an older layout's copy, now unused

@@ -75,3 +75,37 @@ def test_status_reports_the_running_stack() -> None:
     assert result.returncode == 0, result.stdout + result.stderr
     assert "Kafka" in result.stdout and "running" in result.stdout
     assert "https://localhost:9200" in result.stdout
+
+
+def test_node_folders_of_stacks_that_are_gone_are_removed(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Under root the node's data lives outside the checkout: deleting the checkout, or making its
+    .stack anew (a fresh clone at the same path), must not leave patient data behind or hand the
+    old indices to the new stack."""
+    import json
+
+    service_home = tmp_path / "service"
+    monkeypatch.setattr(localstack, "SERVICE_HOME", service_home)
+    monkeypatch.setattr(localstack.os, "geteuid", lambda: 0)
+
+    def stack(name: str, instance: str) -> Path:
+        base = tmp_path / name / ".stack"
+        base.mkdir(parents=True)
+        (base / "instance-id").write_text(instance)
+        return base
+
+    def node(folder: str, base: Path, instance: str) -> Path:
+        path = service_home / folder
+        (path / "elasticsearch").mkdir(parents=True)
+        (path / "owner.json").write_text(json.dumps({"stack": str(base), "instance": instance}))
+        return path
+
+    mine = dataclasses.replace(localstack.layout_from_env(), base=stack("mine", "new"))
+    neighbour = stack("neighbour", "n1")
+    kept = [node("neighbour", neighbour, "n1"), mine.es_base]
+    mine.es_base.mkdir(parents=True)
+    removed = [node("deleted-checkout", tmp_path / "deleted" / ".stack", "d1"),
+               node("my-old-stack", mine.base, "old"), service_home / "no-owner"]
+    (service_home / "no-owner").mkdir()
+    localstack.remove_orphaned_nodes(mine)
+    assert all(path.exists() for path in kept)
+    assert not any(path.exists() for path in removed)
