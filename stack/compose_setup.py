@@ -128,6 +128,10 @@ def cmd_certs() -> None:
         if os.geteuid() == 0:  # in the container; run by hand as a user, the files stay theirs
             os.chown(path, SERVICE_UID, 0)
         path.chmod(0o700 if path.is_dir() else 0o600)
+    data = os.environ.get("BP_KAFKA_DATA_DIR")
+    if data and os.geteuid() == 0:  # a new volume is root's: the broker runs as uid 1000
+        os.chown(data, SERVICE_UID, 0)
+        Path(data).chmod(0o700)
     say(f"secrets, certificates and Kafka's configuration are in {BASE} (owner uid {SERVICE_UID}, 0600)")
 
 
