@@ -16,7 +16,10 @@
    written): the machine's ceiling;
 4. a plain Python consumer doing the prototype's work (json.loads, if/else, one Elasticsearch
    call per anomaly, one file append per normal reading) on the same topic, for
-   --prototype-seconds, and its rate.
+   --prototype-seconds, and its rate;
+5. a reference consumer as a user would write one (confluent-kafka batches of 5,000, orjson,
+   one `_bulk` per batch, one append per patient per batch) over the whole topic, and the job's
+   ratio to it.
 
 Prints medians of the repeats and the ratios.
 """
@@ -39,6 +42,7 @@ import time
 import uuid
 from pathlib import Path
 
+import orjson
 from confluent_kafka import Consumer
 from confluent_kafka.admin import AdminClient
 
@@ -169,6 +173,53 @@ def prototype_consumer(topic: str, seconds: float, workdir: Path) -> float:
     return rate
 
 
+def reference_consumer(topic: str, observations: int, workdir: Path) -> float:
+    """What a user would hold the job against: one Python process, confluent-kafka batches of
+    5,000, orjson, the anomaly rule in Python, one `_bulk` request per batch, one append per patient
+    per batch. It does less than the job (no de-duplication, corrections, trends, exactly-once):
+    a reference line, not a competitor. Observations per second over the whole topic."""
+    config = load_config()
+    es = make_client(config)
+    index = f"bench_reference_{uuid.uuid4().hex[:8]}"
+    out = workdir / index
+    out.mkdir()
+    consumer = Consumer({**kafka_settings(config), "group.id": index, "auto.offset.reset": "earliest",
+                         "enable.auto.commit": False, "fetch.max.bytes": 50 << 20})
+    consumer.subscribe([topic])
+    done, started = 0, None
+    try:
+        while done < observations:
+            messages = consumer.consume(num_messages=5000, timeout=1.0)
+            if not messages:
+                continue
+            if started is None:
+                started = time.perf_counter()
+            operations, normals = [], {}
+            for msg in messages:
+                obs = orjson.loads(msg.value())
+                s, d = (c["valueQuantity"]["value"] for c in obs["component"])
+                patient = obs["subject"]["reference"].rsplit("/", 1)[-1]
+                if s > 140 or s < 90 or d > 90 or d < 60:
+                    operations += [{"index": {"_index": index, "_id": obs["id"]}},
+                                   {"patient_id": patient, "systolic": s, "diastolic": d,
+                                    "effective_time": obs["effectiveDateTime"]}]
+                else:
+                    normals.setdefault(patient, []).append(msg.value())
+            if operations:
+                es.bulk(operations=operations)
+            for patient, lines in normals.items():
+                with open(out / f"{patient}.jsonl", "ab") as f:
+                    f.write(b"\n".join(lines) + b"\n")
+            done += len(messages)
+        rate = done / (time.perf_counter() - started)
+    finally:
+        consumer.close()
+        with contextlib.suppress(Exception):
+            es.indices.delete(index=index)
+        shutil.rmtree(out, ignore_errors=True)
+    return rate
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--observations", type=int, default=1_000_000)
@@ -190,15 +241,16 @@ def main() -> int:
             warm = run_job(warmup_topic, args.warmup_observations, False, workdir, trends=True)
             print(f"warm-up run (not counted): {args.warmup_observations:,} observations with trends in "
                   f"{warm['seconds']:.0f} s", flush=True)
-        full, with_trends, bare, proto = [], [], [], []
+        full, with_trends, bare, proto, reference = [], [], [], [], []
         for i in range(args.repeats):
             full.append(run_job(topic, args.observations, False, workdir))
             with_trends.append(run_job(topic, args.observations, False, workdir, trends=True))
             bare.append(run_job(topic, args.observations, True, workdir))
             proto.append(prototype_consumer(topic, args.prototype_seconds, workdir))
+            reference.append(reference_consumer(topic, args.observations, workdir))
             print(f"run {i + 1}: job {full[-1]['e2e']:,.0f} obs/s end to end ({full[-1]['seconds']:.0f} s, "
                   f"peak {full[-1]['peak_mb']:,.0f} MB); with trends {with_trends[-1]['e2e']:,.0f} obs/s; no sinks {bare[-1]['e2e']:,.0f} obs/s; "
-                  f"prototype {proto[-1]:,.0f} obs/s", flush=True)
+                  f"prototype {proto[-1]:,.0f} obs/s; reference consumer {reference[-1]:,.0f} obs/s", flush=True)
     finally:
         AdminClient(kafka_settings(config)).delete_topics([topic, warmup_topic])
         shutil.rmtree(workdir, ignore_errors=True)
@@ -215,7 +267,10 @@ def main() -> int:
     print(f"  stream job, no sinks       end to end {med(bare, 'e2e'):>9,.0f} obs/s   inside batches "
           f"{med(bare, 'in_batches'):>9,.0f} obs/s   peak memory {med(bare, 'peak_mb'):,.0f} MB")
     print(f"  prototype-style consumer   {statistics.median(proto):>9,.0f} obs/s (first {args.prototype_seconds:.0f} s of the topic)")
+    print(f"  reference consumer         {statistics.median(reference):>9,.0f} obs/s (one Python process, the whole topic)")
     print(f"  ratio, stream job vs prototype: {med(full, 'e2e') / statistics.median(proto):,.1f}x")
+    print(f"  ratio, stream job vs reference consumer: {med(full, 'e2e') / statistics.median(reference):,.2f}x; "
+          f"with trends: {med(with_trends, 'e2e') / statistics.median(reference):,.2f}x")
     print(f"  sinks' share of the ceiling: {med(full, 'e2e') / med(bare, 'e2e'):.0%}")
     return 0
 
