@@ -131,19 +131,31 @@ def run_job(topic: str, observations: int, no_sinks: bool, workdir: Path, trends
     return {"e2e": observations / elapsed, "in_batches": rows / in_batches, "peak_mb": peak / 2**20, "seconds": elapsed}
 
 
-def prototype_consumer(topic: str, seconds: float, workdir: Path) -> float:
-    """The prototype's way: one Elasticsearch call per anomaly, one file append per normal reading."""
+@contextlib.contextmanager
+def consumer_run(topic: str, prefix: str, workdir: Path, **settings):
+    """A consumer of ``topic`` from its start, an index and a folder of its own; all removed after."""
     config = load_config()
     es = make_client(config)
-    index = f"bench_proto_{uuid.uuid4().hex[:8]}"
+    index = f"{prefix}_{uuid.uuid4().hex[:8]}"
     out = workdir / index
     out.mkdir()
-    consumer = Consumer({**kafka_settings(config), "group.id": index,
-                         "auto.offset.reset": "earliest", "enable.auto.commit": False})
+    consumer = Consumer({**kafka_settings(config), "group.id": index, "auto.offset.reset": "earliest",
+                         "enable.auto.commit": False, **settings})
     consumer.subscribe([topic])
-    done = 0
-    started = None
     try:
+        yield consumer, es, index, out
+    finally:
+        consumer.close()
+        with contextlib.suppress(Exception):
+            es.indices.delete(index=index)
+        shutil.rmtree(out, ignore_errors=True)
+
+
+def prototype_consumer(topic: str, seconds: float, workdir: Path) -> float:
+    """The prototype's way: one Elasticsearch call per anomaly, one file append per normal reading."""
+    with consumer_run(topic, "bench_proto", workdir) as (consumer, es, index, out):
+        done = 0
+        started = None
         while True:
             msg = consumer.poll(1.0)
             if msg is None:
@@ -164,13 +176,7 @@ def prototype_consumer(topic: str, seconds: float, workdir: Path) -> float:
             done += 1
             if time.perf_counter() - started > seconds:
                 break
-        rate = done / (time.perf_counter() - started)
-    finally:
-        consumer.close()
-        with contextlib.suppress(Exception):
-            es.indices.delete(index=index)
-        shutil.rmtree(out, ignore_errors=True)
-    return rate
+        return done / (time.perf_counter() - started)
 
 
 def reference_consumer(topic: str, observations: int, workdir: Path) -> float:
@@ -178,16 +184,8 @@ def reference_consumer(topic: str, observations: int, workdir: Path) -> float:
     5,000, orjson, the anomaly rule in Python, one `_bulk` request per batch, one append per patient
     per batch. It does less than the job (no de-duplication, corrections, trends, exactly-once):
     a reference line, not a competitor. Observations per second over the whole topic."""
-    config = load_config()
-    es = make_client(config)
-    index = f"bench_reference_{uuid.uuid4().hex[:8]}"
-    out = workdir / index
-    out.mkdir()
-    consumer = Consumer({**kafka_settings(config), "group.id": index, "auto.offset.reset": "earliest",
-                         "enable.auto.commit": False, "fetch.max.bytes": 50 << 20})
-    consumer.subscribe([topic])
-    done, started = 0, None
-    try:
+    with consumer_run(topic, "bench_reference", workdir, **{"fetch.max.bytes": 50 << 20}) as (consumer, es, index, out):
+        done, started = 0, None
         while done < observations:
             messages = consumer.consume(num_messages=5000, timeout=1.0)
             if not messages:
@@ -211,13 +209,7 @@ def reference_consumer(topic: str, observations: int, workdir: Path) -> float:
                 with open(out / f"{patient}.jsonl", "ab") as f:
                     f.write(b"\n".join(lines) + b"\n")
             done += len(messages)
-        rate = done / (time.perf_counter() - started)
-    finally:
-        consumer.close()
-        with contextlib.suppress(Exception):
-            es.indices.delete(index=index)
-        shutil.rmtree(out, ignore_errors=True)
-    return rate
+        return done / (time.perf_counter() - started)
 
 
 def main() -> int:
