@@ -18,22 +18,19 @@ grants the pipeline's Kafka user its topics (ACLs). Nothing secret is printed.
 from __future__ import annotations
 
 import argparse
-import base64
-import json
 import os
 import shutil
-import ssl
 import sys
 import time
 import urllib.error
-import urllib.request
 import uuid
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from localstack import (KAFKA_ADMIN_USER, PIPELINE_USER, RESOURCE_PREFIXES, StackError,  # noqa: E402
-                        make_certificates, password_file, pipeline_role, private_dir, write_private)
+                        admin_client_properties, https_json, make_certificates, new_cluster_id, password_file,
+                        pipeline_role, private_dir, scram_jaas, storage_format_args, write_private)
 
 BASE = Path(os.environ.get("BP_SECRETS_DIR", "/bp"))
 SERVICE_UID = 1000  # elasticsearch, kafka (appuser) and kibana in their official images
@@ -50,8 +47,7 @@ def secret(name: str) -> str:
 
 
 def kafka_properties() -> str:
-    jaas = ("org.apache.kafka.common.security.scram.ScramLoginModule required "
-            f'username="{KAFKA_ADMIN_USER}" password="{secret("kafka-admin")}";')
+    jaas = scram_jaas(KAFKA_ADMIN_USER, secret("kafka-admin"))
     return "\n".join([
         "# written by stack/compose_setup.py: one KRaft node; clients over SASL_SSL only, with ACLs",
         "process.roles=broker,controller",
@@ -86,19 +82,6 @@ def kafka_properties() -> str:
     ])
 
 
-def admin_properties() -> str:
-    """For kafka-topics.sh (the health check) and other admin tools, as the broker's own user."""
-    return "\n".join([
-        "security.protocol=SASL_SSL",
-        "sasl.mechanism=SCRAM-SHA-512",
-        "sasl.jaas.config=org.apache.kafka.common.security.scram.ScramLoginModule required "
-        f'username="{KAFKA_ADMIN_USER}" password="{secret("kafka-admin")}";',
-        "ssl.truststore.type=PEM",
-        f"ssl.truststore.location={BASE}/certs/ca.crt",
-        "",
-    ])
-
-
 def cmd_certs() -> None:
     private_dir(BASE)
     for name in ("elastic", "es-pipeline", "kafka-admin", "kafka-pipeline", "truststore"):
@@ -114,16 +97,14 @@ def cmd_certs() -> None:
         say("made a private CA and a server certificate for elasticsearch, kafka and localhost")
     kafka = private_dir(BASE / "kafka")
     write_private(kafka / "server.properties", kafka_properties())
-    write_private(kafka / "admin.properties", admin_properties())
+    # For kafka-topics.sh, the health check, as the broker's own user.
+    write_private(kafka / "admin.properties", admin_client_properties(secret("kafka-admin"), BASE / "certs" / "ca.crt"))
     cluster_id = kafka / "cluster-id"
     if not cluster_id.exists():
-        write_private(cluster_id, base64.urlsafe_b64encode(uuid.uuid4().bytes).rstrip(b"=").decode())
-    # The storage tool reads the SCRAM passwords from this Java argument file, not a command line.
-    args = ["kafka.tools.StorageTool", "format", "-t", cluster_id.read_text().strip(),
-            "-c", str(kafka / "server.properties"), "--ignore-formatted"]
-    for user, name in ((KAFKA_ADMIN_USER, "kafka-admin"), (PIPELINE_USER, "kafka-pipeline")):
-        args += ["--add-scram", f"SCRAM-SHA-512=[name={user},password={secret(name)}]"]
-    write_private(kafka / "format.args", "\n".join(f'"{a}"' for a in args) + "\n")
+        write_private(cluster_id, new_cluster_id())
+    passwords = {KAFKA_ADMIN_USER: secret("kafka-admin"), PIPELINE_USER: secret("kafka-pipeline")}
+    args = storage_format_args(cluster_id.read_text().strip(), kafka / "server.properties", passwords)
+    write_private(kafka / "format.args", args)
     for path in [BASE, *BASE.rglob("*")]:
         if os.geteuid() == 0:  # in the container; run by hand as a user, the files stay theirs
             os.chown(path, SERVICE_UID, 0)
@@ -136,13 +117,7 @@ def cmd_certs() -> None:
 
 
 def es_request(method: str, path: str, body: dict | None = None) -> dict:
-    token = base64.b64encode(f"elastic:{secret('elastic')}".encode()).decode()
-    request = urllib.request.Request(ES_URL + path, method=method,
-                                     data=None if body is None else json.dumps(body).encode(),
-                                     headers={"Authorization": f"Basic {token}", "Content-Type": "application/json"})
-    context = ssl.create_default_context(cafile=str(BASE / "certs" / "ca.crt"))
-    with urllib.request.urlopen(request, timeout=30, context=context) as response:
-        return json.load(response)
+    return https_json(ES_URL + path, BASE / "certs" / "ca.crt", "elastic", secret("elastic"), method, body, timeout=30)
 
 
 def wait_for_elasticsearch(timeout_s: float = 300) -> None:

@@ -411,9 +411,47 @@ def kafka_pid_file(layout: Layout) -> Path:
     return layout.kafka_dir / "kafka.pid"
 
 
+def scram_jaas(user: str, password: str) -> str:
+    """The JAAS line a Kafka client or listener logs in with, by SCRAM."""
+    return ("org.apache.kafka.common.security.scram.ScramLoginModule required "
+            f'username="{user}" password="{password}";')
+
+
+def admin_client_properties(password: str, ca_file: Path, bootstrap: str | None = None) -> str:
+    """Properties of a Kafka admin tool (kafka-topics.sh, KafkaAcls.java) signed in as the broker's own user."""
+    lines = [f"bootstrap.servers={bootstrap}"] if bootstrap else []
+    return "\n".join([*lines, "security.protocol=SASL_SSL", "sasl.mechanism=SCRAM-SHA-512",
+                      f"sasl.jaas.config={scram_jaas(KAFKA_ADMIN_USER, password)}",
+                      "ssl.truststore.type=PEM", f"ssl.truststore.location={ca_file}", ""])
+
+
+def new_cluster_id() -> str:
+    """A KRaft cluster id: 16 random bytes, URL-safe base64 without padding."""
+    return base64.urlsafe_b64encode(uuid.uuid4().bytes).rstrip(b"=").decode()
+
+
+def storage_format_args(cluster_id: str, props: Path, passwords: dict[str, str]) -> str:
+    """A Java argument file that formats Kafka's storage with a SCRAM user per ``{user: password}``:
+    the storage tool reads the passwords from it, not from a command line, where ``ps`` shows them."""
+    args = ["kafka.tools.StorageTool", "format", "-t", cluster_id, "-c", str(props), "--ignore-formatted"]
+    for user, password in passwords.items():
+        args += ["--add-scram", f"SCRAM-SHA-512=[name={user},password={password}]"]
+    return "\n".join(f'"{a}"' for a in args) + "\n"
+
+
+def https_json(url: str, ca_file: Path, user: str, password: str, method: str = "GET", body: dict | None = None,
+               timeout: float = 5) -> dict:
+    """One HTTPS request with basic auth, trusting only ``ca_file``; its JSON answer."""
+    token = base64.b64encode(f"{user}:{password}".encode()).decode()
+    request = urllib.request.Request(url, method=method, data=None if body is None else json.dumps(body).encode(),
+                                     headers={"Authorization": f"Basic {token}", "Content-Type": "application/json"})
+    context = ssl.create_default_context(cafile=str(ca_file))
+    with urllib.request.urlopen(request, timeout=timeout, context=context) as resp:
+        return json.load(resp)
+
+
 def kafka_properties(layout: Layout) -> str:
-    jaas = ('org.apache.kafka.common.security.scram.ScramLoginModule required '
-            f'username="{KAFKA_ADMIN_USER}" password="{secret(layout, "kafka-admin")}";')
+    jaas = scram_jaas(KAFKA_ADMIN_USER, secret(layout, "kafka-admin"))
     return "\n".join([
         "# written by stack/localstack.py: single-node KRaft broker and controller. Clients connect",
         "# over SASL_SSL (SCRAM-SHA-512, TLS with the stack's CA) and are authorised by ACLs; the",
@@ -464,12 +502,10 @@ def format_kafka_storage(layout: Layout, java: Path, props: Path) -> None:
     if data.exists():
         say("Kafka's data predates the stack's security (no SCRAM users): removing it and its topics")
         shutil.rmtree(data)
-    cluster_id = base64.urlsafe_b64encode(uuid.uuid4().bytes).rstrip(b"=").decode()
-    args = ["kafka.tools.StorageTool", "format", "-t", cluster_id, "-c", str(props), "--ignore-formatted"]
-    for user, name in ((KAFKA_ADMIN_USER, "kafka-admin"), (PIPELINE_USER, "kafka-pipeline")):
-        args += ["--add-scram", f"SCRAM-SHA-512=[name={user},password={secret(layout, name)}]"]
+    cluster_id = new_cluster_id()
+    passwords = {KAFKA_ADMIN_USER: secret(layout, "kafka-admin"), PIPELINE_USER: secret(layout, "kafka-pipeline")}
     argfile = layout.kafka_dir / "format.args"
-    write_private(argfile, "\n".join(f'"{a}"' for a in args) + "\n")
+    write_private(argfile, storage_format_args(cluster_id, props, passwords))
     try:
         cmd = kafka_java_cmd(layout, java, f"@{argfile}")
         result = subprocess.run(cmd, capture_output=True, text=True)
@@ -487,16 +523,8 @@ def grant_kafka_acls(layout: Layout, java: Path) -> None:
     if marker.exists():
         return
     admin_config = layout.kafka_dir / "admin.properties"
-    write_private(admin_config, "\n".join([
-        f"bootstrap.servers=127.0.0.1:{layout.kafka_port}",
-        "security.protocol=SASL_SSL",
-        "sasl.mechanism=SCRAM-SHA-512",
-        "sasl.jaas.config=org.apache.kafka.common.security.scram.ScramLoginModule required "
-        f'username="{KAFKA_ADMIN_USER}" password="{secret(layout, "kafka-admin")}";',
-        "ssl.truststore.type=PEM",
-        f"ssl.truststore.location={layout.certs / 'ca.crt'}",
-        "",
-    ]))
+    write_private(admin_config, admin_client_properties(secret(layout, "kafka-admin"), layout.certs / "ca.crt",
+                                                        bootstrap=f"127.0.0.1:{layout.kafka_port}"))
     source = ROOT / "stack" / "KafkaAcls.java"
     cmd = [str(java), "-cp", f"{layout.kafka_libs}/*", f"-Dlog4j2.configurationFile={ROOT / 'stack' / 'kafka-log4j2.properties'}",
            str(source), str(admin_config), PIPELINE_USER, *RESOURCE_PREFIXES]
@@ -574,17 +602,10 @@ def es_url(layout: Layout, path: str) -> str:
     return f"https://localhost:{layout.es_port}{path}"
 
 
-def es_request(layout: Layout, method: str, path: str, body: dict | None = None, user: str = "elastic",
-               timeout: float = 5) -> dict:
-    """One HTTPS request to the local node, trusting only the stack's CA, as ``user``."""
-    password = secret(layout, "elastic" if user == "elastic" else "es-pipeline")
-    token = base64.b64encode(f"{user}:{password}".encode()).decode()
-    request = urllib.request.Request(es_url(layout, path), method=method,
-                                     data=None if body is None else json.dumps(body).encode(),
-                                     headers={"Authorization": f"Basic {token}", "Content-Type": "application/json"})
-    context = ssl.create_default_context(cafile=str(layout.certs / "ca.crt"))
-    with urllib.request.urlopen(request, timeout=timeout, context=context) as resp:
-        return json.load(resp)
+def es_request(layout: Layout, method: str, path: str, body: dict | None = None, timeout: float = 5) -> dict:
+    """One HTTPS request to the local node as ``elastic``, trusting only the stack's CA."""
+    return https_json(es_url(layout, path), layout.certs / "ca.crt", "elastic", secret(layout, "elastic"), method,
+                      body, timeout)
 
 
 def es_healthy(layout: Layout) -> bool:
