@@ -114,6 +114,11 @@ class ElasticsearchConfig:
     api_key: Secret
     deadletter_retention: str
 
+    @property
+    def deadletter_retention_s(self) -> int:
+        """Seconds a dead letter is kept; 0: until someone deletes it."""
+        return seconds_or_never(self.deadletter_retention)
+
 
 @dataclass(frozen=True)
 class OutagesConfig:
@@ -126,7 +131,7 @@ class OutagesConfig:
     @property
     def give_up_after_s(self) -> int:
         """Seconds after which a sink still failing stops the job; 0: never."""
-        return duration_seconds(self.give_up_after) if self.give_up_after.strip() not in ("0", "") else 0
+        return seconds_or_never(self.give_up_after)
 
 
 @dataclass(frozen=True)
@@ -322,6 +327,11 @@ def duration_seconds(value: str) -> int:
     return int(match.group(1)) * _UNIT_SECONDS[match.group(2)]
 
 
+def seconds_or_never(value: str) -> int:
+    """A duration key that may be "0" (or empty) for never, in seconds; 0 for never."""
+    return 0 if value.strip() in ("0", "") else duration_seconds(value)
+
+
 def _trigger(value: str) -> str | None:
     if value in _TRIGGER_WORDS or _INTERVAL.match(value):
         return None
@@ -511,7 +521,7 @@ def read_env_file(path: Path | None) -> dict[str, str]:
     return values
 
 
-def _read_secret(key: str, file_key: str, file_path: str, env: Mapping[str, str]) -> Secret:
+def read_secret(key: str, file_key: str, file_path: str, env: Mapping[str, str]) -> Secret:
     """A secret from its environment variable, else from the file its ``*_file`` key names."""
     if env.get(env_name(key)):
         return Secret(env[env_name(key)])
@@ -569,7 +579,7 @@ def load_config(
         for f in dataclasses.fields(cls):
             key = f"{section}.{f.name}"
             if key in secret_keys:  # after its *_file key, declared before it
-                values[f.name] = _read_secret(key, f"{key}_file", values[f"{f.name}_file"], env)
+                values[f.name] = read_secret(key, f"{key}_file", values[f"{f.name}_file"], env)
                 continue
             if key in overrides and overrides[key] is not None:
                 raw, source = overrides[key], "the command line"

@@ -11,7 +11,7 @@ from elasticsearch import Elasticsearch
 from elasticsearch import exceptions as es_exceptions
 from elastic_transport import TlsError, TransportError
 
-from bp_spark.config import Config, duration_seconds, env_name
+from bp_spark.config import Config, env_name
 from bp_spark.connections import AccessRefused
 from bp_spark.versions import elasticsearch_version
 
@@ -147,11 +147,11 @@ def expire_dead_letters(client: Elasticsearch, config: Config, page: int = 1000)
     """Delete dead letters processed longer ago than ``elasticsearch.deadletter_retention`` (they
     hold raw payloads: patient data); return how many. Search and bulk delete, page by page: the
     minimal distributions have no delete-by-query."""
-    retention = config.elasticsearch.deadletter_retention.strip()
+    retention_s = config.elasticsearch.deadletter_retention_s
     index = config.elasticsearch.deadletter_index
-    if retention in ("0", "") or not client.indices.exists(index=index):
+    if not retention_s or not client.indices.exists(index=index):
         return 0
-    query = {"range": {"processed_at": {"lt": f"now-{duration_seconds(retention)}s"}}}
+    query = {"range": {"processed_at": {"lt": f"now-{retention_s}s"}}}
     deleted = 0
     while True:
         hits = client.search(index=index, query=query, size=page, source=False)["hits"]["hits"]

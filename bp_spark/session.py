@@ -14,9 +14,7 @@ from collections.abc import Mapping
 from py4j.protocol import Py4JError
 from pyspark.sql import SparkSession
 
-# Java helpers (jvm/, built by `make install`); Spark's logging without the documents Elasticsearch's
-# refusals quote.
-from bp_spark.versions import JVM_JAR, LOG_CONFIG, connector_conf
+from bp_spark.versions import JVM_JAR, LOG_JAVA_OPTION, NO_FORK_FILE_SYSTEM, connector_conf
 
 
 # Spark's own monitoring, on: each streaming query's metrics (input rate, processing rate,
@@ -45,13 +43,13 @@ REDACTION_CONF = {
 log = logging.getLogger("bp_spark.session")
 
 
-
 def log_conf() -> dict[str, str]:
     """The driver JVM's log configuration (conf/spark-log4j2.properties), where this process starts
-    the JVM itself; under spark-submit the JVM is running already (pass --driver-java-options)."""
+    the JVM itself; under spark-submit the JVM is running already (``python -m bp_spark.versions``
+    passes it there)."""
     if "PYSPARK_GATEWAY_PORT" in os.environ:
         return {}
-    return {"spark.driver.extraJavaOptions": f"-Dlog4j2.configurationFile=file:{LOG_CONFIG}"}
+    return {"spark.driver.extraJavaOptions": LOG_JAVA_OPTION}
 
 
 def local_files_conf() -> dict[str, str]:
@@ -59,8 +57,7 @@ def local_files_conf() -> dict[str, str]:
     process per file and folder created (jvm/bpmonitor/NoForkLocalFileSystem.java): the archive
     creates a file per patient and batch. Only where this process starts the JVM (python
     jobs/stream.py, the tests): a class path given after the JVM started would not be read, so
-    under spark-submit pass ``--driver-class-path build/bp-monitor-jvm.jar --conf
-    spark.hadoop.fs.file.impl=bpmonitor.NoForkLocalFileSystem`` for the same effect. Empty when
+    under spark-submit ``python -m bp_spark.versions`` passes the jar and this setting. Empty when
     the jar is missing (Hadoop's own file system then; correct, slower)."""
     if "PYSPARK_GATEWAY_PORT" in os.environ:  # started by spark-submit: the JVM is already running
         return {}
@@ -68,8 +65,7 @@ def local_files_conf() -> dict[str, str]:
         log.warning("%s is missing (`make install` builds it): local files are written through Hadoop's "
                     "own file system, which runs a chmod process for every file it creates", JVM_JAR)
         return {}
-    return {"spark.driver.extraClassPath": str(JVM_JAR),
-            "spark.hadoop.fs.file.impl": "bpmonitor.NoForkLocalFileSystem"}
+    return {"spark.driver.extraClassPath": str(JVM_JAR), **NO_FORK_FILE_SYSTEM}
 
 
 def private_files_conf(umask: str) -> dict[str, str]:

@@ -14,11 +14,17 @@ from pathlib import Path
 
 import pyspark
 
+from bp_spark import config
+
 ROOT = Path(__file__).resolve().parent.parent
 ENV_FILE = ROOT / ".env"
-# What the jobs set themselves when Python starts Spark (bp_spark/session.py), for spark-submit.
+# What the jobs set themselves when Python starts Spark (bp_spark/session.py), and what
+# submit_args passes to spark-submit: the local file system without a chmod process per file
+# (jvm/, built by `make install`), and Spark's log without the documents Elasticsearch refused.
 JVM_JAR = ROOT / "build" / "bp-monitor-jvm.jar"
+NO_FORK_FILE_SYSTEM = {"spark.hadoop.fs.file.impl": "bpmonitor.NoForkLocalFileSystem"}
 LOG_CONFIG = ROOT / "conf" / "spark-log4j2.properties"
+LOG_JAVA_OPTION = f"-Dlog4j2.configurationFile={LOG_CONFIG.as_uri()}"
 
 
 @functools.cache
@@ -26,13 +32,7 @@ def read_env_file(path: Path = ENV_FILE) -> dict[str, str]:
     """The ``KEY=VALUE`` pairs of ``.env``."""
     if not path.is_file():
         raise FileNotFoundError(f"{path} is missing: it holds the service versions; restore it from git")
-    pairs = {}
-    for line in path.read_text().splitlines():
-        line = line.strip()
-        if line and not line.startswith("#") and "=" in line:
-            key, value = line.split("=", 1)
-            pairs[key.strip()] = value.strip()
-    return pairs
+    return config.read_env_file(path)
 
 
 def elasticsearch_version() -> str:
@@ -91,10 +91,11 @@ def submit_args() -> list[str]:
     args = ["--driver-memory", driver_memory()]
     for key, value in connector_conf().items():
         args += ["--conf", f"{key}={value}"]
-    args += ["--driver-java-options", f"-Dlog4j2.configurationFile={LOG_CONFIG.as_uri()}"]
+    args += ["--driver-java-options", LOG_JAVA_OPTION]
     if JVM_JAR.exists():
-        args += ["--driver-class-path", str(JVM_JAR), "--jars", str(JVM_JAR),
-                 "--conf", "spark.hadoop.fs.file.impl=bpmonitor.NoForkLocalFileSystem"]
+        args += ["--driver-class-path", str(JVM_JAR), "--jars", str(JVM_JAR)]
+        for key, value in NO_FORK_FILE_SYSTEM.items():
+            args += ["--conf", f"{key}={value}"]
     return args
 
 

@@ -26,7 +26,7 @@ import urllib3
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from bp_spark.config import Config, ConfigError, Secret, load_config  # noqa: E402
+from bp_spark.config import Config, ConfigError, Secret, load_config, read_secret  # noqa: E402
 from bp_spark.dashboards import ALERT_RULE, DASHBOARD_ID, data_view_indices, load_saved_objects  # noqa: E402
 
 RULE_ID = "bp-monitor-critical-alerts"
@@ -56,15 +56,10 @@ def rule_body(config: Config) -> dict:
 
 
 def kibana_credentials(env=os.environ) -> tuple[str, Secret]:
-    """The user and password kibana-setup signs in with (none: Kibana without security)."""
-    password = env.get("BP_KIBANA_PASSWORD", "")
-    if not password and env.get("BP_KIBANA_PASSWORD_FILE"):
-        try:
-            password = Path(env["BP_KIBANA_PASSWORD_FILE"]).read_text().strip()
-        except OSError as exc:
-            raise ConfigError(f"BP_KIBANA_PASSWORD_FILE = {env['BP_KIBANA_PASSWORD_FILE']!r} cannot be read "
-                              f"({exc.strerror})") from exc
-    return env.get("BP_KIBANA_USERNAME", ""), Secret(password)
+    """The user and password kibana-setup signs in with (none: Kibana without security): the
+    password from BP_KIBANA_PASSWORD, else the file BP_KIBANA_PASSWORD_FILE names."""
+    password = read_secret("kibana.password", "BP_KIBANA_PASSWORD_FILE", env.get("BP_KIBANA_PASSWORD_FILE", ""), env)
+    return env.get("BP_KIBANA_USERNAME", ""), password
 
 
 class Kibana:
