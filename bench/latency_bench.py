@@ -36,9 +36,9 @@ from elasticsearch import ApiError
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from bp_spark.config import load_config  # noqa: E402
+from bp_spark.config import env_name, load_config  # noqa: E402
 from bp_spark.connections import kafka_settings  # noqa: E402
-from bp_spark.elastic import make_client  # noqa: E402
+from bp_spark.elastic import make_client, pipeline_indices  # noqa: E402
 
 
 def percentile(values: list[float], q: float) -> float:
@@ -88,17 +88,16 @@ def main() -> int:
 
     name = f"bench_latency_{uuid.uuid4().hex[:8]}"
     workdir = Path(tempfile.mkdtemp(prefix="bp-latency-"))
-    overrides = {"kafka.topic": name, **{f"elasticsearch.{kind}_index": f"{name}_{kind}" for kind in
-                                         ("anomalies", "alerts", "trends", "deadletter", "metrics")}}
-    config = load_config(overrides=overrides)
+    indices = {kind: f"{name}_{kind}" for kind in pipeline_indices(load_config())}
+    config = load_config(overrides={"kafka.topic": name,
+                                    **{f"elasticsearch.{kind}_index": index for kind, index in indices.items()}})
     env = {**os.environ, "SPARK_LOCAL_IP": "127.0.0.1", "BP_KAFKA_TOPIC": name,
            "BP_PATHS_ARCHIVE_DIR": str(workdir / "archive"), "BP_PATHS_CHECKPOINT_DIR": str(workdir / "checkpoint"),
-           **{f"BP_ELASTICSEARCH_{kind.upper()}_INDEX": f"{name}_{kind}"
-              for kind in ("anomalies", "alerts", "trends", "deadletter", "metrics")}}
+           **{env_name(f"elasticsearch.{kind}_index"): index for kind, index in indices.items()}}
     admin = AdminClient(kafka_settings(config))
     admin.create_topics([NewTopic(name, 3, 1)])[name].result(30)
     es = make_client(config)
-    anomalies, alerts = Watcher(es, f"{name}_anomalies"), Watcher(es, f"{name}_alerts")
+    anomalies, alerts = Watcher(es, indices["anomalies"]), Watcher(es, indices["alerts"])
     job_log = workdir / "job.log"
     command = [sys.executable, str(ROOT / "jobs" / "stream.py")] + (["--trigger", args.trigger] if args.trigger else [])
     job = subprocess.Popen(command, env=env, stdout=open(job_log, "wb"), stderr=subprocess.STDOUT)
