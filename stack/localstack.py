@@ -426,14 +426,19 @@ def admin_client_properties(password: str, ca_file: Path, bootstrap: str | None 
 
 
 def new_cluster_id() -> str:
-    """A KRaft cluster id: 16 random bytes, URL-safe base64 without padding."""
-    return base64.urlsafe_b64encode(uuid.uuid4().bytes).rstrip(b"=").decode()
+    """A KRaft cluster id: 16 random bytes, URL-safe base64 without padding. Like Kafka's own
+    ``Uuid.randomUuid``, it never starts with '-': the storage tool's argument parser would read
+    such an id as an option (``--cluster-id: expected one argument``), one first run in 64."""
+    while True:
+        cluster_id = base64.urlsafe_b64encode(uuid.uuid4().bytes).rstrip(b"=").decode()
+        if not cluster_id.startswith("-"):
+            return cluster_id
 
 
 def storage_format_args(cluster_id: str, props: Path, passwords: dict[str, str]) -> str:
     """A Java argument file that formats Kafka's storage with a SCRAM user per ``{user: password}``:
     the storage tool reads the passwords from it, not from a command line, where ``ps`` shows them."""
-    args = ["kafka.tools.StorageTool", "format", "-t", cluster_id, "-c", str(props), "--ignore-formatted"]
+    args = ["kafka.tools.StorageTool", "format", f"--cluster-id={cluster_id}", "-c", str(props), "--ignore-formatted"]
     for user, password in passwords.items():
         args += ["--add-scram", f"SCRAM-SHA-512=[name={user},password={password}]"]
     return "\n".join(f'"{a}"' for a in args) + "\n"

@@ -109,3 +109,36 @@ def test_node_folders_of_stacks_that_are_gone_are_removed(tmp_path: Path, monkey
     localstack.remove_orphaned_nodes(mine)
     assert all(path.exists() for path in kept)
     assert not any(path.exists() for path in removed)
+
+
+def test_kafka_storage_formats_whatever_the_random_cluster_id(layout, monkeypatch: pytest.MonkeyPatch) -> None:
+    """One random id in 64 starts with '-', which the storage tool's parser took for an option
+    (``--cluster-id: expected one argument``): a first ``make up`` failed at random. The id is
+    drawn again, as Kafka's own Uuid.randomUuid does, and passed as ``--cluster-id=ID``; the real
+    tool formats with it."""
+    import base64
+    import uuid
+
+    dash_first = uuid.UUID(bytes=base64.urlsafe_b64decode("-" + "A" * 21 + "=="))
+    drawn = iter([dash_first, uuid.UUID(int=7)])
+    monkeypatch.setattr(localstack.uuid, "uuid4", lambda: next(drawn))
+    assert localstack.new_cluster_id() == "AAAAAAAAAAAAAAAAAAAABw"
+
+    real = localstack.layout_from_env()
+    if not real.kafka_libs.exists():
+        pytest.fail(f"Kafka's libraries are not under {real.kafka_libs}: run `make up` first")
+    layout.base.mkdir(parents=True)
+    (layout.base / "downloads").symlink_to(real.downloads)
+    layout.secrets.mkdir()
+    for name in ("kafka-admin", "kafka-pipeline"):
+        localstack.write_private(localstack.secret_file(layout, name), "not-a-real-password")
+    layout.kafka_dir.mkdir()
+    props = layout.kafka_dir / "server.properties"
+    props.write_text(localstack.kafka_properties(layout))
+    drawn = iter([dash_first, uuid.UUID(int=7)])
+    localstack.format_kafka_storage(layout, localstack.find_java()[0], props)
+    meta = (layout.kafka_dir / "data" / "meta.properties").read_text()
+    assert "cluster.id=AAAAAAAAAAAAAAAAAAAABw" in meta
+
+    args = localstack.storage_format_args("-" + "A" * 21, props, {"admin": "x"})
+    assert '"--cluster-id=-AAAAAAAAAAAAAAAAAAAAA"' in args.splitlines()
