@@ -7,7 +7,8 @@
    services in any deployment, serve the timed runs with their JIT-compiled code warm, as
    they would after minutes of uptime (the first run otherwise pays for their warm-up; Spark
    still starts cold in every timed run);
-2. runs `python jobs/stream.py --trigger available-now` on them, each run on a fresh
+2. runs the job the README's way, `spark-submit $(python -m bp_spark.versions) jobs/stream.py
+   --trigger available-now`, on them, each run on a fresh
    checkpoint, archive and indices: end-to-end observations/s (process start to exit, Spark
    start-up included), the rate inside the batches, and the peak memory (RSS of the job's
    process tree: Python driver plus JVM), with the trend query off (routing only);
@@ -46,6 +47,7 @@ import orjson
 from confluent_kafka import Consumer
 from confluent_kafka.admin import AdminClient
 
+from bp_spark import versions
 from bp_spark.config import load_config
 from bp_spark.connections import kafka_settings
 from bp_spark.elastic import make_client
@@ -90,14 +92,15 @@ def tree_rss_bytes(pid: int) -> int:
 
 def run_job(topic: str, observations: int, no_sinks: bool, workdir: Path, trends: bool = False) -> dict:
     name = f"bench_{uuid.uuid4().hex[:8]}"
-    env = {**os.environ, "SPARK_LOCAL_IP": "127.0.0.1", "BP_KAFKA_TOPIC": topic,
+    env = {**os.environ, "SPARK_LOCAL_IP": "127.0.0.1", "BP_KAFKA_TOPIC": topic, "PYSPARK_PYTHON": sys.executable,
            "BP_ELASTICSEARCH_ANOMALIES_INDEX": f"{name}_anomalies", "BP_ELASTICSEARCH_ALERTS_INDEX": f"{name}_alerts",
            "BP_ELASTICSEARCH_TRENDS_INDEX": f"{name}_trends", "BP_ELASTICSEARCH_DEADLETTER_INDEX": f"{name}_deadletter",
            "BP_ELASTICSEARCH_METRICS_INDEX": f"{name}_metrics",
            "BP_PATHS_ARCHIVE_DIR": str(workdir / name / "archive"),
            "BP_PATHS_CHECKPOINT_DIR": str(workdir / name / "checkpoint"),
            "BP_TRENDS_ENABLED": str(trends).lower()}
-    command = [sys.executable, str(ROOT / "jobs" / "stream.py"), "--trigger", "available-now"]
+    spark_submit = Path(sys.executable).parent / "spark-submit"
+    command = [str(spark_submit), *versions.submit_args(), str(ROOT / "jobs" / "stream.py"), "--trigger", "available-now"]
     if no_sinks:
         command.append("--no-sinks")
     log_path = workdir / f"{name}.log"
@@ -212,6 +215,21 @@ def reference_consumer(topic: str, observations: int, workdir: Path) -> float:
         return done / (time.perf_counter() - started)
 
 
+MODES = {
+    "routing": lambda topic, args, workdir: run_job(topic, args.observations, False, workdir),
+    "trends": lambda topic, args, workdir: run_job(topic, args.observations, False, workdir, trends=True),
+    "bare": lambda topic, args, workdir: run_job(topic, args.observations, True, workdir),
+    "prototype": lambda topic, args, workdir: {"e2e": prototype_consumer(topic, args.prototype_seconds, workdir)},
+    "reference": lambda topic, args, workdir: {"e2e": reference_consumer(topic, args.observations, workdir)},
+}
+
+
+def describe(run: dict) -> str:
+    if "peak_mb" not in run:
+        return f"{run['e2e']:,.0f} obs/s"
+    return f"{run['e2e']:,.0f} obs/s end to end ({run['seconds']:.0f} s, peak {run['peak_mb']:,.0f} MB)"
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--observations", type=int, default=1_000_000)
@@ -219,7 +237,13 @@ def main() -> int:
     parser.add_argument("--prototype-seconds", type=float, default=60.0)
     parser.add_argument("--warmup-observations", type=int, default=100_000,
                         help="an untimed first run on this many other observations; 0: none")
+    parser.add_argument("--modes", default=",".join(MODES),
+                        help=f"which runs, comma-separated, of {', '.join(MODES)}")
     args = parser.parse_args()
+    modes = [mode.strip() for mode in args.modes.split(",") if mode.strip()]
+    unknown = sorted(set(modes) - set(MODES))
+    if unknown:
+        parser.error(f"unknown --modes {', '.join(unknown)}: choose from {', '.join(MODES)}")
     config = load_config()
     topic = f"bench_stream_{uuid.uuid4().hex[:8]}"
     warmup_topic = f"{topic}_warmup"
@@ -233,37 +257,38 @@ def main() -> int:
             warm = run_job(warmup_topic, args.warmup_observations, False, workdir, trends=True)
             print(f"warm-up run (not counted): {args.warmup_observations:,} observations with trends in "
                   f"{warm['seconds']:.0f} s", flush=True)
-        full, with_trends, bare, proto, reference = [], [], [], [], []
+        runs: dict[str, list] = {mode: [] for mode in modes}
         for i in range(args.repeats):
-            full.append(run_job(topic, args.observations, False, workdir))
-            with_trends.append(run_job(topic, args.observations, False, workdir, trends=True))
-            bare.append(run_job(topic, args.observations, True, workdir))
-            proto.append(prototype_consumer(topic, args.prototype_seconds, workdir))
-            reference.append(reference_consumer(topic, args.observations, workdir))
-            print(f"run {i + 1}: job {full[-1]['e2e']:,.0f} obs/s end to end ({full[-1]['seconds']:.0f} s, "
-                  f"peak {full[-1]['peak_mb']:,.0f} MB); with trends {with_trends[-1]['e2e']:,.0f} obs/s; no sinks {bare[-1]['e2e']:,.0f} obs/s; "
-                  f"prototype {proto[-1]:,.0f} obs/s; reference consumer {reference[-1]:,.0f} obs/s", flush=True)
+            for mode in modes:
+                runs[mode].append(MODES[mode](topic, args, workdir))
+            print(f"run {i + 1}: " + "; ".join(f"{mode} {describe(runs[mode][-1])}" for mode in modes), flush=True)
     finally:
         AdminClient(kafka_settings(config)).delete_topics([topic, warmup_topic])
         shutil.rmtree(workdir, ignore_errors=True)
 
-    def med(runs: list[dict], key: str) -> float:
-        return statistics.median(r[key] for r in runs)
+    def med(mode: str, key: str = "e2e") -> float:
+        return statistics.median(r[key] for r in runs[mode])
 
     warmed = f", after a warm-up run on {args.warmup_observations:,}" if args.warmup_observations else ", no warm-up run"
     print(f"\nstream benchmark: {args.observations:,} observations, {args.repeats} runs, medians{warmed}")
-    print(f"  stream job, all sinks      end to end {med(full, 'e2e'):>9,.0f} obs/s   inside batches "
-          f"{med(full, 'in_batches'):>9,.0f} obs/s   peak memory {med(full, 'peak_mb'):,.0f} MB")
-    print(f"  the same and trends        end to end {med(with_trends, 'e2e'):>9,.0f} obs/s   inside batches "
-          f"{med(with_trends, 'in_batches'):>9,.0f} obs/s   peak memory {med(with_trends, 'peak_mb'):,.0f} MB")
-    print(f"  stream job, no sinks       end to end {med(bare, 'e2e'):>9,.0f} obs/s   inside batches "
-          f"{med(bare, 'in_batches'):>9,.0f} obs/s   peak memory {med(bare, 'peak_mb'):,.0f} MB")
-    print(f"  prototype-style consumer   {statistics.median(proto):>9,.0f} obs/s (first {args.prototype_seconds:.0f} s of the topic)")
-    print(f"  reference consumer         {statistics.median(reference):>9,.0f} obs/s (one Python process, the whole topic)")
-    print(f"  ratio, stream job vs prototype: {med(full, 'e2e') / statistics.median(proto):,.1f}x")
-    print(f"  ratio, stream job vs reference consumer: {med(full, 'e2e') / statistics.median(reference):,.2f}x; "
-          f"with trends: {med(with_trends, 'e2e') / statistics.median(reference):,.2f}x")
-    print(f"  sinks' share of the ceiling: {med(full, 'e2e') / med(bare, 'e2e'):.0%}")
+    labels = {"routing": "stream job, all sinks, trends off", "trends": "stream job as by default (trends on)",
+              "bare": "stream job, no sinks"}
+    for mode in ("routing", "trends", "bare"):
+        if mode in runs:
+            print(f"  {labels[mode]:<38} end to end {med(mode):>9,.0f} obs/s   inside batches "
+                  f"{med(mode, 'in_batches'):>9,.0f} obs/s   peak memory {med(mode, 'peak_mb'):,.0f} MB")
+    if "prototype" in runs:
+        print(f"  {'prototype-style consumer':<38} {med('prototype'):>9,.0f} obs/s (first {args.prototype_seconds:.0f} s of the topic)")
+    if "reference" in runs:
+        print(f"  {'reference consumer':<38} {med('reference'):>9,.0f} obs/s (one Python process, the whole topic)")
+    for mode in ("routing", "trends"):
+        for other in ("reference", "prototype"):
+            if mode in runs and other in runs:
+                print(f"  ratio, {labels[mode]} vs {other} consumer: {med(mode) / med(other):,.2f}x")
+    if "routing" in runs and "trends" in runs:
+        print(f"  ratio, trends on vs routing only: {med('trends') / med('routing'):.2f}")
+    if "routing" in runs and "bare" in runs:
+        print(f"  sinks' share of the ceiling: {med('routing') / med('bare'):.0%}")
     return 0
 
 

@@ -181,6 +181,7 @@ class TrendsConfig:
     trigger: str
     windows: str
     watermark: str
+    patient_windows: str
     sustained_window: str
     sustained_slide: str
     sustained_systolic: float
@@ -189,8 +190,17 @@ class TrendsConfig:
 
     @property
     def window_list(self) -> list[tuple[str, str]]:
-        """``windows`` as ``[(label, duration), ...]``, e.g. ``[("hourly", "1 hour")]``."""
-        return [tuple(part.strip() for part in item.split("=", 1)) for item in self.windows.split(",")]
+        """The cohort's ``windows`` as ``[(label, duration), ...]``, e.g. ``[("hourly", "1 hour")]``."""
+        return _window_list(self.windows)
+
+    @property
+    def patient_window_list(self) -> list[tuple[str, str]]:
+        """``patient_windows`` as ``[(label, duration), ...]``."""
+        return _window_list(self.patient_windows)
+
+
+def _window_list(value: str) -> list[tuple[str, str]]:
+    return [tuple(part.strip() for part in item.split("=", 1)) for item in value.split(",")]
 
 
 @dataclass(frozen=True)
@@ -424,6 +434,7 @@ VALIDATORS: dict[str, Callable[[Any], str | None]] = {
     "stream.trigger": _trigger,
     "stream.app_name": _non_empty,
     "trends.windows": _windows,
+    "trends.patient_windows": _windows,
     "trends.trigger": _interval_or_empty,
     "trends.watermark": _duration,
     "trends.sustained_window": _duration,
@@ -629,6 +640,10 @@ def _check_consistency(config: Config) -> None:
     if window_s % slide_s:
         raise ConfigError(f"trends.sustained_window ({tr.sustained_window}) must be a whole number of "
                           f"trends.sustained_slide ({tr.sustained_slide})")
+    if not any(duration_seconds(duration) == slide_s for _, duration in tr.patient_window_list):
+        raise ConfigError(f"trends.patient_windows ({tr.patient_windows}) must hold a window as long as "
+                          f"trends.sustained_slide ({tr.sustained_slide}): the sustained windows are summed "
+                          f"from it (e.g. \"daily=1 day\" for a slide of 1 day)")
     _check_security(config)
     es = config.elasticsearch
     names = [es.anomalies_index, es.alerts_index, es.trends_index, es.deadletter_index, es.metrics_index]

@@ -27,7 +27,7 @@ from bp_spark.routing import BatchRouter, start_routing_query
 from bp_spark.sinks import Sinks, hadoop_fs
 from bp_spark.sinks.retry import backoff_s, summarise
 from bp_spark.streaming import wait_for_topic
-from bp_spark.trend_query import EARLIER_TRENDS_CHECKPOINT, TRENDS_CHECKPOINT, TrendRouter, start_trends_query
+from bp_spark.trend_query import EARLIER_TRENDS_CHECKPOINTS, TRENDS_CHECKPOINT, TrendRouter, start_trends_query
 
 log = logging.getLogger("bp_spark.pipeline")
 
@@ -46,8 +46,9 @@ def check_checkpoint_layout(spark: SparkSession, config: Config) -> None:
             f"{root} holds a checkpoint of an earlier bp-monitor, which ran one query. Each query now "
             f"has its own folder: move its contents into {root}/routing (mkdir {root}/routing, then move "
             f"commits, metadata, offsets, sources and state there) to resume where it stopped.")
-    earlier = f"{root}/{EARLIER_TRENDS_CHECKPOINT}"
-    if config.trends.enabled and _exists(spark, earlier) and not _exists(spark, f"{root}/{TRENDS_CHECKPOINT}"):
+    earlier = next((f"{root}/{name}" for name in reversed(EARLIER_TRENDS_CHECKPOINTS) if _exists(spark, f"{root}/{name}")),
+                   None)
+    if config.trends.enabled and earlier and not _exists(spark, f"{root}/{TRENDS_CHECKPOINT}"):
         log.warning("%s holds the trend query's state of an earlier bp-monitor, which this version cannot read: "
                     "trends are rebuilt from the topic (kafka.starting_offsets) into %s/%s, overwriting each "
                     "window's document by id. Delete %s once the rebuild has caught up.",

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import logging
 import time
+from datetime import datetime, timezone
 
 from pyspark.sql import DataFrame, SparkSession
 from pyspark.sql import functions as F
@@ -24,14 +25,16 @@ from bp_spark.monitoring import TRENDS_QUERY
 from bp_spark.parse import RETRACTED_STATUS, parse_observations
 from bp_spark.sinks import Sinks, SinkUnavailable
 from bp_spark.streaming import checkpointed, configure_state, kafka_source, keep_rows, per_step, remember, timed
-from bp_spark.trends import SUSTAINED, aggregate_windows, previous_window_id, sustained_onsets, with_windows
+from bp_spark.trends import (ANOMALY_TYPES, PATIENT, SUSTAINED, aggregate_windows, slide_period, sustained_onsets,
+                             sustained_windows, trend_id, with_windows)
 
 log = logging.getLogger("bp_spark.pipeline")
 
-# The trend query's checkpoint folder. Its state changed shape (one de-duplication entry per
-# reading, not per window), which Spark cannot read from the earlier folder, ``trends``.
-TRENDS_CHECKPOINT = "trends-v2"
-EARLIER_TRENDS_CHECKPOINT = "trends"
+# The trend query's checkpoint folder. Its state changed shape twice (one de-duplication entry
+# per reading, not per window; then no sliding windows in the state, they are summed from the
+# daily ones), which Spark cannot read from the earlier folders.
+TRENDS_CHECKPOINT = "trends-v3"
+EARLIER_TRENDS_CHECKPOINTS = ("trends", "trends-v2")
 
 
 def trends_stream(source_df: DataFrame, config: Config) -> DataFrame:
@@ -43,7 +46,8 @@ def trends_stream(source_df: DataFrame, config: Config) -> DataFrame:
     watermark is left out of trends (Spark counts it; the routing query still stores it), and a
     window is final, its state dropped, once the watermark passes its end. Each observation
     counts once (its first version; a correction is not subtracted): it is de-duplicated once
-    per reading, before it is placed in its windows (11 by default).
+    per reading, before it is placed in its tumbling windows (3 by default); the sliding windows
+    of sustained hypertension are summed from the daily ones in each batch (:class:`TrendRouter`).
     """
     t = config.trends
     return (
@@ -57,7 +61,6 @@ def trends_stream(source_df: DataFrame, config: Config) -> DataFrame:
         .transform(lambda df: with_windows(df, t))
         .transform(lambda df: on_event_time(df, "window_end", seconds(t.watermark)))
         .transform(lambda df: aggregate_windows(df, t))
-        .withColumn("previous_trend_id", F.when(F.col("scope") == SUSTAINED, previous_window_id(t)))
     )
 
 
@@ -113,23 +116,84 @@ class TrendRouter:
             counts = {r.scope: r["count"] for r in batch_df.groupBy("scope").count().collect()}
         if not counts:
             return counts
+        with timed(steps, "sustained"):
+            sustained_df = self._sustained_windows(batch_df, batch_id).persist()
+        try:
+            return self._write(batch_df, sustained_df, batch_id, steps, counts)
+        finally:
+            sustained_df.unpersist()
+
+    def _write(self, batch_df: DataFrame, sustained_df: DataFrame, batch_id: int, steps: dict[str, float],
+               counts: dict[str, int]) -> dict[str, int]:
         with timed(steps, "onsets"):
-            sustained = F.col("scope") == SUSTAINED
             windows = [(r.trend_id, r.previous_trend_id, r.is_sustained) for r in
-                       batch_df.where(sustained).select("trend_id", "previous_trend_id", "is_sustained").collect()]
+                       sustained_df.select("trend_id", "previous_trend_id", "is_sustained").collect()]
+            counts[SUSTAINED] = len(windows)
             in_batch = {window_id for window_id, _, _ in windows}
             unknown = {previous for _, previous, is_sustained in windows if is_sustained and previous not in in_batch}
             onsets = sustained_onsets(windows, self.sinks.elasticsearch.sustained_states(unknown, batch_id))
         counts["onsets"] = len(onsets)
-        docs = {"trends": documents.trend_docs(batch_df, self.config, batch_id)}
+        windows_df = batch_df.unionByName(sustained_df.drop("previous_trend_id"))
+        docs = {"trends": documents.trend_docs(windows_df, self.config, batch_id)}
         if onsets:
-            docs["alerts"] = documents.sustained_alert_docs(batch_df.where(F.col("trend_id").isin(onsets)),
+            docs["alerts"] = documents.sustained_alert_docs(sustained_df.where(F.col("trend_id").isin(onsets)),
                                                             self.config, batch_id)
         with timed(steps, "elasticsearch"):
             self.sinks.elasticsearch.write(docs, batch_id)
         if onsets:
             self.sinks.alert_topic.publish(docs["alerts"], batch_id)
         return counts
+
+    def _sustained_windows(self, batch_df: DataFrame, batch_id: int) -> DataFrame:
+        """The sustained windows that hold a daily window of this batch, summed from the batch's
+        daily windows and, for the days around them that the batch did not update, the daily
+        windows the index holds (what earlier batches wrote)."""
+        t = self.config.trends
+        slides = (batch_df.where((F.col("scope") == PATIENT) & (F.col("period") == slide_period(t)))
+                  .select(*SLIDE_COLUMNS).withColumn("updated", F.lit(True)))
+        length, slide = seconds(t.sustained_window), seconds(t.sustained_slide)
+        around = [i * slide for i in range(1 - length // slide, length // slide) if i]
+        neighbours = (slides.select("patient_id", F.explode(F.array(
+                          *[F.unix_seconds("window_start") + offset for offset in around])).alias("_start"))
+                      .select(trend_id(F.lit(PATIENT), F.lit(slide_period(t)), "patient_id",
+                                       F.timestamp_seconds("_start")).alias("trend_id"))
+                      .distinct())
+        in_batch = batch_df.select("trend_id")
+        wanted = sorted(r.trend_id for r in neighbours.join(in_batch, "trend_id", "left_anti").collect())
+        stored = self.sinks.elasticsearch.trend_windows(wanted, batch_id)
+        schema = slides.drop("updated").schema
+        earlier = batch_df.sparkSession.createDataFrame([slide_row(doc) for doc in stored], schema)
+        return sustained_windows(slides.unionByName(earlier.withColumn("updated", F.lit(False))), t)
+
+
+# The columns of a daily window that the sustained windows are summed from.
+SLIDE_COLUMNS = ("patient_id", "window_start", "readings", "systolic_sum", "systolic_max", "systolic_min",
+                 "diastolic_sum", "diastolic_max", "diastolic_min", "peak", "anomalies", "abnormal_readings",
+                 "last_reading_time")
+
+
+def _time(value: int | str | None) -> datetime | None:
+    """A date as the index returns it: epoch milliseconds (as the connector writes dates) or ISO 8601."""
+    if value is None:
+        return None
+    if isinstance(value, (int, float)):
+        return datetime.fromtimestamp(value / 1000, tz=timezone.utc)
+    return datetime.fromisoformat(value.replace("Z", "+00:00"))
+
+
+def slide_row(doc: dict) -> tuple:
+    """A daily window's document as a row of :data:`SLIDE_COLUMNS`. A document of a version before
+    the sums were stored gives them from its means."""
+    peak, anomalies = doc.get("peak") or {}, doc.get("anomalies") or {}
+    readings = doc["readings"]
+    return (
+        doc["patient_id"], _time(doc["window_start"]), readings,
+        doc.get("systolic_sum", doc["systolic_mean"] * readings), doc["systolic_max"], doc["systolic_min"],
+        doc.get("diastolic_sum", doc["diastolic_mean"] * readings), doc["diastolic_max"], doc["diastolic_min"],
+        (peak.get("observation_id"), _time(peak.get("effective_time")), peak.get("systolic"), peak.get("diastolic")),
+        tuple(anomalies.get(kind, 0) for kind in ANOMALY_TYPES), doc["abnormal_readings"],
+        _time(doc["last_reading_time"]),
+    )
 
 
 def start_trends_query(spark: SparkSession, config: Config, router: TrendRouter) -> StreamingQuery:

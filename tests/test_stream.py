@@ -240,7 +240,8 @@ def test_trends_sustained_onsets_and_late_readings(
     day1 = trends["patient|daily|pa|2026-01-01 00:00:00"]
     assert (day1["readings"], day1["systolic_max"], day1["diastolic_mean"]) == (1, 150.0, 95.0)
     assert day1["anomalies"] == {"systolic_high": 1, "systolic_low": 0, "diastolic_high": 1, "diastolic_low": 0}
-    assert trends["patient|hourly|pb|2026-01-01 07:00:00"]["readings"] == 1  # 08:30+01:00, counted once
+    assert trends["patient|daily|pb|2026-01-01 00:00:00"]["readings"] == 1  # 08:30+01:00, counted once
+    assert "patient|hourly|pb|2026-01-01 07:00:00" not in trends  # per patient, daily windows by default
     cohort = trends["cohort|daily|2026-01-03 00:00:00"]
     assert (cohort["readings"], cohort["abnormal_readings"], cohort["abnormal_patients"]) == (3, 2, 2)
     assert cohort["peak"]["observation_id"] == "pc-2026-01-03T09" and cohort["peak"]["systolic"] == 185.0
@@ -257,7 +258,8 @@ def test_trends_sustained_onsets_and_late_readings(
     # Windows that end before the watermark (Jan 4, 08:00) are final and leave the state; readings
     # older than it leave the de-duplication state.
     state = {op["operatorName"]: op["numRowsTotal"] for op in first.lastProgress["stateOperators"]}
-    assert len(trends) == 67 and state == {"stateStoreSave": 34, "dedupeWithinWatermark": 5}
+    # 11 patient-days, 11 cohort hours, 5 cohort days, 11 + 11 + 7 sustained windows
+    assert len(trends) == 56 and state == {"stateStoreSave": 9, "dedupeWithinWatermark": 5}
 
     inside = reading("pb", "2026-01-04T12:00:00Z", 121, 79)   # after the watermark
     outside = reading("pa", "2025-12-20T08:00:00Z", 160, 100)  # before it
@@ -266,6 +268,9 @@ def test_trends_sustained_onsets_and_late_readings(
 
     trends = ids_in(es, config.elasticsearch.trends_index)
     assert trends["patient|daily|pb|2026-01-04 00:00:00"]["readings"] == 2
+    # pb's week from Jan 1, summed from this run's Jan 4 and the days the first run wrote
+    week = trends["sustained|7 days/1 day|pb|2026-01-01 00:00:00"]
+    assert (week["readings"], week["systolic_sum"], week["systolic_mean"]) == (6, 711.0, 711.0 / 6)
     assert "patient|daily|pa|2025-12-20 00:00:00" not in trends
     trend_query = next(q for q in queries if q.name == TRENDS_QUERY)
     assert sum(late_rows(p) for p in trend_query.recentProgress) == 1  # the reading, once

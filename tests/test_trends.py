@@ -21,6 +21,7 @@ from bp_spark.trends import all_trends, sustained_onsets
 from test_parse import BASE
 
 TRENDS = TrendsConfig(enabled=True, trigger="", windows="hourly=1 hour, daily=1 day", watermark="1 day",
+                      patient_windows="hourly=1 hour, daily=1 day",
                       sustained_window="7 days", sustained_slide="1 day", sustained_systolic=135.0,
                       sustained_diastolic=85.0, sustained_min_readings=1)
 

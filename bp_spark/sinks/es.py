@@ -39,6 +39,8 @@ CAREFUL_CHUNK_DOCS = 2000
 CAREFUL_CHUNK_BYTES = 5 << 20
 # How much of Elasticsearch's reason a dead letter keeps (it may quote the refused value).
 REFUSAL_REASON_LIMIT = 160
+# Ids per multi-get request when reading earlier documents back.
+MGET_CHUNK = 10_000
 
 
 @dataclass(frozen=True)
@@ -285,6 +287,23 @@ class ElasticsearchSink:
                 raise SinkFailure("deletes not done: " + ", ".join(f"{s} x{n}" for s, n in failed.items()))
             return {r["_id"] for r in results if r.get("status") == 200 and r.get("_index") == e.anomalies_index}
         return self._retry(run, f"batch {batch_id}: removing {len(ids)} superseded observations")
+
+    def trend_windows(self, trend_ids: Iterable[str], batch_id: int) -> list[dict]:
+        """The documents of the given trend windows that the trends index holds (absent: left out)."""
+        ids = sorted(set(trend_ids))
+        index = self.config.elasticsearch.trends_index
+        if not ids:
+            return []
+
+        def run() -> list[dict]:
+            if not self.es.indices.exists(index=index):
+                return []
+            found = []
+            for start in range(0, len(ids), MGET_CHUNK):
+                docs = self.es.mget(index=index, ids=ids[start:start + MGET_CHUNK])["docs"]
+                found += [doc["_source"] for doc in docs if doc.get("found")]
+            return found
+        return self._retry(run, f"trends batch {batch_id}: reading {len(ids)} earlier trend windows")
 
     def sustained_states(self, trend_ids: Iterable[str], batch_id: int) -> dict[str, bool]:
         """``is_sustained`` of the given sustained windows as the trends index holds them (absent: left out)."""
