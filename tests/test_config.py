@@ -23,7 +23,7 @@ def test_defaults_match_the_design_contracts() -> None:
     assert (t.systolic_high, t.systolic_low, t.diastolic_high, t.diastolic_low) == (140.0, 90.0, 90.0, 60.0)
     assert isinstance(t.systolic_high, float)
     assert config.kafka.max_offsets_per_trigger == 500_000
-    assert config.stream.driver_memory == "4g"
+    assert config.stream.driver_memory == "1536m"
 
 
 def test_config_is_frozen() -> None:
