@@ -132,6 +132,10 @@ class TrendRouter:
             in_batch = {window_id for window_id, _, _ in windows}
             unknown = {previous for _, previous, is_sustained in windows if is_sustained and previous not in in_batch}
             onsets = sustained_onsets(windows, self.sinks.elasticsearch.sustained_states(unknown, batch_id))
+            # A window stays an onset while the one before it is not sustained (a live feed's
+            # week before its first day has no readings): alert it once, not at every batch.
+            raised = self.sinks.elasticsearch.alerted_before(onsets, batch_id)
+            onsets = [window_id for window_id in onsets if window_id not in raised]
         counts["onsets"] = len(onsets)
         windows_df = batch_df.unionByName(sustained_df.drop("previous_trend_id"))
         docs = {"trends": documents.trend_docs(windows_df, self.config, batch_id)}

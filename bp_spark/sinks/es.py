@@ -288,6 +288,21 @@ class ElasticsearchSink:
             return {r["_id"] for r in results if r.get("status") == 200 and r.get("_index") == e.anomalies_index}
         return self._retry(run, f"batch {batch_id}: removing {len(ids)} superseded observations")
 
+    def alerted_before(self, alert_ids: Iterable[str], batch_id: int) -> set[str]:
+        """Of ``alert_ids``, those the alert index holds from another batch than ``batch_id`` (an
+        alert of this very batch is a replay's: it is sent again, at least once)."""
+        ids = sorted(set(alert_ids))
+        index = self.config.elasticsearch.alerts_index
+        if not ids:
+            return set()
+
+        def run() -> set[str]:
+            if not self.es.indices.exists(index=index):
+                return set()
+            docs = self.es.mget(index=index, ids=ids, source_includes=["batch_id"])["docs"]
+            return {doc["_id"] for doc in docs if doc.get("found") and doc["_source"].get("batch_id") != batch_id}
+        return self._retry(run, f"trends batch {batch_id}: looking for {len(ids)} alerts raised before")
+
     def trend_windows(self, trend_ids: Iterable[str], batch_id: int) -> list[dict]:
         """The documents of the given trend windows that the trends index holds (absent: left out)."""
         ids = sorted(set(trend_ids))
