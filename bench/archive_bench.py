@@ -6,8 +6,10 @@ No stack needed: N generator observations of P patients are cached in Spark as (
 in 4 partitions, as a micro-batch is after de-duplication, then each variant is timed, median
 of the repeats:
 
-- ``ArchiveSink.write``: the job's archive step (shuffle by patient, one staging file per
-  patient, moved to ``patient_id=<id>/batch-<batch>-<part>.jsonl``);
+- ``ArchiveSink.write``: the job's archive step for a backfill's batch (shuffle by patient, one
+  staging file per patient, moved to ``patient_id=<id>/batch-<batch>-<part>.jsonl``);
+- the same files written by the driver, as a live batch's are (at most 20,000 rows; try
+  ``--observations 3000 --patients 1000``, a live batch of 1,000 patients);
 - the same partitioned write without the shuffle by patient (a file per patient and task);
 - the same lines written as one file per task (the floor: the bytes, without a file per patient);
 - the shuffle by patient alone.
@@ -59,6 +61,8 @@ def main() -> int:
         figures = {
             "ArchiveSink.write (shuffle, a file per patient)":
                 median_seconds(lambda i: sinks.archive.write(batch_df, i), args.repeats),
+            "ArchiveSink.write, by the driver (a live batch's way)":
+                median_seconds(lambda i: sinks.archive._write_from_driver(batch_df, 100 + i), args.repeats),
             "partitioned write, no shuffle (a file per patient and task)":
                 median_seconds(lambda _: lines_df.write.mode("overwrite").partitionBy("patient_id")
                                .text(f"{folder}/noshuffle"), args.repeats),
@@ -68,7 +72,7 @@ def main() -> int:
             "the shuffle by patient alone": median_seconds(lambda _: noop.save(), args.repeats),
         }
         archived = sum(1 for f in Path(folder, "archive").glob("patient_id=*/*.jsonl") for _ in f.open("rb"))
-        assert archived == args.observations * args.repeats, f"the archive holds {archived} lines"
+        assert archived == 2 * args.observations * args.repeats, f"the archive holds {archived} lines"
     n = args.observations
     fs = spark._jvm.org.apache.hadoop.fs.FileSystem.getLocal(spark._jsc.hadoopConfiguration()).getClass().getName()
     print(f"\narchive benchmark: {n:,} observations, {args.patients} patients, medians of {args.repeats} runs, "

@@ -173,7 +173,7 @@ class BatchRouter:
             self.sinks.alert_topic.publish(docs["alerts"], batch_id)
         if stats.normals:
             with timed(stats.steps, "archive"):
-                self.sinks.archive.write(current_df.where(~F.col("is_anomaly")), batch_id)
+                self.sinks.archive.write(current_df.where(~F.col("is_anomaly")), batch_id, stats.normals)
         return stats
 
     def _count_refusals(self, stats: BatchStats, refused: Refused) -> None:

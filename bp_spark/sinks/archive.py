@@ -16,6 +16,7 @@ from __future__ import annotations
 import hashlib
 import logging
 import os
+import re
 from pathlib import Path
 
 from pyspark.sql import Column, DataFrame, SparkSession
@@ -27,6 +28,11 @@ from bp_spark.sinks.retry import SinkFailure, with_retries
 log = logging.getLogger("bp_spark.sinks")
 
 SINK = "archive"
+# Batches with at most this many normal readings are archived by the driver when the archive is
+# on the local file system (ArchiveSink._write_from_driver): a live batch, not a backfill's.
+DRIVER_WRITE_MAX_ROWS = 20_000
+# Partition values Spark writes as they are (no character it escapes in a folder name).
+_PLAIN_VALUE = re.compile(r"[A-Za-z0-9._-]+")
 
 
 def one_line(raw: Column) -> Column:
@@ -92,9 +98,49 @@ class ArchiveSink:
 
     # ------------------------------------------------------------------ writes
 
-    def write(self, normal_df: DataFrame, batch_id: int) -> int:
-        """Normal readings as JSON Lines, byte-for-byte, under ``patient_id=<id>/``; returns files written."""
+    def write(self, normal_df: DataFrame, batch_id: int, rows: int | None = None) -> int:
+        """Normal readings as JSON Lines, byte-for-byte, under ``patient_id=<id>/``; returns files written.
+        ``rows``: how many there are, when known; a live batch's few go the short way (below)."""
+        if rows is not None and rows <= DRIVER_WRITE_MAX_ROWS and self._local_root() is not None:
+            return self._retry(lambda: self._write_from_driver(normal_df, batch_id),
+                               f"batch {batch_id}: archiving normal readings")
         return self._retry(lambda: self._write(normal_df, batch_id), f"batch {batch_id}: archiving normal readings")
+
+    def _local_root(self) -> Path | None:
+        """The archive's folder when it is on the local file system, else None."""
+        fs, root_path = hadoop_fs(self.spark, self.root)
+        return Path(root_path.toUri().getPath()) if fs.getScheme() == "file" else None
+
+    def _write_from_driver(self, normal_df: DataFrame, batch_id: int) -> int:
+        """The same files, written by the driver: a live batch holds a few thousand normal readings
+        of up to as many patients, and the partitioned write's shuffle, staging folder and one
+        task file per patient cost more than the bytes (``bench/archive_bench.py``). The rows are
+        collected as bytes (the payload exactly as it arrived, on one line), grouped by patient,
+        and each patient's file is written beside its final name and renamed onto it, under the
+        name the partitioned write would give part 0: a replay of the batch (same rows, so the
+        same way) overwrites it. Folder names are escaped as Spark escapes partition values."""
+        root = self._local_root()
+        by_patient: dict[str, list[bytes]] = {}
+        for row in normal_df.select("patient_id", one_line(F.col("raw")).cast("binary").alias("line")).collect():
+            by_patient.setdefault(row.patient_id, []).append(bytes(row.line))
+        name = self._name(batch_id, "part-00000")
+        for patient_id, lines in by_patient.items():
+            folder = root / f"patient_id={self._partition_name(patient_id)}"
+            folder.mkdir(mode=0o777 & ~self.umask, exist_ok=True)
+            temporary = folder / f".{name}.{os.getpid()}.tmp"
+            descriptor = os.open(temporary, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o666 & ~self.umask)
+            with os.fdopen(descriptor, "wb") as out:
+                out.write(b"\n".join(lines) + b"\n")
+            os.replace(temporary, folder / name)
+        return len(by_patient)
+
+    def _partition_name(self, value: str | None) -> str:
+        """``value`` as Spark names its partition folder (escaped; null or empty: Hive's default)."""
+        if value and _PLAIN_VALUE.fullmatch(value):
+            return value
+        if not value:
+            return "__HIVE_DEFAULT_PARTITION__"
+        return self.spark._jvm.org.apache.spark.sql.catalyst.catalog.ExternalCatalogUtils.escapePathName(value)
 
     def _write(self, normal_df: DataFrame, batch_id: int) -> int:
         staging = f"{self.root}/_staging/{self.tag}/batch={batch_id}"
