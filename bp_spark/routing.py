@@ -25,7 +25,7 @@ from bp_spark.monitoring import RECORDS_READ, ROUTING_QUERY
 from bp_spark.parse import RETRACTED_STATUS, is_update, parse_observations
 from bp_spark.sinks import Sinks, SinkUnavailable
 from bp_spark.sinks.es import Refused
-from bp_spark.streaming import checkpointed, configure_state, kafka_source, per_step, remember, timed
+from bp_spark.streaming import checkpointed, configure_state, kafka_source, per_step, remember, start_in_pool, timed
 
 log = logging.getLogger("bp_spark.pipeline")
 
@@ -202,4 +202,4 @@ def start_routing_query(spark: SparkSession, config: Config, router: BatchRouter
     spark.conf.set("spark.sql.inMemoryColumnarStorage.compressed", "false")
     source_df = with_records_read(kafka_source(spark, config), partitions or [])
     writer = readings_stream(source_df, config).writeStream.queryName(ROUTING_QUERY).foreachBatch(router)
-    return checkpointed(writer, config, ROUTING_CHECKPOINT).start()
+    return start_in_pool(checkpointed(writer, config, ROUTING_CHECKPOINT), spark, "routing")

@@ -10,6 +10,7 @@ import logging
 import os
 import subprocess
 from collections.abc import Mapping
+from pathlib import Path
 
 from py4j.protocol import Py4JError
 from pyspark.sql import SparkSession
@@ -78,6 +79,14 @@ def private_files_conf(umask: str) -> dict[str, str]:
     return {"spark.hadoop.fs.permissions.umask-mode": umask}
 
 
+# Two scheduler pools (conf/fairscheduler.xml): the routing query's tasks go first when both
+# queries wait for the cores (bp_spark.streaming.in_pool).
+SCHEDULER_CONF = {
+    "spark.scheduler.mode": "FAIR",
+    "spark.scheduler.allocation.file": str(Path(__file__).resolve().parent.parent / "conf" / "fairscheduler.xml"),
+}
+
+
 def build_session(app_name: str, extra_conf: Mapping[str, str] | None = None) -> SparkSession:
     """Get or create the session with the Kafka and Elasticsearch connectors on its classpath."""
     builder = SparkSession.builder.appName(app_name)
@@ -88,6 +97,8 @@ def build_session(app_name: str, extra_conf: Mapping[str, str] | None = None) ->
     builder = builder.config("spark.sql.session.timeZone", "UTC")
     # Progress bars on stderr would interleave with the job's one log line per batch.
     builder = builder.config("spark.ui.showConsoleProgress", "false")
+    for key, value in SCHEDULER_CONF.items():
+        builder = builder.config(key, value)
     for key, value in {**METRICS_CONF, **REDACTION_CONF}.items():
         builder = builder.config(key, value)
     for key, value in {**local_files_conf(), **log_conf(), **(extra_conf or {})}.items():

@@ -93,6 +93,18 @@ def configure_state(spark: SparkSession, config: Config) -> None:
     spark.conf.set("spark.sql.shuffle.partitions", str(config.stream.state_partitions))
 
 
+def start_in_pool(writer, spark: SparkSession, pool: str):
+    """Start the query ``writer`` describes with its jobs in the scheduler pool ``pool``
+    (conf/fairscheduler.xml): a query's thread inherits the local properties of the thread that
+    starts it, and foreachBatch runs its jobs on that thread."""
+    context = spark.sparkContext
+    context.setLocalProperty("spark.scheduler.pool", pool)
+    try:
+        return writer.start()
+    finally:
+        context.setLocalProperty("spark.scheduler.pool", None)
+
+
 def checkpointed(writer, config: Config, name: str, interval: str = ""):
     """The query's checkpoint ``<checkpoint-dir>/<name>`` and trigger: ``stream.trigger``, or
     ``interval`` when given and the job runs continuously (available-now applies to every query)."""

@@ -24,7 +24,8 @@ from bp_spark.config import duration_seconds as seconds
 from bp_spark.monitoring import TRENDS_QUERY
 from bp_spark.parse import RETRACTED_STATUS, parse_observations
 from bp_spark.sinks import Sinks, SinkUnavailable
-from bp_spark.streaming import checkpointed, configure_state, kafka_source, keep_rows, per_step, remember, timed
+from bp_spark.streaming import (checkpointed, configure_state, kafka_source, keep_rows, per_step, remember,
+                                start_in_pool, timed)
 from bp_spark.trends import (ANOMALY_TYPES, PATIENT, SUSTAINED, aggregate_windows, slide_period, sustained_onsets,
                              sustained_windows, trend_id, with_windows)
 
@@ -205,4 +206,4 @@ def start_trends_query(spark: SparkSession, config: Config, router: TrendRouter)
     configure_state(spark, config)
     writer = (trends_stream(kafka_source(spark, config), config)
               .writeStream.queryName(TRENDS_QUERY).outputMode("update").foreachBatch(router))
-    return checkpointed(writer, config, TRENDS_CHECKPOINT, config.trends.trigger).start()
+    return start_in_pool(checkpointed(writer, config, TRENDS_CHECKPOINT, config.trends.trigger), spark, "trends")

@@ -19,7 +19,7 @@ from pyspark.sql import SparkSession
 from bp_spark.config import Config, load_config
 from bp_spark.connections import kafka_settings
 from bp_spark.elastic import ClusterInfo, ElasticsearchUnavailable, make_client, probe_cluster
-from bp_spark.session import REDACTION_CONF, local_files_conf, log_conf, private_files_conf, stop_session
+from bp_spark.session import REDACTION_CONF, SCHEDULER_CONF, local_files_conf, log_conf, private_files_conf, stop_session
 from bp_spark.versions import connector_conf
 
 os.environ.setdefault("SPARK_LOCAL_IP", "127.0.0.1")
@@ -74,7 +74,8 @@ def es(es_cluster: tuple[Elasticsearch, ClusterInfo]) -> Elasticsearch:
 def spark() -> Iterator[SparkSession]:
     """The one SparkSession of the run: local[2], few shuffle partitions, UI off, connectors on."""
     builder = SparkSession.builder
-    conf = {**connector_conf(), **local_files_conf(), **log_conf(), **REDACTION_CONF, **private_files_conf("077")}
+    conf = {**connector_conf(), **local_files_conf(), **log_conf(), **REDACTION_CONF, **SCHEDULER_CONF,
+            **private_files_conf("077")}
     for key, value in conf.items():
         builder = builder.config(key, value)
     session = (
