@@ -62,7 +62,7 @@ def main() -> int:
             "ArchiveSink.write (shuffle, a file per patient)":
                 median_seconds(lambda i: sinks.archive.write(batch_df, i), args.repeats),
             "ArchiveSink.write, by the driver (a live batch's way)":
-                median_seconds(lambda i: sinks.archive._write_from_driver(batch_df, 100 + i), args.repeats),
+                median_seconds(lambda i: sinks.archive._write_from_driver(batch_df, 100 + i, Path(folder, "archive")), args.repeats),
             "partitioned write, no shuffle (a file per patient and task)":
                 median_seconds(lambda _: lines_df.write.mode("overwrite").partitionBy("patient_id")
                                .text(f"{folder}/noshuffle"), args.repeats),

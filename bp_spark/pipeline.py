@@ -46,9 +46,11 @@ def check_checkpoint_layout(spark: SparkSession, config: Config) -> None:
             f"{root} holds a checkpoint of an earlier bp-monitor, which ran one query. Each query now "
             f"has its own folder: move its contents into {root}/routing (mkdir {root}/routing, then move "
             f"commits, metadata, offsets, sources and state there) to resume where it stopped.")
+    if not config.trends.enabled or _exists(spark, f"{root}/{TRENDS_CHECKPOINT}"):
+        return
     earlier = next((f"{root}/{name}" for name in reversed(EARLIER_TRENDS_CHECKPOINTS) if _exists(spark, f"{root}/{name}")),
                    None)
-    if config.trends.enabled and earlier and not _exists(spark, f"{root}/{TRENDS_CHECKPOINT}"):
+    if earlier:
         log.warning("%s holds the trend query's state of an earlier bp-monitor, which this version cannot read: "
                     "trends are rebuilt from the topic (kafka.starting_offsets) into %s/%s, overwriting each "
                     "window's document by id. Delete %s once the rebuild has caught up.",

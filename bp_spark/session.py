@@ -10,12 +10,11 @@ import logging
 import os
 import subprocess
 from collections.abc import Mapping
-from pathlib import Path
 
 from py4j.protocol import Py4JError
 from pyspark.sql import SparkSession
 
-from bp_spark.versions import JVM_JAR, LOG_JAVA_OPTION, NO_FORK_FILE_SYSTEM, connector_conf
+from bp_spark.versions import JVM_JAR, LOG_JAVA_OPTION, NO_FORK_FILE_SYSTEM, ROOT, connector_conf
 
 
 # Spark's own monitoring, on: each streaming query's metrics (input rate, processing rate,
@@ -80,10 +79,10 @@ def private_files_conf(umask: str) -> dict[str, str]:
 
 
 # Two scheduler pools (conf/fairscheduler.xml): the routing query's tasks go first when both
-# queries wait for the cores (bp_spark.streaming.in_pool).
+# queries wait for the cores (bp_spark.streaming.start_in_pool).
 SCHEDULER_CONF = {
     "spark.scheduler.mode": "FAIR",
-    "spark.scheduler.allocation.file": str(Path(__file__).resolve().parent.parent / "conf" / "fairscheduler.xml"),
+    "spark.scheduler.allocation.file": str(ROOT / "conf" / "fairscheduler.xml"),
 }
 
 

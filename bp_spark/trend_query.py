@@ -154,20 +154,19 @@ class TrendRouter:
         daily windows and, for the days around them that the batch did not update, the daily
         windows the index holds (what earlier batches wrote)."""
         t = self.config.trends
-        slides = (batch_df.where((F.col("scope") == PATIENT) & (F.col("period") == slide_period(t)))
-                  .select(*SLIDE_COLUMNS).withColumn("updated", F.lit(True)))
+        period = slide_period(t)
+        daily = batch_df.where((F.col("scope") == PATIENT) & (F.col("period") == period)).select(*SLIDE_COLUMNS)
+        slides = daily.withColumn("updated", F.lit(True))
         length, slide = seconds(t.sustained_window), seconds(t.sustained_slide)
         around = [i * slide for i in range(1 - length // slide, length // slide) if i]
-        neighbours = (slides.select("patient_id", F.explode(F.array(
+        neighbours = (daily.select("patient_id", F.explode(F.array(
                           *[F.unix_seconds("window_start") + offset for offset in around])).alias("_start"))
-                      .select(trend_id(F.lit(PATIENT), F.lit(slide_period(t)), "patient_id",
+                      .select(trend_id(F.lit(PATIENT), F.lit(period), "patient_id",
                                        F.timestamp_seconds("_start")).alias("trend_id"))
                       .distinct())
-        in_batch = batch_df.select("trend_id")
-        wanted = sorted(r.trend_id for r in neighbours.join(in_batch, "trend_id", "left_anti").collect())
+        wanted = [r.trend_id for r in neighbours.join(batch_df.select("trend_id"), "trend_id", "left_anti").collect()]
         stored = self.sinks.elasticsearch.trend_windows(wanted, batch_id)
-        schema = slides.drop("updated").schema
-        earlier = batch_df.sparkSession.createDataFrame([slide_row(doc) for doc in stored], schema)
+        earlier = batch_df.sparkSession.createDataFrame([slide_row(doc) for doc in stored], daily.schema)
         return sustained_windows(slides.unionByName(earlier.withColumn("updated", F.lit(False))), t)
 
 

@@ -77,12 +77,16 @@ def trend_id(*parts: Column | str) -> Column:
     return F.concat_ws("|", *[(F.col(p) if isinstance(p, str) else p).cast("string") for p in parts])
 
 
+# What makes a reading the peak of a window: the highest systolic, then diastolic, then the latest.
+PEAK_ORDER = ("systolic", "diastolic", "effective_time")
+
+
 def _peak() -> Column:
-    """The reading with the highest systolic (then diastolic, then the latest) in the group."""
+    """The peak reading of the group (:data:`PEAK_ORDER`)."""
     reading = F.struct(
         F.col("observation_id").alias("observation_id"), F.col("effective_time").alias("effective_time"),
         F.col("systolic").alias("systolic"), F.col("diastolic").alias("diastolic"))
-    return F.max_by(reading, F.struct("systolic", "diastolic", "effective_time"))
+    return F.max_by(reading, F.struct(*PEAK_ORDER))
 
 
 def _finish(aggregated_df: DataFrame, config: TrendsConfig) -> DataFrame:
@@ -145,8 +149,7 @@ def sustained_windows(slides_df: DataFrame, config: TrendsConfig) -> DataFrame:
         F.min("systolic_min").alias("systolic_min"),
         F.sum("diastolic_sum").alias("diastolic_sum"), F.max("diastolic_max").alias("diastolic_max"),
         F.min("diastolic_min").alias("diastolic_min"),
-        F.max_by("peak", F.struct(F.col("peak.systolic"), F.col("peak.diastolic"), F.col("peak.effective_time")))
-        .alias("peak"),
+        F.max_by("peak", F.struct(*[F.col(f"peak.{field}") for field in PEAK_ORDER])).alias("peak"),
         F.struct(*[F.sum(f"anomalies.{kind}").alias(kind) for kind in ANOMALY_TYPES]).alias("anomalies"),
         F.sum("abnormal_readings").alias("abnormal_readings"),
         F.max("last_reading_time").alias("last_reading_time"),

@@ -101,8 +101,9 @@ class ArchiveSink:
     def write(self, normal_df: DataFrame, batch_id: int, rows: int | None = None) -> int:
         """Normal readings as JSON Lines, byte-for-byte, under ``patient_id=<id>/``; returns files written.
         ``rows``: how many there are, when known; a live batch's few go the short way (below)."""
-        if rows is not None and rows <= DRIVER_WRITE_MAX_ROWS and self._local_root() is not None:
-            return self._retry(lambda: self._write_from_driver(normal_df, batch_id),
+        local_root = self._local_root() if rows is not None and rows <= DRIVER_WRITE_MAX_ROWS else None
+        if local_root is not None:
+            return self._retry(lambda: self._write_from_driver(normal_df, batch_id, local_root),
                                f"batch {batch_id}: archiving normal readings")
         return self._retry(lambda: self._write(normal_df, batch_id), f"batch {batch_id}: archiving normal readings")
 
@@ -111,15 +112,15 @@ class ArchiveSink:
         fs, root_path = hadoop_fs(self.spark, self.root)
         return Path(root_path.toUri().getPath()) if fs.getScheme() == "file" else None
 
-    def _write_from_driver(self, normal_df: DataFrame, batch_id: int) -> int:
+    def _write_from_driver(self, normal_df: DataFrame, batch_id: int, root: Path) -> int:
         """The same files, written by the driver: a live batch holds a few thousand normal readings
         of up to as many patients, and the partitioned write's shuffle, staging folder and one
         task file per patient cost more than the bytes (``bench/archive_bench.py``). The rows are
         collected as bytes (the payload exactly as it arrived, on one line), grouped by patient,
         and each patient's file is written beside its final name and renamed onto it, under the
         name the partitioned write would give part 0: a replay of the batch (same rows, so the
-        same way) overwrites it. Folder names are escaped as Spark escapes partition values."""
-        root = self._local_root()
+        same way) overwrites it. Folder names are escaped as Spark escapes partition values.
+        ``root``: the archive's local folder."""
         by_patient: dict[str, list[bytes]] = {}
         for row in normal_df.select("patient_id", one_line(F.col("raw")).cast("binary").alias("line")).collect():
             by_patient.setdefault(row.patient_id, []).append(bytes(row.line))

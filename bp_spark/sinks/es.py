@@ -155,12 +155,8 @@ class ElasticsearchSink:
             wanted.setdefault(row._target, []).append(row._doc_id)
 
         def run() -> list[tuple[str, str]]:
-            found = []
-            for index, ids in wanted.items():
-                if self.es.indices.exists(index=index):
-                    docs = self.es.mget(index=index, ids=ids, source=False)["docs"]
-                    found += [(index, doc["_id"]) for doc in docs if doc.get("found")]
-            return found
+            return [(index, doc["_id"]) for index, ids in wanted.items()
+                    for doc in self._found(index, ids, source=False)]
         existing = self._retry(run, f"batch {batch_id}: looking for alerts written before") if wanted else []
         if not existing:
             return create_df
@@ -288,48 +284,42 @@ class ElasticsearchSink:
             return {r["_id"] for r in results if r.get("status") == 200 and r.get("_index") == e.anomalies_index}
         return self._retry(run, f"batch {batch_id}: removing {len(ids)} superseded observations")
 
+    def _found(self, index: str, ids: Iterable[str], **options) -> list[dict]:
+        """The documents of ``ids`` that ``index`` holds (none if the index does not exist), by
+        multi-get, :data:`MGET_CHUNK` ids a request; ``options`` go to each request (``source``,
+        ``source_includes``). Not retried: the caller retries what it is doing as a whole."""
+        ids = sorted(set(ids))
+        if not ids or not self.es.indices.exists(index=index):
+            return []
+        return [doc for start in range(0, len(ids), MGET_CHUNK)
+                for doc in self.es.mget(index=index, ids=ids[start:start + MGET_CHUNK], **options)["docs"]
+                if doc.get("found")]
+
     def alerted_before(self, alert_ids: Iterable[str], batch_id: int) -> set[str]:
         """Of ``alert_ids``, those the alert index holds from another batch than ``batch_id`` (an
         alert of this very batch is a replay's: it is sent again, at least once)."""
-        ids = sorted(set(alert_ids))
-        index = self.config.elasticsearch.alerts_index
+        ids = set(alert_ids)
         if not ids:
             return set()
-
-        def run() -> set[str]:
-            if not self.es.indices.exists(index=index):
-                return set()
-            docs = self.es.mget(index=index, ids=ids, source_includes=["batch_id"])["docs"]
-            return {doc["_id"] for doc in docs if doc.get("found") and doc["_source"].get("batch_id") != batch_id}
-        return self._retry(run, f"trends batch {batch_id}: looking for {len(ids)} alerts raised before")
+        return self._retry(lambda: {doc["_id"] for doc in self._found(self.config.elasticsearch.alerts_index, ids,
+                                                                      source_includes=["batch_id"])
+                                    if doc["_source"].get("batch_id") != batch_id},
+                           f"trends batch {batch_id}: looking for {len(ids)} alerts raised before")
 
     def trend_windows(self, trend_ids: Iterable[str], batch_id: int) -> list[dict]:
         """The documents of the given trend windows that the trends index holds (absent: left out)."""
-        ids = sorted(set(trend_ids))
-        index = self.config.elasticsearch.trends_index
+        ids = set(trend_ids)
         if not ids:
             return []
-
-        def run() -> list[dict]:
-            if not self.es.indices.exists(index=index):
-                return []
-            found = []
-            for start in range(0, len(ids), MGET_CHUNK):
-                docs = self.es.mget(index=index, ids=ids[start:start + MGET_CHUNK])["docs"]
-                found += [doc["_source"] for doc in docs if doc.get("found")]
-            return found
-        return self._retry(run, f"trends batch {batch_id}: reading {len(ids)} earlier trend windows")
+        return self._retry(lambda: [doc["_source"] for doc in self._found(self.config.elasticsearch.trends_index, ids)],
+                           f"trends batch {batch_id}: reading {len(ids)} earlier trend windows")
 
     def sustained_states(self, trend_ids: Iterable[str], batch_id: int) -> dict[str, bool]:
         """``is_sustained`` of the given sustained windows as the trends index holds them (absent: left out)."""
-        ids = sorted(set(trend_ids))
-        index = self.config.elasticsearch.trends_index
+        ids = set(trend_ids)
         if not ids:
             return {}
-
-        def run() -> dict[str, bool]:
-            if not self.es.indices.exists(index=index):
-                return {}
-            found = self.es.mget(index=index, ids=ids, source_includes=["is_sustained"])["docs"]
-            return {doc["_id"]: bool(doc["_source"].get("is_sustained")) for doc in found if doc.get("found")}
-        return self._retry(run, f"trends batch {batch_id}: reading {len(ids)} earlier sustained windows")
+        return self._retry(lambda: {doc["_id"]: bool(doc["_source"].get("is_sustained")) for doc in
+                                    self._found(self.config.elasticsearch.trends_index, ids,
+                                                source_includes=["is_sustained"])},
+                           f"trends batch {batch_id}: reading {len(ids)} earlier sustained windows")
