@@ -1,7 +1,9 @@
 """From Kafka records to blood-pressure readings, or to the reason they cannot be read.
 
 The JSON is parsed once with the explicit schema; every column is derived from that one
-struct. Components are found by LOINC code, not position; units by UCUM code or unit text
+struct. A panel is known by its code: LOINC 85354-9, the older LOINC 55284-4 or SNOMED CT
+75367002, each with its system; components by their LOINC or SNOMED CT code and system, not
+position; a component that could not be measured (``dataAbsentReason``) is named as such; units by UCUM code or unit text
 (mm[Hg], mmHg, kPa); the effective time from ``effectiveDateTime`` or
 ``effectivePeriod.start`` in any offset; the patient from ``Patient/123``, an absolute URL
 ending so, or a ``urn:uuid:``. A record that cannot be used keeps its raw payload and gets
@@ -21,9 +23,16 @@ from pyspark.sql import functions as F
 
 from bp_spark.schema import JSON_OBJECT, OBSERVATION_SCHEMA
 
-PANEL_CODE = "85354-9"
-SYSTOLIC_CODE = "8480-6"
-DIASTOLIC_CODE = "8462-4"
+LOINC = "http://loinc.org"
+SNOMED_CT = "http://snomed.info/sct"
+# The codings that make an Observation a blood-pressure reading, each (system, code): the vital
+# signs panel, the older LOINC panel "Blood pressure systolic and diastolic", and SNOMED CT's
+# "Blood pressure (observable entity)"; then each component's, in LOINC and in SNOMED CT.
+PANEL_CODINGS = ((LOINC, "85354-9"), (LOINC, "55284-4"), (SNOMED_CT, "75367002"))
+SYSTOLIC_CODINGS = ((LOINC, "8480-6"), (SNOMED_CT, "271649006"))
+DIASTOLIC_CODINGS = ((LOINC, "8462-4"), (SNOMED_CT, "271650006"))
+NOT_A_PANEL = ("not a blood-pressure panel: its code needs LOINC 85354-9 or 55284-4, or SNOMED CT 75367002, "
+               "with its system")
 KPA_TO_MMHG = 7.50062
 PLAUSIBLE_MIN_MMHG = 20.0
 PLAUSIBLE_MAX_MMHG = 300.0
@@ -70,20 +79,35 @@ def is_single_json_value(raw: Column) -> Column:
     return F.coalesce((in_array == 1) & (F.size(in_object) == 1), F.lit(False))
 
 
-def has_coding(concept: Column, code: str) -> Column:
-    """True when a CodeableConcept carries ``code`` in any of its codings."""
-    return F.coalesce(F.exists(concept["coding"], lambda c: c["code"] == code), F.lit(False))
+def _system_name(system: str) -> str:
+    return {LOINC: "LOINC", SNOMED_CT: "SNOMED CT"}[system]
 
 
-def component_quantity(components: Column, code: str) -> Column:
-    """The valueQuantity of the first component coded ``code`` (null when there is none)."""
-    matching = F.filter(components, lambda c: has_coding(c["code"], code))
-    return F.element_at(matching, 1)["valueQuantity"]
+def codings_text(codings: tuple[tuple[str, str], ...]) -> str:
+    """``"LOINC 8480-6 or SNOMED CT 271649006"``, for a reason."""
+    return " or ".join(f"{_system_name(system)} {code}" for system, code in codings)
 
 
-def has_component(components: Column, code: str) -> Column:
-    """True when a component coded ``code`` is present."""
-    return F.coalesce(F.exists(components, lambda c: has_coding(c["code"], code)), F.lit(False))
+def has_coding(concept: Column, codings: tuple[tuple[str, str], ...]) -> Column:
+    """True when a CodeableConcept carries one of ``codings`` (system and code) in any of its codings."""
+    def matches(coding: Column) -> Column:
+        conditions = [(coding["system"] == system) & (coding["code"] == code) for system, code in codings]
+        any_of = conditions[0]
+        for condition in conditions[1:]:
+            any_of = any_of | condition
+        return any_of
+    return F.coalesce(F.exists(concept["coding"], matches), F.lit(False))
+
+
+def component_coded(components: Column, codings: tuple[tuple[str, str], ...]) -> Column:
+    """The first component coded with one of ``codings`` (null when there is none)."""
+    return F.element_at(F.filter(components, lambda c: has_coding(c["code"], codings)), 1)
+
+
+def absent_reason(concept: Column) -> Column:
+    """A ``dataAbsentReason`` for a reason: its first code, else its text, else its first display."""
+    first = F.element_at(concept["coding"], 1)
+    return F.coalesce(first["code"], concept["text"], first["display"], F.lit(""))
 
 
 def quantity_in_mmhg(quantity: Column) -> Column:
@@ -103,11 +127,17 @@ def patient_id_from_reference(reference: Column) -> Column:
     return F.when(from_path != "", from_path).when(from_urn != "", from_urn)
 
 
-def _quantity_problem(quantity: Column, in_mmhg: Column, present: Column, name: str, code: str) -> Column:
+def _quantity_problem(component: Column, in_mmhg: Column, name: str, codings: tuple[tuple[str, str], ...]) -> Column:
     """Why a component's quantity cannot be used, or null; ``in_mmhg`` is its already converted value."""
+    quantity = component["valueQuantity"]
     value = quantity["value"]
+    absent = component["dataAbsentReason"]
     return (
-        F.when(~present, F.lit(f"no {name} component (LOINC {code})"))
+        F.when(component.isNull(), F.lit(f"no {name} component ({codings_text(codings)}, with its system)"))
+        .when(absent.isNotNull() & quantity.isNotNull(),
+              F.lit(f"{name} component has both a value and a dataAbsentReason (FHIR allows one or the other)"))
+        .when(absent.isNotNull(),
+              F.concat(F.lit(f"{name} not measured: dataAbsentReason '"), quoted(absent_reason(absent)), F.lit("'")))
         .when(value.isNull(), F.lit(f"{name} component has no valueQuantity.value"))
         .when(value.cast("double").isNull(),
               F.concat(F.lit(f"{name} value '"), quoted(value), F.lit("' is not a number")))
@@ -156,20 +186,18 @@ def parse_observations(kafka_df: DataFrame, max_future_s: int = DEFAULT_MAX_FUTU
         obs["status"].alias("status"),
         obs["meta"]["lastUpdated"].cast("timestamp").alias("version_time"),
         obs["meta"]["versionId"].alias("version_id"),
-        has_coding(obs["code"], PANEL_CODE).alias("_is_panel"),
+        has_coding(obs["code"], PANEL_CODINGS).alias("_is_panel"),
         obs["subject"]["reference"].alias("_subject"),
         F.coalesce(obs["effectiveDateTime"], obs["effectivePeriod"]["start"]).alias("_effective"),
-        has_component(obs["component"], SYSTOLIC_CODE).alias("_has_systolic"),
-        has_component(obs["component"], DIASTOLIC_CODE).alias("_has_diastolic"),
-        component_quantity(obs["component"], SYSTOLIC_CODE).alias("_systolic_q"),
-        component_quantity(obs["component"], DIASTOLIC_CODE).alias("_diastolic_q"),
+        component_coded(obs["component"], SYSTOLIC_CODINGS).alias("_systolic_c"),
+        component_coded(obs["component"], DIASTOLIC_CODINGS).alias("_diastolic_c"),
     )
     values_df = pieces_df.select(
         "*",
         patient_id_from_reference(F.col("_subject")).alias("patient_id"),
         F.col("_effective").cast("timestamp").alias("effective_time"),
-        quantity_in_mmhg(F.col("_systolic_q")).alias("systolic"),
-        quantity_in_mmhg(F.col("_diastolic_q")).alias("diastolic"),
+        quantity_in_mmhg(F.col("_systolic_c")["valueQuantity"]).alias("systolic"),
+        quantity_in_mmhg(F.col("_diastolic_c")["valueQuantity"]).alias("diastolic"),
     )
     status = F.col("status")
     arrival = F.least(F.col("kafka_timestamp"), F.current_timestamp())
@@ -192,7 +220,7 @@ def parse_observations(kafka_df: DataFrame, max_future_s: int = DEFAULT_MAX_FUTU
               F.concat(F.lit("status '"), quoted(status),
                        F.lit("' is not processed (final, amended, corrected, entered-in-error are)")))
         .when(status == RETRACTED_STATUS, F.lit(None))  # a retraction needs only its id
-        .when(~F.col("_is_panel"), F.lit(f"not a blood-pressure panel (LOINC {PANEL_CODE})"))
+        .when(~F.col("_is_panel"), F.lit(NOT_A_PANEL))
         .when(F.col("_subject").isNull(), F.lit("no subject reference"))
         .when(F.col("patient_id").isNull(),
               F.concat(F.lit("subject '"), quoted(F.col("_subject")), F.lit("' is not a Patient reference")))
@@ -203,9 +231,8 @@ def parse_observations(kafka_df: DataFrame, max_future_s: int = DEFAULT_MAX_FUTU
               F.format_string(f"effective time %s is more than {int(max_future_s)} s after the message arrived "
                               "(stream.max_future_skew)", F.date_format("effective_time", "yyyy-MM-dd'T'HH:mm:ssXXX")))
         .otherwise(F.coalesce(
-            _quantity_problem(F.col("_systolic_q"), F.col("systolic"), F.col("_has_systolic"), "systolic", SYSTOLIC_CODE),
-            _quantity_problem(F.col("_diastolic_q"), F.col("diastolic"), F.col("_has_diastolic"), "diastolic",
-                              DIASTOLIC_CODE),
+            _quantity_problem(F.col("_systolic_c"), F.col("systolic"), "systolic", SYSTOLIC_CODINGS),
+            _quantity_problem(F.col("_diastolic_c"), F.col("diastolic"), "diastolic", DIASTOLIC_CODINGS),
             _plausibility_problem(F.col("systolic"), F.col("diastolic")),
         ))
     )

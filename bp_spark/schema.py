@@ -18,11 +18,19 @@ from __future__ import annotations
 from pyspark.sql import types as T
 
 CODING = T.StructType([
+    T.StructField("system", T.StringType()),  # a code counts with its system (LOINC, SNOMED CT)
     T.StructField("code", T.StringType()),
 ])
 
 CODEABLE_CONCEPT = T.StructType([
     T.StructField("coding", T.ArrayType(CODING)),
+])
+
+# A reason for a missing value: its code, or its text (or a coding's display) when it has none.
+ABSENT_REASON = T.StructType([
+    T.StructField("coding", T.ArrayType(T.StructType([
+        T.StructField("code", T.StringType()), T.StructField("display", T.StringType())]))),
+    T.StructField("text", T.StringType()),
 ])
 
 QUANTITY = T.StructType([
@@ -47,6 +55,7 @@ META = T.StructType([
 COMPONENT = T.StructType([
     T.StructField("code", CODEABLE_CONCEPT),
     T.StructField("valueQuantity", QUANTITY),
+    T.StructField("dataAbsentReason", ABSENT_REASON),
 ])
 
 OBSERVATION_SCHEMA = T.StructType([

@@ -11,7 +11,7 @@ from chispa import assert_df_equality
 from pyspark.sql import DataFrame, SparkSession
 from pyspark.sql import types as T
 
-from bp_spark.parse import NOT_ONE_VALUE, parse_observations
+from bp_spark.parse import NOT_A_PANEL, NOT_ONE_VALUE, parse_observations
 
 BASE = {
     "resourceType": "Observation",
@@ -101,6 +101,23 @@ def test_variants_real_feeds_send(spark: SparkSession) -> None:
         variant(status="entered-in-error", component=...),
         variant(code={"coding": [{"system": "http://snomed.info/sct", "code": "75367002"},
                                   {"system": "http://loinc.org", "code": "85354-9"}]}),
+        # The older LOINC panel, "Blood pressure systolic and diastolic".
+        variant(code={"coding": [{"system": "http://loinc.org", "code": "55284-4"}]}),
+        # SNOMED CT "Blood pressure (observable entity)" alone, and after the LOINC code.
+        variant(code={"coding": [{"system": "http://snomed.info/sct", "code": "75367002"}], "text": "BP"}),
+        variant(code={"coding": [{"system": "http://loinc.org", "code": "85354-9"},
+                                  {"system": "http://snomed.info/sct", "code": "75367002"}]}),
+        # Components coded in SNOMED CT ("Systolic/Diastolic blood pressure"), diastolic first.
+        variant(component=[
+            {"code": {"coding": [{"system": "http://snomed.info/sct", "code": "271650006"}]},
+             "valueQuantity": {"value": 81, "unit": "mmHg", "system": "http://unitsofmeasure.org", "code": "mm[Hg]"}},
+            {"code": {"coding": [{"system": "http://snomed.info/sct", "code": "271649006"}]},
+             "valueQuantity": {"value": 121, "unit": "mmHg", "system": "http://unitsofmeasure.org", "code": "mm[Hg]"}}]),
+        # A component that could not be measured beside two that were: the measured ones count.
+        variant(component=[*BASE["component"], {
+            "code": {"coding": [{"system": "http://loinc.org", "code": "8867-4"}]},
+            "dataAbsentReason": {"coding": [{"system": "http://terminology.hl7.org/CodeSystem/data-absent-reason",
+                                             "code": "not-performed"}]}}]),
     ]
     at = utc(2026, 1, 1, 8, 30)
     expected = [
@@ -117,6 +134,11 @@ def test_variants_real_feeds_send(spark: SparkSession) -> None:
         (10, "bp-1", "corrected", "p1", at, 120.0, 80.0, None),
         (11, "bp-1", "entered-in-error", "p1", at, None, None, None),
         (12, "bp-1", "final", "p1", at, 120.0, 80.0, None),
+        (13, "bp-1", "final", "p1", at, 120.0, 80.0, None),
+        (14, "bp-1", "final", "p1", at, 120.0, 80.0, None),
+        (15, "bp-1", "final", "p1", at, 120.0, 80.0, None),
+        (16, "bp-1", "final", "p1", at, 121.0, 81.0, None),
+        (17, "bp-1", "final", "p1", at, 120.0, 80.0, None),
     ]
     assert_df_equality(parsed(spark, payloads), spark.createDataFrame(expected, RESULT_SCHEMA), ignore_row_order=True)
 
@@ -134,13 +156,28 @@ BAD = [
     (variant(id=""), "Observation has no id"),
     (variant(status=...), "Observation has no status"),
     (variant(status="preliminary"), "status 'preliminary' is not processed (final, amended, corrected, entered-in-error are)"),
-    (variant(code={"coding": [{"system": "http://loinc.org", "code": "8867-4"}]}), "not a blood-pressure panel (LOINC 85354-9)"),
+    (variant(code={"coding": [{"system": "http://loinc.org", "code": "8867-4"}]}), NOT_A_PANEL),
+    # Codes count with their system, not by their text alone.
+    (variant(code={"coding": [{"code": "85354-9"}]}), NOT_A_PANEL),
+    (variant(code={"coding": [{"system": "http://snomed.info/sct", "code": "85354-9"}]}), NOT_A_PANEL),
+    (variant(code={"coding": [{"system": "http://loinc.org", "code": "75367002"}]}), NOT_A_PANEL),
+    (variant(code={"text": "Blood pressure"}), NOT_A_PANEL),
+    (variant(component__0__code={"coding": [{"code": "8480-6"}]}),
+     "no systolic component (LOINC 8480-6 or SNOMED CT 271649006, with its system)"),
+    # A value that could not be measured (FHIR's dataAbsentReason) is named, not taken for a missing one.
+    (variant(component__1__valueQuantity=..., component__1__dataAbsentReason={"coding": [
+        {"system": "http://terminology.hl7.org/CodeSystem/data-absent-reason", "code": "error"}]}),
+     "diastolic not measured: dataAbsentReason 'error'"),
+    (variant(component__0__valueQuantity=..., component__0__dataAbsentReason={"text": "patient moved"}),
+     "systolic not measured: dataAbsentReason 'patient moved'"),
+    (variant(component__0__dataAbsentReason={"coding": [{"code": "unknown"}]}),
+     "systolic component has both a value and a dataAbsentReason (FHIR allows one or the other)"),
     (variant(subject=...), "no subject reference"),
     (variant(subject={"reference": "Group/g1"}), "subject 'Group/g1' is not a Patient reference"),
     (variant(effectiveDateTime=...), "no effectiveDateTime or effectivePeriod.start"),
     (variant(effectiveDateTime="yesterday"), "effective time 'yesterday' is not a FHIR dateTime"),
-    (variant(component=[BASE["component"][0]]), "no diastolic component (LOINC 8462-4)"),
-    (variant(component=...), "no systolic component (LOINC 8480-6)"),
+    (variant(component=[BASE["component"][0]]), "no diastolic component (LOINC 8462-4 or SNOMED CT 271650006, with its system)"),
+    (variant(component=...), "no systolic component (LOINC 8480-6 or SNOMED CT 271649006, with its system)"),
     (variant(component__0__valueQuantity__value="high"), "systolic value 'high' is not a number"),
     (variant(component__1__valueQuantity__value=...), "diastolic component has no valueQuantity.value"),
     (variant(component__0__valueQuantity={"value": 12, "unit": "cm", "code": "cm"}), "systolic unit 'cm' is not mm[Hg], mmHg or kPa"),

@@ -45,7 +45,7 @@ def test_known_mix_reaches_every_sink_by_id_and_reconciles(
     bad = [(k, v) for k, v, _ in BAD_MESSAGES] + [(b"p", orjson.dumps(preliminary)), (b"p", orjson.dumps(no_diastolic))]
     reasons = [r for _, _, r in BAD_MESSAGES] + [
         "status 'preliminary' is not processed (final, amended, corrected, entered-in-error are)",
-        "no diastolic component (LOINC 8462-4)"]
+        "no diastolic component (LOINC 8462-4 or SNOMED CT 271650006, with its system)"]
     coordinates = publish(config, good + bad)
 
     router = run_once(spark, config, es)
