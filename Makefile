@@ -4,17 +4,19 @@ VENV := .venv
 PY := $(VENV)/bin/python
 # Java helpers for Spark's JVM (jvm/), compiled against the installed pyspark's jars.
 JVM_JAR := build/bp-monitor-jvm.jar
+# The HL7 FHIR validator (HAPI FHIR, from Maven Central) for the conformance test: its classpath.
+FHIR_VALIDATOR := build/fhir-validator/classpath
 # The hostname may resolve to another interface; Spark binds to loopback here.
 export SPARK_LOCAL_IP ?= 127.0.0.1
 
-.PHONY: demo test chaos install system-deps up down status clean dist
+.PHONY: demo test chaos install system-deps fhir-validator up down status clean dist
 
 ## demo: install, start the local stack, run the pipeline end to end, print a summary
 demo: install up
 	$(PY) jobs/demo.py
 
 ## test: install, start the local stack, run the whole test suite against it
-test: install up
+test: install fhir-validator up
 	$(PY) -m pytest
 
 ## chaos: the full fault-injection scenario (kill -9, Elasticsearch hung and killed, broker killed), reconciled by id
@@ -38,6 +40,16 @@ $(JVM_JAR): $(wildcard jvm/bpmonitor/*.java) $(VENV)/.installed
 	javac -nowarn -d build/jvm -cp "$$($(PY) -c 'import os, pyspark; print(os.path.dirname(pyspark.__file__))')/jars/*" \
 		jvm/bpmonitor/*.java
 	jar cf $@ -C build/jvm .
+
+## fhir-validator: fetch the HL7 FHIR validator (tests/test_conformance.py runs it, offline)
+fhir-validator: $(FHIR_VALIDATOR)
+
+$(FHIR_VALIDATOR): jvm/fhir-validator/pom.xml
+	@mkdir -p $(@D)
+	@echo "[deps] fetching the HL7 FHIR validator (HAPI FHIR) from Maven Central"
+	mvn -B -q -f jvm/fhir-validator/pom.xml -Dmaven.repo.local=$(CURDIR)/.stack/downloads/m2 \
+		dependency:build-classpath -Dmdep.outputFile=$(CURDIR)/$@.part
+	mv $@.part $@
 
 ## dist: dist/bp_spark.zip, the package for spark-submit --py-files on a cluster
 dist: install

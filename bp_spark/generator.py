@@ -181,6 +181,9 @@ def _component(code: str, display: str) -> str:
 _TEMPLATE = (
     '{"resourceType":"Observation","id":"%s",'
     '"meta":{"profile":["http://hl7.org/fhir/StructureDefinition/bp"]},'
+    # A short narrative, as FHIR's best practice asks of every resource (dom-6).
+    '"text":{"status":"generated","div":"<div xmlns=\\"http://www.w3.org/1999/xhtml\\">'
+    'Blood pressure %d/%d mmHg, measured by the patient at home on %s</div>"},'
     '"status":"final",'
     '"category":[{"coding":[{"system":"http://terminology.hl7.org/CodeSystem/observation-category",'
     '"code":"vital-signs","display":"Vital Signs"}]}],'
@@ -188,6 +191,8 @@ _TEMPLATE = (
     '"display":"Blood pressure panel with all children optional"}],"text":"Blood pressure"},'
     '"subject":{"reference":"Patient/%s"},'
     '"effectiveDateTime":"%s",'
+    # Home readings: the patient took them.
+    '"performer":[{"reference":"Patient/%s"}],'
     '"component":[' + _component(SYSTOLIC_CODE, "Systolic blood pressure") + ","
     + _component(DIASTOLIC_CODE, "Diastolic blood pressure") + "]}"
 )
@@ -196,10 +201,13 @@ _TEMPLATE = (
 def encode(reading: Reading) -> tuple[bytes, bytes]:
     """The Kafka key (patient id) and value (FHIR R4 Observation JSON) of one reading."""
     patient = reading.patient
+    taken = datetime.fromtimestamp(reading.epoch, patient.tz).isoformat()
     value = _TEMPLATE % (
         f"bp-{patient.patient_id}-{reading.epoch}",
+        reading.systolic, reading.diastolic, taken,
         patient.patient_id,
-        datetime.fromtimestamp(reading.epoch, patient.tz).isoformat(),
+        taken,
+        patient.patient_id,
         reading.systolic,
         reading.diastolic,
     )

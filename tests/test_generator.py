@@ -56,6 +56,10 @@ def test_every_message_is_a_valid_r4_blood_pressure_observation(capsys) -> None:
             assert (quantity["system"], quantity["code"], quantity["unit"]) == ("http://unitsofmeasure.org", "mm[Hg]", "mmHg")
         assert systolic["valueQuantity"]["value"] > diastolic["valueQuantity"]["value"]
         assert obs["subject"]["reference"].startswith("Patient/patient-")
+        assert obs["performer"] == [obs["subject"]]  # a home reading: the patient took it
+        assert obs["text"]["status"] == "generated"
+        assert (f">Blood pressure {systolic['valueQuantity']['value']}/{diastolic['valueQuantity']['value']} mmHg, "
+                f"measured by the patient at home on {obs['effectiveDateTime']}</div>") in obs["text"]["div"]
         assert datetime.fromisoformat(obs["effectiveDateTime"]).tzinfo is not None
         assert obs["id"] != "blood-pressure"
 

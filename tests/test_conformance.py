@@ -1,0 +1,94 @@
+"""Conformance of what the generator publishes: FHIR R4's blood-pressure profile
+(http://hl7.org/fhir/StructureDefinition/bp, of the vital signs), checked by the HL7 validator's
+logic (HAPI FHIR's, jvm/fhir-validator), offline: the core profiles ship with the validator, so no
+terminology server or package download is needed. LOINC cannot be checked offline: its codes give
+warnings saying so, the only ones allowed.
+
+Nothing a message holds is printed: a failure names the sampled message by its line, the
+validator's location and its text with the patient ids masked.
+"""
+
+from __future__ import annotations
+
+import re
+import subprocess
+from dataclasses import dataclass
+
+import orjson
+import pytest
+
+from bp_spark.versions import ROOT
+from tests.streams import generated
+
+VALIDATOR = ROOT / "jvm" / "fhir-validator" / "ValidateObservations.java"
+CLASSPATH = ROOT / "build" / "fhir-validator" / "classpath"
+SAMPLE = 200
+
+
+@dataclass(frozen=True)
+class Message:
+    line: int
+    severity: str
+    location: str
+    text: str
+
+    def __str__(self) -> str:  # the patient ids masked: a failure prints no patient data
+        masked = re.sub(r"patient-[0-9A-Za-z]+(-\d+)?", "<patient>", f"{self.location}: {self.text}")
+        return f"line {self.line}, {self.severity}: {masked}"
+
+
+def validate(observations: list[bytes]) -> list[Message]:
+    """The validator's messages for each of ``observations`` (one JSON document each)."""
+    assert CLASSPATH.is_file(), (
+        f"{CLASSPATH} is missing: `make fhir-validator` (which `make test` runs) fetches the HL7 validator "
+        "from Maven Central")
+    result = subprocess.run(["java", "-cp", CLASSPATH.read_text().strip(), str(VALIDATOR)],
+                            input=b"\n".join(observations) + b"\n", capture_output=True, timeout=900)
+    out = result.stdout.decode()
+    assert result.returncode == 0, f"the validator failed (exit {result.returncode}): {result.stderr.decode()[-2000:]}"
+    lines = out.splitlines()
+    assert lines and lines[-1] == f"checked {len(observations)}", f"the validator stopped early: {lines[-1:]}"
+    return [Message(int(number), severity, location, text)
+            for number, severity, location, text in (line.split("\t", 3) for line in lines[:-1])]
+
+
+def sample() -> list[bytes]:
+    """SAMPLE generator observations spread over a cohort of every kind of patient and reading
+    (crises and hypotension included)."""
+    values = [value for _, value in generated(patients=50, days=10, seed=11, crisis_rate=0.2)]
+    step = len(values) // SAMPLE
+    return values[::step][:SAMPLE]
+
+
+@pytest.fixture(scope="module")
+def published_sample() -> tuple[list[bytes], list[Message]]:
+    observations = sample()
+    return observations, validate(observations)
+
+
+def test_every_sampled_observation_is_valid_against_the_bp_profile(published_sample) -> None:
+    observations, messages = published_sample
+    assert len(observations) == SAMPLE
+    errors = [m for m in messages if m.severity in ("error", "fatal")]
+    assert not errors, f"{len(errors)} errors, first ones:\n" + "\n".join(map(str, errors[:10]))
+
+
+def test_the_only_warnings_are_the_loinc_codes_that_cannot_be_checked_offline(published_sample) -> None:
+    observations, messages = published_sample
+    warnings = [m for m in messages if m.severity == "warning"]
+    others = [m for m in warnings if "http://loinc.org" not in m.text]
+    assert not others, f"{len(others)} warnings besides LOINC's, first ones:\n" + "\n".join(map(str, others[:10]))
+    # What best practice asked of home readings is there: no warning on performer or narrative.
+    assert not [m for m in messages if re.search(r"performer|narrative|dom-6", f"{m.location} {m.text}", re.I)]
+
+
+def test_the_validator_catches_a_reading_that_breaks_the_profile() -> None:
+    """The check is real: observations that break the profile are refused, each with an error."""
+    good = orjson.loads(sample()[0])
+    no_diastolic = {**good, "component": good["component"][:1]}
+    wrong_unit = orjson.loads(orjson.dumps(good))
+    wrong_unit["component"][0]["valueQuantity"].update(unit="cm", code="cm")
+    no_subject = {key: value for key, value in good.items() if key != "subject"}
+    messages = validate([orjson.dumps(no_diastolic), orjson.dumps(wrong_unit), orjson.dumps(no_subject)])
+    flagged = {m.line for m in messages if m.severity in ("error", "fatal")}
+    assert flagged == {1, 2, 3}, "\n".join(map(str, messages))
