@@ -171,6 +171,7 @@ class StreamConfig:
     state_partitions: int
     driver_memory: str
     max_future_skew: str
+    max_bundle_entries: int
 
 
 @dataclass(frozen=True)
@@ -427,6 +428,7 @@ VALIDATORS: dict[str, Callable[[Any], str | None]] = {
     "outages.give_up_after": _never_or_duration,
     "stream.dedup_horizon": _duration,
     "stream.max_future_skew": _duration,
+    "stream.max_bundle_entries": _positive,
     "stream.state_partitions": _positive,
     "stream.driver_memory": _memory,
     "paths.archive_dir": _non_empty,

@@ -2,7 +2,7 @@
 
 Each frame names its index (``_target``) and document id (``_doc_id``). Documents that come
 from one Kafka message also carry that message (``_raw``) and the id its dead letter would
-have (``_dead_id``, topic-partition-offset): if Elasticsearch refuses the document for what it
+have (``_dead_id``, topic-partition-offset[-entry-N]): if Elasticsearch refuses the document for what it
 holds, the message goes to the dead letter instead (:mod:`bp_spark.sinks.es`). Alerts are
 written once (``_op`` = ``create``): a replayed batch leaves an existing alert as it is, with
 its first ``processed_at``, so a rule on that field never notifies twice for one alert.
@@ -22,14 +22,17 @@ CREATE = "create"
 
 
 def dead_letter_id() -> Column:
-    """A message's dead-letter id: its Kafka topic, partition and offset."""
-    return F.concat_ws("-", "kafka_topic", "kafka_partition", "kafka_offset")
+    """A message's dead-letter id: its Kafka topic, partition and offset, and for an entry of a
+    Bundle ``-entry-<index>`` (each entry's problem is a dead letter of its own)."""
+    entry = F.when(F.col("bundle_entry").isNotNull(), F.concat(F.lit("entry-"), F.col("bundle_entry")))
+    return F.concat_ws("-", "kafka_topic", "kafka_partition", "kafka_offset", entry)
 
 
 def _provenance(batch_id: int) -> list[Column]:
     """Where a document came from: its Kafka record, the batch, and when it was written."""
     kafka = F.struct(F.col("kafka_topic").alias("topic"), F.col("kafka_partition").alias("partition"),
-                     F.col("kafka_offset").alias("offset"), F.col("kafka_timestamp").alias("timestamp"))
+                     F.col("kafka_offset").alias("offset"), F.col("kafka_timestamp").alias("timestamp"),
+                     F.col("bundle_entry").alias("entry"))
     return [kafka.alias("kafka"), *written(batch_id)]
 
 

@@ -21,7 +21,7 @@ from __future__ import annotations
 from pyspark.sql import Column, DataFrame
 from pyspark.sql import functions as F
 
-from bp_spark.schema import JSON_OBJECT, OBSERVATION_SCHEMA
+from bp_spark.schema import JSON_OBJECT, MESSAGE_SCHEMA, OBSERVATION_SCHEMA
 
 LOINC = "http://loinc.org"
 SNOMED_CT = "http://snomed.info/sct"
@@ -51,6 +51,13 @@ _FHIR_ID = r"^[A-Za-z0-9\-\.]{1,64}$"
 QUOTE_LIMIT = 40
 # An effective time may be this far ahead of the message's arrival (clock skew) and no more.
 DEFAULT_MAX_FUTURE_S = 3600
+# A message may also be a Bundle of these types; each blood-pressure Observation among its
+# entries is read as if it had arrived alone, in entry order.
+BUNDLE_TYPES = ("transaction", "batch", "collection", "searchset", "history", "message",
+                "subscription-notification")
+# A Bundle with more entries than this is a dead letter (a subject is looked up among the
+# Bundle's Patient entries, a cost that grows with the square of the entries).
+DEFAULT_MAX_BUNDLE_ENTRIES = 1000
 NOT_ONE_VALUE = ("not exactly one JSON object: a second value, data after the object, "
                  "or a token JSON does not allow (NaN, Infinity)")
 
@@ -159,28 +166,113 @@ def _plausibility_problem(systolic: Column, diastolic: Column) -> Column:
     )
 
 
-def parse_observations(kafka_df: DataFrame, max_future_s: int = DEFAULT_MAX_FUTURE_S) -> DataFrame:
-    """Kafka records (key, value, topic, partition, offset, timestamp) -> one row per record with
+def _bundle_entries(bundle: Column) -> Column:
+    """A Bundle's entries, each as ``index``, ``full_url``, ``raw`` (its resource's JSON) and ``obs``
+    (the resource read as an Observation: a Patient entry gives its ``resourceType`` and ``id``)."""
+    return F.transform(bundle["entry"], lambda entry, index: F.struct(
+        index.alias("index"), entry["fullUrl"].alias("full_url"), entry["resource"].alias("raw"),
+        F.from_json(entry["resource"], OBSERVATION_SCHEMA).alias("obs")))
+
+
+def is_reading_entry(obs: Column) -> Column:
+    """True for a Bundle entry processed as a reading: an Observation coded as a blood-pressure
+    panel, or a retraction (which needs only its id). Other entries are counted, not read."""
+    return F.coalesce((obs["resourceType"] == "Observation")
+                      & (has_coding(obs["code"], PANEL_CODINGS) | (obs["status"] == RETRACTED_STATUS)), F.lit(False))
+
+
+def _bundle_patient(entries: Column, subject: Column) -> Column:
+    """The id of the Bundle's Patient entry whose ``fullUrl`` the subject reference names (the
+    FHIR way to resolve ``urn:uuid:`` references inside a Bundle), when it is a FHIR id; else null."""
+    patient = F.element_at(F.filter(entries, lambda e: (e["obs"]["resourceType"] == "Patient")
+                                    & (e["full_url"] == subject)), 1)["obs"]["id"]
+    return F.when(subject.isNotNull() & patient.rlike(_FHIR_ID), patient)
+
+
+def _bundle_problem(message: Column, raw: Column, entries: Column, readings: Column, max_entries: int) -> Column:
+    """Why a Bundle cannot be read at all (then it is one dead letter), or null."""
+    kind = message["type"]
+    return (
+        F.when(~is_single_json_value(raw), F.lit(NOT_ONE_VALUE))
+        .when(kind.isNull(), F.lit("Bundle has no type"))
+        .when(~kind.isin(*BUNDLE_TYPES),
+              F.concat(F.lit("Bundle type '"), quoted(kind), F.lit(f"' is not processed ({', '.join(BUNDLE_TYPES)} are)")))
+        .when(F.coalesce(F.size(entries), F.lit(0)) > max_entries,
+              F.format_string(f"Bundle has %d entries, more than stream.max_bundle_entries ({max_entries})",
+                              F.size(entries)))
+        .when(F.coalesce(F.size(readings), F.lit(0)) <= 0,  # the size of no array is -1
+              F.format_string("Bundle holds no blood-pressure Observation among its %d entries",
+                              F.greatest(F.size(entries), F.lit(0))))
+    )
+
+
+def parse_observations(kafka_df: DataFrame, max_future_s: int = DEFAULT_MAX_FUTURE_S,
+                       max_bundle_entries: int = DEFAULT_MAX_BUNDLE_ENTRIES) -> DataFrame:
+    """Kafka records (key, value, topic, partition, offset, timestamp) -> one row per reading with
     the reading's columns and ``error`` (null when usable). Pure: no actions, batch or stream.
+
+    A message is one Observation, or a Bundle: each of its entries that is a blood-pressure
+    Observation becomes a row of its own, as if it had arrived alone (``bundle_entry``: its index
+    in the Bundle, null for a message on its own; ``raw``: the entry's resource as compact JSON;
+    a ``urn:uuid:`` subject resolved to the Bundle's Patient entry). Other entries are counted in
+    ``ignored_entries`` (on the Bundle's first row), not read. A Bundle that cannot be read at all
+    (another type, no blood-pressure entry, more than ``max_bundle_entries``) is one row with its
+    reason. ``content_hash``: a hash of the Observation as read, the same whatever envelope,
+    whitespace or number formatting carried it.
 
     ``max_future_s``: how far an effective time may be ahead of the message's arrival (its
     Kafka timestamp, or now if that is later than now: a replay decides as the first run did).
 
-    Three projections: parse the JSON once; pull out each piece once (the components are
-    searched once per LOINC code); then derive values and the error from those plain columns.
+    Parse the message once (a Bundle's entries once more each); pull out each piece once (the
+    components are searched once per reading); then derive values and the error from those
+    plain columns.
     """
     raw = F.col("value").cast("string")
-    obs = F.col("_obs")
-    parsed_df = kafka_df.select(
+    message = F.col("_message")
+    message_df = kafka_df.select(
         raw.alias("raw"),
-        F.from_json(raw, OBSERVATION_SCHEMA).alias("_obs"),
+        F.from_json(raw, MESSAGE_SCHEMA).alias("_message"),
         F.col("topic").alias("kafka_topic"),
         F.col("partition").alias("kafka_partition"),
         F.col("offset").alias("kafka_offset"),
         F.col("timestamp").alias("kafka_timestamp"),
     )
-    pieces_df = parsed_df.select(
-        "raw", "kafka_topic", "kafka_partition", "kafka_offset", "kafka_timestamp",
+    is_bundle = F.coalesce(message["resourceType"] == "Bundle", F.lit(False))
+    entries_df = message_df.select(
+        "*", is_bundle.alias("_is_bundle"), F.when(is_bundle, _bundle_entries(message)).alias("_entries"))
+    readings = F.filter("_entries", lambda e: is_reading_entry(e["obs"]))
+    problem_df = entries_df.select(
+        "*", readings.alias("_readings"),
+        F.when(F.col("_is_bundle"), _bundle_problem(message, F.col("raw"), F.col("_entries"), readings,
+                                                    max_bundle_entries)).alias("_bundle_problem"))
+    # A Bundle's items: one per reading entry, or the Bundle whole when it cannot be read (its
+    # reason set above). A message on its own has none, and stays one row (read from _message).
+    whole = F.struct(F.lit(None).cast("int").alias("index"), F.col("raw").alias("raw"),
+                     F.lit(None).cast(OBSERVATION_SCHEMA).alias("obs"), F.lit(None).cast("string").alias("patient"))
+    entries = F.col("_entries")
+    from_entries = F.transform("_readings", lambda e: F.struct(
+        e["index"].alias("index"), e["raw"].alias("raw"), e["obs"].alias("obs"),
+        _bundle_patient(entries, e["obs"]["subject"]["reference"]).alias("patient")))
+    items = F.when(F.col("_bundle_problem").isNotNull(), F.array(whole)).otherwise(from_entries)
+    ignored = F.when(F.col("_is_bundle") & F.col("_bundle_problem").isNull(),
+                     F.size("_entries") - F.size("_readings")).otherwise(0)
+    items_df = problem_df.select(
+        "raw", "_message", "kafka_topic", "kafka_partition", "kafka_offset", "kafka_timestamp", "_is_bundle",
+        "_bundle_problem", F.posexplode_outer(F.when(F.col("_is_bundle"), items)).alias("_position", "_item"),
+        ignored.alias("_ignored"))
+    in_bundle = F.col("_is_bundle")
+    # Each field of the reading: the Bundle entry's, or the message's own.
+    obs = {name: F.when(in_bundle, F.col("_item.obs")[name]).otherwise(message[name])
+           for name in OBSERVATION_SCHEMA.fieldNames()}
+    alone = F.struct(*[message[name].alias(name) for name in OBSERVATION_SCHEMA.fieldNames()])
+    pieces_df = items_df.select(
+        F.when(in_bundle, F.col("_item.raw")).otherwise(F.col("raw")).alias("raw"),
+        "kafka_topic", "kafka_partition", "kafka_offset", "kafka_timestamp",
+        F.col("_item.index").alias("bundle_entry"), "_bundle_problem",
+        F.when(F.coalesce(F.col("_position"), F.lit(0)) == 0, F.col("_ignored")).otherwise(0).alias("ignored_entries"),
+        F.when(~in_bundle, F.xxhash64(alone)).when(F.col("_item.obs").isNull(), F.xxhash64(F.col("_item.raw")))
+        .otherwise(F.xxhash64("_item.obs")).alias("content_hash"),
+        F.col("_item.patient").alias("_bundle_patient"),
         obs["resourceType"].alias("_resource_type"),
         obs["id"].alias("observation_id"),
         obs["status"].alias("status"),
@@ -194,7 +286,7 @@ def parse_observations(kafka_df: DataFrame, max_future_s: int = DEFAULT_MAX_FUTU
     )
     values_df = pieces_df.select(
         "*",
-        patient_id_from_reference(F.col("_subject")).alias("patient_id"),
+        F.coalesce(F.col("_bundle_patient"), patient_id_from_reference(F.col("_subject"))).alias("patient_id"),
         F.col("_effective").cast("timestamp").alias("effective_time"),
         quantity_in_mmhg(F.col("_systolic_c")["valueQuantity"]).alias("systolic"),
         quantity_in_mmhg(F.col("_diastolic_c")["valueQuantity"]).alias("diastolic"),
@@ -204,6 +296,7 @@ def parse_observations(kafka_df: DataFrame, max_future_s: int = DEFAULT_MAX_FUTU
     too_far_ahead = F.col("effective_time") > arrival + F.expr(f"INTERVAL {int(max_future_s)} SECONDS")
     error = (
         F.when(F.col("raw").isNull(), F.lit("empty message"))
+        .when(F.col("_bundle_problem").isNotNull(), F.col("_bundle_problem"))
         # Malformed JSON parses to nulls, so only a record without resourceType is parsed again.
         .when(F.col("_resource_type").isNull() & F.from_json("raw", JSON_OBJECT).isNull(), F.lit("not a JSON object"))
         .when(~is_single_json_value(F.col("raw")),
@@ -237,9 +330,9 @@ def parse_observations(kafka_df: DataFrame, max_future_s: int = DEFAULT_MAX_FUTU
         ))
     )
     return values_df.select(
-        "raw", "kafka_topic", "kafka_partition", "kafka_offset", "kafka_timestamp",
+        "raw", "kafka_topic", "kafka_partition", "kafka_offset", "kafka_timestamp", "bundle_entry",
         "observation_id", "status", "patient_id", "effective_time", "systolic", "diastolic",
-        "version_time", "version_id", error.alias("error"),
+        "version_time", "version_id", error.alias("error"), "ignored_entries", "content_hash",
     )
 
 

@@ -33,19 +33,24 @@ ROUTING_CHECKPOINT = "routing"
 
 
 def with_dedup_key(df: DataFrame) -> DataFrame:
-    """A key equal for the same message delivered twice: the Observation id and a hash of its bytes
-    (a correction has other bytes, so it is kept); Kafka coordinates where there is no id."""
+    """A key equal for the same observation delivered twice: its id and a hash of its content as
+    read (a correction reads otherwise, so it is kept), whether it came alone or in a Bundle;
+    Kafka coordinates (and the Bundle entry) where there is no id. An unusable message is known
+    by its bytes: two that read alike (the same object, then garbage after one of them) are two
+    dead letters."""
     identity = F.coalesce(
         F.col("observation_id"),
-        F.concat_ws(":", F.lit("kafka"), "kafka_topic", "kafka_partition", "kafka_offset"),
+        F.concat_ws(":", F.lit("kafka"), "kafka_topic", "kafka_partition", "kafka_offset", "bundle_entry"),
     )
-    return df.withColumn("dedup_key", F.concat_ws("|", identity, F.xxhash64("raw").cast("string")))
+    content = F.when(F.col("error").isNull(), F.col("content_hash")).otherwise(F.xxhash64("raw"))
+    return df.withColumn("dedup_key", F.concat_ws("|", identity, content.cast("string")))
 
 
 def readings_stream(source_df: DataFrame, config: Config) -> DataFrame:
     """Parse, classify and de-duplicate the Kafka stream (pure: the same plan serves tests on static data)."""
     return (
-        source_df.transform(lambda df: parse_observations(df, seconds(config.stream.max_future_skew)))
+        source_df.transform(lambda df: parse_observations(df, seconds(config.stream.max_future_skew),
+                                                          config.stream.max_bundle_entries))
         .transform(lambda df: with_classification(df, config.thresholds))
         .transform(with_dedup_key)
         # The horizon runs on the job's clock (the batch's time, which a replay of the batch
@@ -61,11 +66,12 @@ def readings_stream(source_df: DataFrame, config: Config) -> DataFrame:
 def latest_versions(ok_df: DataFrame) -> DataFrame:
     """Of several versions of one observation in a batch, keep the latest: by ``meta.lastUpdated``,
     then ``meta.versionId`` (as a number where it is one), where the versions carry them; else
-    the last to arrive."""
+    the last to arrive (of one Bundle's entries, the last entry)."""
     order = Window.partitionBy("observation_id").orderBy(
         F.col("version_time").desc_nulls_last(), F.col("version_id").cast("long").desc_nulls_last(),
         F.col("version_id").desc_nulls_last(),
-        F.col("kafka_timestamp").desc(), F.col("kafka_partition").desc(), F.col("kafka_offset").desc())
+        F.col("kafka_timestamp").desc(), F.col("kafka_partition").desc(), F.col("kafka_offset").desc(),
+        F.col("bundle_entry").desc_nulls_last())
     return ok_df.withColumn("_rank", F.row_number().over(order)).where(F.col("_rank") == 1).drop("_rank")
 
 
@@ -81,15 +87,18 @@ class BatchStats:
     dead_letters: int = 0
     updates: int = 0
     refused: int = 0
+    ignored_entries: int = 0
     seconds: float = 0.0
     steps: dict[str, float] = field(default_factory=dict)
 
     def line(self) -> str:
         rate = self.rows / self.seconds if self.seconds else 0.0
         refused = f" ({self.refused} refused by Elasticsearch)" if self.refused else ""
+        ignored = f", Bundle entries not blood pressure {self.ignored_entries}" if self.ignored_entries else ""
         return (f"batch {self.batch_id}: {self.rows} rows in {self.seconds:.2f} s ({rate:,.0f} rows/s); "
                 f"anomalies {self.anomalies}, alerts {self.alerts}, normals {self.normals}, "
-                f"dead letters {self.dead_letters}{refused}, corrections/retractions {self.updates}{per_step(self.steps)}")
+                f"dead letters {self.dead_letters}{refused}, corrections/retractions {self.updates}"
+                f"{ignored}{per_step(self.steps)}")
 
 
 class BatchRouter:
@@ -119,6 +128,7 @@ class BatchRouter:
         self.counts = remember(self.counts, batch_id, {
             "anomalies": stats.anomalies, "alerts": stats.alerts, "archive": stats.normals,
             "dead_letters": stats.dead_letters, "corrections": stats.updates, "refused": stats.refused,
+            "ignored_entries": stats.ignored_entries,
             "waited_s": dict(self.sinks.waits)} if self.sinks is not None else {})
         log.info(stats.line())
 
@@ -143,9 +153,10 @@ class BatchRouter:
             F.count(F.when(live & F.col("is_anomaly"), 1)).alias("anomalies"),
             F.count(F.when(live & (F.col("severity") == CRITICAL), 1)).alias("alerts"),
             F.count(F.when(live & ~F.col("is_anomaly"), 1)).alias("normals"),
+            F.sum("ignored_entries").alias("ignored"),
         ).first()
         stats = BatchStats(batch_id, counts.rows, counts.anomalies, counts.alerts, counts.normals, counts.dead,
-                           counts.updates)
+                           counts.updates, ignored_entries=counts.ignored or 0)
         stats.steps["read+parse"] = time.monotonic() - started
         if self.sinks is None or stats.rows == 0:
             return stats

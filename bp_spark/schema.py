@@ -70,6 +70,21 @@ OBSERVATION_SCHEMA = T.StructType([
     T.StructField("component", T.ArrayType(COMPONENT)),
 ])
 
+# A Bundle's entries: each resource kept as its JSON text (Spark writes an object read as a
+# string back out as compact JSON), parsed as an Observation only for a Bundle's messages.
+BUNDLE_ENTRY = T.StructType([
+    T.StructField("fullUrl", T.StringType()),
+    T.StructField("resource", T.StringType()),
+])
+
+# What a message is read as: an Observation, or a Bundle of them (its ``type`` and ``entry``);
+# the fields of the one are null in the other, and cost nothing to parse.
+MESSAGE_SCHEMA = T.StructType([
+    *OBSERVATION_SCHEMA.fields,
+    T.StructField("type", T.StringType()),
+    T.StructField("entry", T.ArrayType(BUNDLE_ENTRY)),
+])
+
 # Any JSON object parses to a map; anything else (malformed, an array, a bare value) to null.
 JSON_OBJECT = T.MapType(T.StringType(), T.StringType())
 

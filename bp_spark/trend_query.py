@@ -52,7 +52,8 @@ def trends_stream(source_df: DataFrame, config: Config) -> DataFrame:
     """
     t = config.trends
     return (
-        source_df.transform(lambda df: parse_observations(df, seconds(config.stream.max_future_skew)))
+        source_df.transform(lambda df: parse_observations(df, seconds(config.stream.max_future_skew),
+                                                          config.stream.max_bundle_entries))
         .transform(lambda df: keep_rows(df, F.col("error").isNull() & (F.col("status") != RETRACTED_STATUS)))
         .transform(lambda df: with_classification(df, config.thresholds))
         .select("observation_id", "patient_id", "effective_time", "systolic", "diastolic", "is_anomaly",

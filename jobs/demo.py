@@ -96,7 +96,7 @@ def summary(config: Config, es: Elasticsearch, started: float) -> None:
     breakdown(normal_categories.most_common())
     print(f"  {e.deadletter_index:<32} {dead:>8,}  unreadable messages")
     for reason, n in terms(es, e.deadletter_index, "reason"):
-        print(f"      {reason[:60]:<60} {n:>4,}")
+        print(f"      {n:>6,}  {reason}")  # in full: a reason is what to fix
     print(f"  {e.trends_index:<32} {count_documents(es, e.trends_index):>8,}  trend windows")
     breakdown(terms(es, e.trends_index, "scope"))
     sustained = distinct_count(es, e.trends_index, "patient_id", {"term": {"is_sustained": True}})

@@ -6,6 +6,7 @@ import copy
 import json
 from datetime import datetime, timezone
 
+import orjson
 import pytest
 from chispa import assert_df_equality
 from pyspark.sql import DataFrame, SparkSession
@@ -226,3 +227,97 @@ def test_the_future_limit_is_a_parameter(spark: SparkSession) -> None:
         lambda df: parse_observations(df, max_future_s=5)).first()
     assert row.error == ("effective time 2026-01-02T00:00:10Z is more than 5 s after the message arrived "
                          "(stream.max_future_skew)")
+
+
+# --- Bundles: each blood-pressure entry read as if it had arrived alone -----------------------
+
+PATIENT_URN = "urn:uuid:4f1c3a2e-8d7b-4c6a-9e5f-0a1b2c3d4e5f"
+
+
+def bundle(*resources, kind: str = "transaction", full_urls: dict[int, str] | None = None) -> dict:
+    full_urls = full_urls or {}
+    return {"resourceType": "Bundle", "type": kind,
+            "entry": [{**({"fullUrl": full_urls[i]} if i in full_urls else {}), "resource": resource}
+                      for i, resource in enumerate(resources)]}
+
+
+def parsed_bundle_rows(spark: SparkSession, payloads: list, **limits) -> list:
+    return (kafka_df(spark, payloads).transform(lambda df: parse_observations(df, **limits))
+            .orderBy("kafka_offset", "bundle_entry").collect())
+
+
+def test_a_bundles_entries_are_read_as_if_each_had_arrived_alone(spark: SparkSession) -> None:
+    heart_rate = variant(id="hr-1", code={"coding": [{"system": "http://loinc.org", "code": "8867-4"}]})
+    by_urn = variant(id="bp-urn", subject={"reference": PATIENT_URN})
+    elsewhere = variant(id="bp-other", subject={"reference": "Patient/p2"},
+                        component__0__valueQuantity__value=150)
+    no_diastolic = variant(id="bp-broken", component=[BASE["component"][0]])
+    message = bundle({"resourceType": "Patient", "id": "p77"}, by_urn, heart_rate, elsewhere, no_diastolic,
+                     variant(id="bp-gone", status="entered-in-error", component=..., code=...),
+                     full_urls={0: PATIENT_URN})
+    rows = parsed_bundle_rows(spark, [message])
+    assert [(r.bundle_entry, r.observation_id, r.patient_id, r.systolic, r.error) for r in rows] == [
+        (1, "bp-urn", "p77", 120.0, None),  # the urn:uuid subject is the Bundle's Patient entry
+        (3, "bp-other", "p2", 150.0, None),
+        (4, "bp-broken", "p1", 120.0, "no diastolic component (LOINC 8462-4 or SNOMED CT 271650006, with its system)"),
+        (5, "bp-gone", "p1", None, None),  # a retraction needs only its id (and no code), in a Bundle too
+    ]
+    # The Patient and the heart rate are counted, once, on the Bundle's first row.
+    assert [r.ignored_entries for r in rows] == [2, 0, 0, 0]
+    # Each row carries its entry's resource (as compact JSON), for the archive and the dead letter.
+    assert [orjson.loads(r.raw) for r in rows] == [by_urn, elsewhere, no_diastolic,
+                                                   message["entry"][5]["resource"]]
+    assert {(r.kafka_topic, r.kafka_partition, r.kafka_offset) for r in rows} == {("t", 0, 0)}
+
+
+def test_an_observation_reads_the_same_alone_and_in_a_bundle(spark: SparkSession) -> None:
+    alone = json.dumps(variant(), indent=2)  # other whitespace, same observation
+    rows = parsed_bundle_rows(spark, [alone, bundle(variant(), kind="collection")])
+    assert [r.bundle_entry for r in rows] == [None, 0]
+    first, second = rows
+    assert (first.observation_id, first.patient_id, first.effective_time, first.systolic, first.diastolic) == (
+        second.observation_id, second.patient_id, second.effective_time, second.systolic, second.diastolic)
+    assert first.content_hash == second.content_hash  # one observation, whatever envelope: a duplicate
+
+
+def test_every_bundle_type_a_feed_sends_is_read(spark: SparkSession) -> None:
+    kinds = ["transaction", "batch", "collection", "searchset", "history", "message", "subscription-notification"]
+    rows = parsed_bundle_rows(spark, [bundle(variant(id=f"bp-{i}"), kind=kind) for i, kind in enumerate(kinds)])
+    assert [(r.observation_id, r.error) for r in rows] == [(f"bp-{i}", None) for i in range(len(kinds))]
+
+
+A_READING = variant()
+BAD_BUNDLES = [
+    (bundle(A_READING, kind="document"),
+     "Bundle type 'document' is not processed (transaction, batch, collection, searchset, history, message, "
+     "subscription-notification are)"),
+    ({"resourceType": "Bundle", "entry": [{"resource": A_READING}]}, "Bundle has no type"),
+    (bundle({"resourceType": "Patient", "id": "p1"}), "Bundle holds no blood-pressure Observation among its 1 entries"),
+    ({"resourceType": "Bundle", "type": "batch"}, "Bundle holds no blood-pressure Observation among its 0 entries"),
+    (bundle(5, [1], {"resourceType": "Observation"}, kind="batch"),
+     "Bundle holds no blood-pressure Observation among its 3 entries"),
+    (json.dumps(bundle(A_READING)) + "garbage", NOT_ONE_VALUE),
+    (json.dumps(bundle(A_READING)) + json.dumps(bundle(A_READING)), NOT_ONE_VALUE),
+    (bundle(*[variant(id=f"bp-{i}") for i in range(4)]),
+     "Bundle has 4 entries, more than stream.max_bundle_entries (3)"),
+    (bundle(A_READING, kind="x" * 5000), "Bundle type '" + "x" * 40 + "... (5000 characters)' is not processed "
+     "(transaction, batch, collection, searchset, history, message, subscription-notification are)"),
+]
+
+
+@pytest.mark.parametrize(("payload", "reason"), BAD_BUNDLES, ids=[reason[:60] for _, reason in BAD_BUNDLES])
+def test_a_bundle_that_cannot_be_read_is_one_dead_letter_with_its_reason(spark: SparkSession, payload, reason) -> None:
+    rows = parsed_bundle_rows(spark, [payload], max_bundle_entries=3)
+    assert [(r.bundle_entry, r.error, r.ignored_entries) for r in rows] == [(None, reason, 0)]
+    assert rows[0].raw == (payload if isinstance(payload, str) else json.dumps(payload))  # the whole message
+
+
+def test_hostile_patient_entries_do_not_lend_their_id(spark: SparkSession) -> None:
+    """A Patient entry whose id is not a FHIR id, or two entries with one fullUrl: the reference
+    is read as it would be alone (the uuid), or from the first entry; nothing fails."""
+    bad_id = bundle({"resourceType": "Patient", "id": "a/b" * 100}, variant(subject={"reference": PATIENT_URN}),
+                    full_urls={0: PATIENT_URN})
+    twice = bundle({"resourceType": "Patient", "id": "first"}, {"resourceType": "Patient", "id": "second"},
+                   variant(subject={"reference": PATIENT_URN}), full_urls={0: PATIENT_URN, 1: PATIENT_URN})
+    rows = parsed_bundle_rows(spark, [bad_id, twice])
+    assert [(r.patient_id, r.error) for r in rows] == [(PATIENT_URN.removeprefix("urn:uuid:"), None), ("first", None)]

@@ -345,3 +345,46 @@ def test_health_metrics_are_logged_and_indexed_per_batch(
                                                query={"term": {"query": ROUTING_QUERY}})["hits"]["hits"]]
     assert sorted(r["input_rows"] for r in indexed) == sorted(r["input_rows"] for r in logged if r["query"] == ROUTING_QUERY)
     assert min(r["kafka_lag"] for r in indexed) == 0
+
+
+def test_a_bundles_entries_reach_their_sinks_each_once_whatever_the_envelope(
+    spark: SparkSession, es: Elasticsearch, kafka_admin, unique_name: str, tmp_path: Path
+) -> None:
+    """A transaction Bundle: its readings routed as if alone (the urn:uuid subject resolved to the
+    Bundle's Patient), its broken reading a dead letter of its own with the entry's index, its
+    other entries counted; then the same readings alone and in another Bundle: stored once."""
+    config = stream_config(unique_name, tmp_path)
+    urn = "urn:uuid:6a1e0c0e-2f4b-4d0e-8a57-3c9e1b2d4f60"
+    normal = orjson.loads(reading("pb1", "2026-01-01T08:00:00+00:00", 118, 76)[1])
+    normal["subject"] = {"reference": urn}
+    crisis = orjson.loads(reading("pb2", "2026-01-01T09:00:00+00:00", 192, 124)[1])
+    broken = orjson.loads(reading("pb3", "2026-01-01T10:00:00+00:00", 130, 85)[1])
+    broken["component"] = broken["component"][:1]
+    heart_rate = {**orjson.loads(reading("pb4", "2026-01-01T11:00:00+00:00", 120, 80)[1]),
+                  "code": {"coding": [{"system": "http://loinc.org", "code": "8867-4"}]}}
+    entries = [{"fullUrl": urn, "resource": {"resourceType": "Patient", "id": "pb1"}},
+               {"resource": normal}, {"resource": crisis}, {"resource": heart_rate}, {"resource": broken}]
+    message = orjson.dumps({"resourceType": "Bundle", "type": "transaction", "entry": entries})
+    [(partition, offset)] = publish(config, [(b"pb", message)])
+    router = run_once(spark, config, es)
+    first = router.counts[0]
+    assert (first["ignored_entries"], first["dead_letters"], first["anomalies"], first["archive"]) == (2, 1, 1, 1)
+    assert {doc_id: (doc["patient_id"], doc["kafka"]["entry"]) for doc_id, doc in
+            ids_in(es, config.elasticsearch.anomalies_index).items()} == {crisis["id"]: ("pb2", 2)}
+    assert set(ids_in(es, config.elasticsearch.alerts_index)) == {crisis["id"]}
+    lines = archive_lines(config)
+    assert [orjson.loads(line) for line in lines] == [normal]
+    assert list(Path(config.paths.archive_dir).glob("patient_id=pb1/*.jsonl"))  # the resolved patient
+    dead = ids_in(es, config.elasticsearch.deadletter_index)
+    assert {doc_id: (doc["reason"], doc["kafka"]["entry"], orjson.loads(doc["raw"])) for doc_id, doc in dead.items()} == {
+        f"{unique_name}-{partition}-{offset}-entry-4":
+            ("no diastolic component (LOINC 8462-4 or SNOMED CT 271650006, with its system)", 4, broken)}
+
+    # The same readings again: the crisis alone, both in a collection Bundle. Nothing is added.
+    publish(config, [(b"pb2", orjson.dumps(crisis)), (b"pb", orjson.dumps(
+        {"resourceType": "Bundle", "type": "collection", "entry": [
+            {"fullUrl": urn, "resource": {"resourceType": "Patient", "id": "pb1"}},
+            {"resource": normal}, {"resource": crisis}]}))])
+    run_once(spark, config, es)
+    assert set(ids_in(es, config.elasticsearch.anomalies_index)) == {crisis["id"]}
+    assert [orjson.loads(line) for line in archive_lines(config)] == [normal]
