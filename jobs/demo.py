@@ -4,7 +4,9 @@
 
 1. checks Kafka and Elasticsearch;
 2. publishes the reference workload with the generator job (200 patients x 30 days x 4
-   readings) and three unreadable messages, to show the dead letter;
+   readings), three FHIR Bundles as an EHR interface sends them (a Patient, two readings whose
+   subject is the Patient's ``urn:uuid:``, a heart rate that is not read), and three unreadable
+   messages, to show the dead letter;
 3. runs the stream job with ``--trigger available-now`` on ``var/checkpoints`` (routing and trends);
 4. writes the HTML report ``var/report.html`` (jobs/report.py: the dashboard's panels);
 5. prints what each sink holds: counts per sink, per category, per alert type and trend scope.
@@ -40,20 +42,69 @@ UNREADABLE = [
 ]
 
 
+def demo_bundles() -> list[tuple[bytes, bytes]]:
+    """Three transaction Bundles, each of one patient: the Patient entry, two blood-pressure
+    readings referring to it by ``urn:uuid:``, and a heart rate (counted, not read). The same
+    on every run: a second demo stores them once."""
+    loinc = "http://loinc.org"
+
+    def quantity(value: int, unit: str = "mmHg", code: str = "mm[Hg]") -> dict:
+        return {"value": value, "unit": unit, "system": "http://unitsofmeasure.org", "code": code}
+
+    bundles = []
+    for i, (morning, evening) in enumerate([((128, 82), (146, 94)), ((118, 76), (121, 79)), ((184, 121), (152, 97))]):
+        patient, urn = f"demo-bundle-{i}", f"urn:uuid:00000000-0000-4000-8000-00000000000{i}"
+        entries = [{"fullUrl": urn, "resource": {"resourceType": "Patient", "id": patient}}]
+        for hour, (systolic, diastolic) in ((7, morning), (19, evening)):
+            entries.append({"resource": {
+                "resourceType": "Observation", "id": f"{patient}-bp-{hour:02d}", "status": "final",
+                "code": {"coding": [{"system": loinc, "code": "85354-9"}]}, "subject": {"reference": urn},
+                "effectiveDateTime": f"2026-01-0{i + 1}T{hour:02d}:00:00+00:00",
+                "component": [
+                    {"code": {"coding": [{"system": loinc, "code": "8480-6"}]}, "valueQuantity": quantity(systolic)},
+                    {"code": {"coding": [{"system": loinc, "code": "8462-4"}]}, "valueQuantity": quantity(diastolic)}]}})
+        entries.append({"resource": {
+            "resourceType": "Observation", "id": f"{patient}-hr", "status": "final",
+            "code": {"coding": [{"system": loinc, "code": "8867-4"}]}, "subject": {"reference": urn},
+            "effectiveDateTime": f"2026-01-0{i + 1}T07:00:00+00:00",
+            "valueQuantity": quantity(72, "beats/minute", "/min")}})
+        bundles.append((patient.encode(), orjson.dumps({"resourceType": "Bundle", "type": "transaction",
+                                                         "entry": entries})))
+    return bundles
+
+
 def step(message: str) -> None:
     print(f"\n== demo: {message}", flush=True)
 
 
-def topic_size(config: Config) -> int:
-    """Messages on the topic now (sum over partitions of high minus low watermark)."""
-    consumer = Consumer({**kafka_settings(config), "group.id": "bp-demo-size"})
+def topic_census(config: Config) -> tuple[int, int, int]:
+    """The messages on the topic now; how many are Bundles, and the blood-pressure readings those
+    hold (read once from the start: the demo's topic is small)."""
+    consumer = Consumer({**kafka_settings(config), "group.id": "bp-demo-census", "enable.auto.commit": False})
     try:
         partitions = consumer.list_topics(config.kafka.topic, timeout=10).topics[config.kafka.topic].partitions
-        total = 0
+        ends = {}
         for p in partitions:
             low, high = consumer.get_watermark_offsets(TopicPartition(config.kafka.topic, p), timeout=10)
-            total += high - low
-        return total
+            if high > low:
+                ends[p] = (low, high)
+        consumer.assign([TopicPartition(config.kafka.topic, p, low) for p, (low, _) in ends.items()])
+        messages = bundles = readings = 0
+        left = dict(ends)
+        while left:
+            for msg in consumer.consume(num_messages=5000, timeout=5):
+                if msg.error() or msg.partition() not in left:
+                    continue
+                messages += 1
+                value = msg.value() or b""
+                if value.startswith(b'{"resourceType":"Bundle"'):
+                    bundles += 1
+                    readings += sum(1 for entry in orjson.loads(value).get("entry", [])
+                                    if entry.get("resource", {}).get("code", {}).get("coding", [{}])[0].get("code")
+                                    == "85354-9")
+                if msg.offset() + 1 >= left[msg.partition()][1]:
+                    del left[msg.partition()]
+        return messages, bundles, readings
     finally:
         consumer.close()
 
@@ -82,7 +133,7 @@ def summary(config: Config, es: Elasticsearch, started: float) -> None:
     refresh_indices(es, config)
     anomalies, alerts = count_documents(es, e.anomalies_index), count_documents(es, e.alerts_index)
     dead = count_documents(es, e.deadletter_index)
-    on_topic = topic_size(config)
+    on_topic, bundles, in_bundles = topic_census(config)
 
     print("\nsummary")
     print(f"  topic {config.kafka.topic}: {on_topic:,} messages")
@@ -102,8 +153,10 @@ def summary(config: Config, es: Elasticsearch, started: float) -> None:
     sustained = distinct_count(es, e.trends_index, "patient_id", {"term": {"is_sustained": True}})
     print(f"      {'patients with sustained hypertension':<36} {sustained:>8,}")
     stored = anomalies + len(lines) + dead
-    print(f"  reconciliation: {anomalies:,} + {len(lines):,} + {dead:,} = {stored:,} stored for {on_topic:,} messages"
-          + (f" ({on_topic - stored:,} duplicates of stored messages dropped)" if on_topic > stored else ""))
+    readings = on_topic - bundles + in_bundles  # a Bundle's readings count one each
+    print(f"  reconciliation: {anomalies:,} + {len(lines):,} + {dead:,} = {stored:,} stored for {readings:,} readings "
+          f"({on_topic:,} messages, {bundles:,} of them Bundles holding {in_bundles:,} readings)"
+          + (f"; {readings - stored:,} duplicates of stored readings dropped" if readings > stored else ""))
     print(f"  elapsed {time.monotonic() - started:.0f} s")
 
 
@@ -130,10 +183,14 @@ def main() -> int:
     if subprocess.run([sys.executable, str(JOBS / "generate.py")]).returncode != 0:
         print("demo: the generator failed (see above)", file=sys.stderr)
         return 1
+    bundles = demo_bundles()
+    for key, value in bundles:
+        producer.produce(config.kafka.topic, key=key, value=value)
     for i, value in enumerate(UNREADABLE):
         producer.produce(config.kafka.topic, key=f"demo-bad-{i}", value=value)
     producer.flush(30)
-    print(f"and {len(UNREADABLE)} unreadable messages")
+    print(f"and {len(bundles)} FHIR Bundles (a Patient, two readings, a heart rate each), "
+          f"and {len(UNREADABLE)} unreadable messages")
 
     step("running the stream job (--trigger available-now)")
     stream = subprocess.run([sys.executable, str(JOBS / "stream.py"), "--trigger", "available-now"])
