@@ -13,8 +13,10 @@ still fails after the client's retries.
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import itertools
 import logging
+import os
 import random
 import signal
 import sys
@@ -138,6 +140,31 @@ def _mix(config: Config) -> dict[str, float]:
             "stage_2": g.mix_stage_2, "hypotensive": g.mix_hypotensive}
 
 
+def window_capacity(config: Config) -> int:
+    """How many readings the window holds: one per patient per slot (``per_day`` slots a day)."""
+    g = config.generator
+    start, end = window(g.start, g.end, g.days)
+    return int((end - start).total_seconds() // (86400 / g.per_day)) * g.patients
+
+
+def fit_count(config: Config, window_given: bool) -> Config:
+    """``config`` whose window holds ``generator.count`` readings: the window is extended back in
+    time (more days) when its length was not given; else a count it cannot hold is refused."""
+    g = config.generator
+    capacity = window_capacity(config)
+    if not g.count or g.count <= capacity:
+        return config
+    per_day = g.patients * g.per_day
+    days = -(-g.count // per_day)
+    if window_given or g.start:
+        raise ConfigError(
+            f"--count {g.count:,} is more than the {capacity:,} readings of the window ({g.patients} patients x "
+            f"{g.per_day} a day); lengthen it (--days {days}, or an earlier --start), add --patients, or lower --count")
+    log.info("--count %d: the window is extended to %d days (%d patients x %d a day)", g.count, days, g.patients,
+             g.per_day)
+    return dataclasses.replace(config, generator=dataclasses.replace(g, days=days))
+
+
 def run(config: Config, dry_run: bool, live: bool, out=None) -> int:
     out = out or sys.stdout
     g = config.generator
@@ -238,6 +265,14 @@ def main(argv: list[str] | None = None) -> int:
             # Ids are unique per patient and second: a patient may measure at most once a second.
             raise ConfigError(f"--live --rate {config.generator.rate:g} is more than one reading per patient per "
                               f"second; use --rate <= --patients ({config.generator.patients})")
+        window_flags = [f"--{name}" for name in ("start", "end", "days") if getattr(args, f"generator.{name}") is not None]
+        if args.live and window_flags:
+            raise ConfigError(f"--live publishes readings taken now: {', '.join(window_flags)} would be ignored; "
+                              "drop them, or drop --live to publish that window")
+        if not args.live:
+            given = any(getattr(args, f"generator.{name}") is not None for name in ("days", "start")) or any(
+                os.environ.get(name) for name in ("BP_GENERATOR_DAYS", "BP_GENERATOR_START"))
+            config = fit_count(config, given)
         if not args.dry_run:
             check_kafka(config, timeout_s=5)  # a refused login: exit 2 at once, naming Kafka
         return run(config, args.dry_run, args.live)

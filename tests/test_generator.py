@@ -160,6 +160,31 @@ def test_bad_flags_are_refused_before_anything_is_sent(capsys, args: list[str], 
     assert captured.out == ""
 
 
+@pytest.mark.parametrize(("args", "says"), [
+    # A count the window cannot hold, when the window is given: refused, saying how to fix it.
+    (["--count", "1000", "--patients", "10", "--days", "1"],
+     "--count 1,000 is more than the 40 readings of the window (10 patients x 4 a day); lengthen it (--days 25"),
+    (["--count", "1000", "--patients", "10", "--start", "2026-02-28T00:00:00+00:00", "--end", END],
+     "--count 1,000 is more than the 40 readings of the window"),
+    # Flags --live would ignore.
+    (["--live", "--rate", "5", "--days", "3"], "--live publishes readings taken now: --days would be ignored"),
+    (["--live", "--rate", "5", "--start", "2026-01-01T00:00:00+00:00", "--end", END],
+     "--live publishes readings taken now: --start, --end would be ignored"),
+])
+def test_contradictory_flags_are_refused_saying_how(capsys, args: list[str], says: str) -> None:
+    assert generate_job.main(["--dry-run", *args]) == 2
+    captured = capsys.readouterr()
+    assert says in captured.err
+    assert captured.out == ""
+
+
+def test_a_count_larger_than_the_default_window_extends_it(capsys) -> None:
+    lines = dry_run(capsys, "--patients", "10", "--count", "2000", "--validate", "none")
+    assert len(lines) == 2000  # 50 days of 10 patients, not the default 30 days' 1,200
+    ids = {orjson.loads(line)["id"] for line in lines}
+    assert len(ids) == 2000
+
+
 def test_unreachable_broker_fails_fast_and_says_what_to_do(capsys) -> None:
     started = time.monotonic()
     assert generate_job.main(["--bootstrap-servers", "127.0.0.1:1", "--patients", "1", "--days", "1"]) == 1
