@@ -11,12 +11,16 @@
 4. writes the HTML report ``var/report.html`` (jobs/report.py: the dashboard's panels);
 5. prints what each sink holds: counts per sink, per category, per alert type and trend scope.
 
+Each step is a line of its own, with the job's progress while it runs; what the jobs, Spark,
+Ivy and the JVM print goes to ``var/demo.log``, whose tail a failing step quotes.
+
 Run it again and the stream job resumes from its checkpoint: the same observations (same id,
 same bytes) are not stored twice.
 """
 
 from __future__ import annotations
 
+import re
 import subprocess
 import sys
 import time
@@ -35,6 +39,9 @@ from bp_spark.elastic import (ElasticsearchUnavailable, count_documents, distinc
 from bp_spark.generator import aha_category
 
 JOBS = Path(__file__).resolve().parent
+LOG = Path("var/demo.log")
+# The lines of the jobs' output shown as progress: the generator's count, each batch of each query.
+PROGRESS = re.compile(r"(observations [\d,]+ in .*|batch \d+: \d+ rows in [\d.]+ s|trends batch \d+: \d+ windows)")
 UNREADABLE = [
     b'{"resourceType": "Observation", "id": "demo-broken", "status": "final"',
     b'{"resourceType": "Observation", "id": "demo-preliminary", "status": "preliminary"}',
@@ -74,7 +81,41 @@ def demo_bundles() -> list[tuple[bytes, bytes]]:
 
 
 def step(message: str) -> None:
-    print(f"\n== demo: {message}", flush=True)
+    print(f"== demo: {message}", flush=True)
+
+
+class StepFailed(RuntimeError):
+    """A step's command failed; the message quotes the tail of the log."""
+
+
+def run_step(what: str, command: list[str]) -> None:
+    """Run ``command`` with its output appended to :data:`LOG`, printing its progress lines as
+    they come; raise :class:`StepFailed` quoting the log's tail when it fails."""
+    LOG.parent.mkdir(parents=True, exist_ok=True)
+    started = time.monotonic()
+    with LOG.open("ab") as log:
+        start = log.tell()
+        proc = subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT)
+    seen = start
+    while True:
+        done = proc.poll() is not None
+        with LOG.open("rb") as log:
+            log.seek(seen)
+            chunk = log.read()
+        complete = chunk[:chunk.rfind(b"\n") + 1]
+        seen += len(complete)
+        for line in complete.decode(errors="replace").splitlines():
+            match = PROGRESS.search(line)
+            if match:
+                print(f"     {match.group(0)}", flush=True)
+        if done:
+            break
+        time.sleep(0.5)
+    if proc.returncode != 0:
+        tail = LOG.read_bytes()[start:].decode(errors="replace").splitlines()[-15:]
+        raise StepFailed(f"{what} failed (exit {proc.returncode}); the last lines of {LOG}:\n"
+                         + "\n".join(f"    {line}" for line in tail))
+    print(f"     done in {time.monotonic() - started:.0f} s", flush=True)
 
 
 def topic_census(config: Config) -> tuple[int, int, int]:
@@ -179,29 +220,31 @@ def main() -> int:
            if config.security.tls else "plain: no TLS, no credentials")
     print(f"demo: Kafka at {config.kafka.bootstrap_servers}, Elasticsearch {cluster.version} at {config.elasticsearch.url} ({how})")
 
-    step(f"publishing the reference workload to topic {config.kafka.topic}")
-    if subprocess.run([sys.executable, str(JOBS / "generate.py")]).returncode != 0:
-        print("demo: the generator failed (see above)", file=sys.stderr)
+    print(f"demo: the jobs' own output goes to {LOG.resolve()}")
+    try:
+        return _steps(config, es, producer, started)
+    except StepFailed as exc:
+        print(f"demo: {exc}", file=sys.stderr)
         return 1
+
+
+def _steps(config: Config, es: Elasticsearch, producer: Producer, started: float) -> int:
+    step(f"publishing the reference workload to topic {config.kafka.topic}")
+    run_step("the generator", [sys.executable, str(JOBS / "generate.py")])
     bundles = demo_bundles()
     for key, value in bundles:
         producer.produce(config.kafka.topic, key=key, value=value)
     for i, value in enumerate(UNREADABLE):
         producer.produce(config.kafka.topic, key=f"demo-bad-{i}", value=value)
     producer.flush(30)
-    print(f"and {len(bundles)} FHIR Bundles (a Patient, two readings, a heart rate each), "
-          f"and {len(UNREADABLE)} unreadable messages")
+    print(f"     and {len(bundles)} FHIR Bundles (a Patient, two readings, a heart rate each), "
+          f"and {len(UNREADABLE)} unreadable messages", flush=True)
 
-    step("running the stream job (--trigger available-now)")
-    stream = subprocess.run([sys.executable, str(JOBS / "stream.py"), "--trigger", "available-now"])
-    if stream.returncode != 0:
-        print("demo: the stream job failed (see above)", file=sys.stderr)
-        return 1
+    step("running the stream job until the topic is drained (--trigger available-now; Spark UI on :4040)")
+    run_step("the stream job", [sys.executable, str(JOBS / "stream.py"), "--trigger", "available-now"])
 
     step("writing the HTML report (the dashboard's panels, for machines without Kibana)")
-    if subprocess.run([sys.executable, str(JOBS / "report.py"), "--output", "var/report.html"]).returncode != 0:
-        print("demo: the report failed (see above)", file=sys.stderr)
-        return 1
+    run_step("the report", [sys.executable, str(JOBS / "report.py"), "--output", "var/report.html"])
 
     summary(config, es, started)
     print(f"  report: {Path('var/report.html').resolve()}  (open it in a browser)")
