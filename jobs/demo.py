@@ -92,6 +92,8 @@ def run_step(what: str, command: list[str]) -> None:
     """Run ``command`` with its output appended to :data:`LOG`, printing its progress lines as
     they come; raise :class:`StepFailed` quoting the log's tail when it fails."""
     LOG.parent.mkdir(parents=True, exist_ok=True)
+    LOG.touch()
+    LOG.chmod(0o600)  # the jobs log no patient data; the owner's alone all the same, as var/ is
     started = time.monotonic()
     with LOG.open("ab") as log:
         start = log.tell()
