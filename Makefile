@@ -32,7 +32,8 @@ system-deps:
 $(VENV)/.installed: pyproject.toml
 	python3 -m venv $(VENV)
 	$(PY) -m pip install -q --upgrade pip
-	$(PY) -m pip install -q -e '.[dev]'
+	@# The build backend's notes on editable installs are for packagers, not for users of make.
+	PYTHONWARNINGS=ignore $(PY) -m pip install -q -e '.[dev]'
 	touch $@
 
 $(JVM_JAR): $(wildcard jvm/bpmonitor/*.java) $(VENV)/.installed
