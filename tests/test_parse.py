@@ -300,6 +300,14 @@ BAD_BUNDLES = [
     (json.dumps(bundle(A_READING)) + json.dumps(bundle(A_READING)), NOT_ONE_VALUE),
     (bundle(*[variant(id=f"bp-{i}") for i in range(4)]),
      "Bundle has 4 entries, more than stream.max_bundle_entries (3)"),
+    # Hostile shapes: entries that are not a list, a type that is not a string, nesting too deep to read.
+    ({"resourceType": "Bundle", "type": "batch", "entry": "x"},
+     "Bundle holds no blood-pressure Observation among its 0 entries"),
+    ({"resourceType": "Bundle", "type": 5, "entry": [{"resource": A_READING}]},
+     "Bundle type '5' is not processed (transaction, batch, collection, searchset, history, message, "
+     "subscription-notification are)"),
+    ('{"resourceType": "Bundle", "type": "batch", "entry": [{"resource": {"resourceType": "Observation", "x": '
+     + "[" * 3000 + "]" * 3000 + '}}, {"resource": ' + json.dumps(A_READING) + "}]}", "not a JSON object"),
     (bundle(A_READING, kind="x" * 5000), "Bundle type '" + "x" * 40 + "... (5000 characters)' is not processed "
      "(transaction, batch, collection, searchset, history, message, subscription-notification are)"),
 ]
@@ -314,10 +322,14 @@ def test_a_bundle_that_cannot_be_read_is_one_dead_letter_with_its_reason(spark: 
 
 def test_hostile_patient_entries_do_not_lend_their_id(spark: SparkSession) -> None:
     """A Patient entry whose id is not a FHIR id, or two entries with one fullUrl: the reference
-    is read as it would be alone (the uuid), or from the first entry; nothing fails."""
+    is read as it would be alone (the uuid), or from the first entry; a null entry, or a fullUrl
+    that is a number, is counted or ignored; nothing fails."""
     bad_id = bundle({"resourceType": "Patient", "id": "a/b" * 100}, variant(subject={"reference": PATIENT_URN}),
                     full_urls={0: PATIENT_URN})
     twice = bundle({"resourceType": "Patient", "id": "first"}, {"resourceType": "Patient", "id": "second"},
                    variant(subject={"reference": PATIENT_URN}), full_urls={0: PATIENT_URN, 1: PATIENT_URN})
-    rows = parsed_bundle_rows(spark, [bad_id, twice])
-    assert [(r.patient_id, r.error) for r in rows] == [(PATIENT_URN.removeprefix("urn:uuid:"), None), ("first", None)]
+    null_entry = {"resourceType": "Bundle", "type": "batch", "entry": [None, {"fullUrl": 5, "resource": variant()}]}
+    rows = parsed_bundle_rows(spark, [bad_id, twice, null_entry])
+    assert [(r.patient_id, r.error) for r in rows] == [(PATIENT_URN.removeprefix("urn:uuid:"), None), ("first", None),
+                                                       ("p1", None)]
+    assert [r.ignored_entries for r in rows] == [1, 2, 1]  # the Patient entries; the null entry
