@@ -40,13 +40,20 @@ def readable(column: str, value: object) -> str:
     return str(value)
 
 
+def rows_table(panel: Panel, data: list[dict]) -> str:
+    """A saved search (the latest alerts) as an HTML table: columns as wide as their values, every
+    value in full (a chart's table cuts what does not fit its equal columns)."""
+    columns = panel.columns + [c for c in (data[0] if data else {}) if c not in panel.columns]
+    head = "".join(f"<th>{html.escape(c)}</th>" for c in columns)
+    body = "".join("<tr>" + "".join(f'<td class="col-{html.escape(c)}">{html.escape(readable(c, row.get(c, "")))}</td>'
+                                    for c in columns) + "</tr>" for row in data)
+    return (f'<h3>{html.escape(panel.title)}</h3><div class="rows-wrap"><table class="rows" id="panel-{panel.id}">'
+            f"<thead><tr>{head}</tr></thead><tbody>{body}</tbody></table></div>")
+
+
 def figure(panel: Panel, data: list[dict]) -> go.Figure:
     """The panel's chart: pie and bars for terms, lines for date histograms, tables for the rest."""
-    if panel.kind == "search":
-        columns = panel.columns + [c for c in (data[0] if data else {}) if c not in panel.columns]
-        cells = [[readable(c, row.get(c, "")) for row in data] for c in columns]
-        fig = go.Figure(go.Table(header={"values": columns}, cells={"values": cells}))
-    elif panel.kind == "table":
+    if panel.kind == "table":
         cells = [[row["key"] for row in data]] + [[row[m["id"]] for row in data] for m in panel.metrics]
         fig = go.Figure(go.Table(header={"values": [panel.bucket["field"]] + [metric_label(m) for m in panel.metrics]},
                                  cells={"values": cells}))
@@ -82,9 +89,10 @@ def render(panels: list[tuple[Panel, list[dict]]], counts: list[tuple[str, int]]
                     for label, n in counts)
     charts = "".join(
         f'<section class="panel" data-panel="{html.escape(p.id)}">'
-        + figure(p, data).to_html(full_html=False, include_plotlyjs=False, div_id=f"panel-{p.id}",
-                                  default_width="100%", default_height="420px",
-                                  config={"displaylogo": False, "responsive": True})
+        + (rows_table(p, data) if p.kind == "search" else
+           figure(p, data).to_html(full_html=False, include_plotlyjs=False, div_id=f"panel-{p.id}",
+                                   default_width="100%", default_height="420px",
+                                   config={"displaylogo": False, "responsive": True}))
         + "</section>" for p, data in panels)
     return f"""<!DOCTYPE html>
 <html lang="en"><head><meta charset="utf-8"><title>Blood pressure monitoring</title>
@@ -96,6 +104,12 @@ body {{ font-family: system-ui, sans-serif; margin: 24px; color: #222; }}
 .grid {{ display: grid; grid-template-columns: repeat(2, minmax(0, 1fr)); gap: 16px; }}
 @media (max-width: 1100px) {{ .grid {{ grid-template-columns: minmax(0, 1fr); }} }}
 .panel {{ border: 1px solid #eee; border-radius: 6px; min-width: 0; overflow: hidden; }}
+.panel h3 {{ font-size: 17px; font-weight: 400; margin: 16px 16px 8px; }}
+.rows-wrap {{ overflow-x: auto; padding: 0 16px 16px; }}
+table.rows {{ border-collapse: collapse; font-size: 13px; }}
+table.rows th, table.rows td {{ border-bottom: 1px solid #eee; padding: 4px 10px; text-align: left; white-space: nowrap;
+  vertical-align: top; }}
+table.rows td.col-reason {{ white-space: normal; min-width: 18em; }}
 </style>
 <script>{get_plotlyjs()}</script></head>
 <body><h1>Blood pressure monitoring</h1>

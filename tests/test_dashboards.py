@@ -119,7 +119,11 @@ def _docs(config: Config) -> list[dict]:
             for i, p, t, c, a, s, d in anomalies]
     docs += [{"_index": e.alerts_index, "_id": "o2", "alert_id": "o2", "alert_type": "critical_reading",
               "patient_id": "p1", "effective_time": day(1, 9), "reason": "hypertensive crisis: 190/125 mmHg",
-              "severity": "critical", "processed_at": day(1, 10)}]
+              "severity": "critical", "processed_at": day(1, 10)},
+             {"_index": e.alerts_index, "_id": "patient|p1|7d", "alert_id": "patient|p1|7d",
+              "alert_type": "sustained_hypertension", "patient_id": "p1", "effective_time": day(2),
+              "reason": "sustained hypertension: mean 158/101 mmHg over 12 readings in 7 days (limit 135/85)",
+              "severity": "warning", "processed_at": day(2, 10)}]
     docs += [{"_index": e.trends_index, "_id": f"cohort|daily|{d}", "scope": "cohort", "period": "daily",
               "window_start": day(d, 0), "systolic_max": s, "diastolic_max": dia}
              for d, s, dia in ((1, 190, 125), (2, 135, 95))]
@@ -154,7 +158,7 @@ def test_every_panel_query_returns_the_expected_buckets(es: Elasticsearch, dashb
     assert [(r["key"][:10], r["1"], r["3"]) for r in results["bp-daily-peaks"]] == [
         ("2026-01-01", 190.0, 125.0), ("2026-01-02", 135.0, 95.0)]
     assert [(r["1"], r["3"]) for r in results["bp-pipeline-health"]] == [(100.0, 50.0), (50.0, 0.0)]
-    assert [r["patient_id"] for r in results["bp-latest-alerts"]] == ["p1"]
+    assert [r["patient_id"] for r in results["bp-latest-alerts"]] == ["p1", "p1"]
 
 
 def test_html_report_renders_every_panel_in_headless_chromium(
@@ -184,11 +188,21 @@ def test_html_report_renders_every_panel_in_headless_chromium(
         panels = driver.find_elements("css selector", "section.panel")
         assert len(panels) == 7
         for section in panels:
+            if section.get_attribute("data-panel") == "bp-latest-alerts":
+                continue  # a table of its own, below
             plot = section.find_element("css selector", ".js-plotly-plot")
             assert plot.find_elements("css selector", "svg.main-svg"), section.get_attribute("data-panel")
         titles = driver.execute_script(
-            "return Array.from(document.querySelectorAll('.gtitle')).map(e => e.textContent)")
+            "return Array.from(document.querySelectorAll('.gtitle, .panel h3')).map(e => e.textContent)")
         assert "Abnormal readings by category" in titles and "Latest alerts" in titles
+        # The alert table shows every column in full: each value whole, no cell narrower than its text.
+        cells = driver.execute_script(
+            "return Array.from(document.querySelectorAll('#panel-bp-latest-alerts td'))"
+            ".map(td => [td.textContent, td.scrollWidth <= td.clientWidth])")
+        texts = [text for text, _ in cells]
+        assert "sustained_hypertension" in texts and "critical_reading" in texts
+        assert "sustained hypertension: mean 158/101 mmHg over 12 readings in 7 days (limit 135/85)" in texts
+        assert all(fits for _, fits in cells), [text for text, fits in cells if not fits]
         assert "4" in driver.find_element("id", "summary").text  # 4 abnormal readings
         legend = driver.execute_script(
             "return Array.from(document.querySelectorAll('#panel-bp-by-category .legendtext')).map(e => e.textContent)")
