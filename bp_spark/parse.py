@@ -3,7 +3,8 @@
 The JSON is parsed once with the explicit schema; every column is derived from that one
 struct. A panel is known by its code: LOINC 85354-9, the older LOINC 55284-4 or SNOMED CT
 75367002, each with its system; components by their LOINC or SNOMED CT code and system, not
-position; a component that could not be measured (``dataAbsentReason``) is named as such; units by UCUM code or unit text
+position; a component that could not be measured (``dataAbsentReason``) is named as such;
+units by UCUM code or unit text
 (mm[Hg], mmHg, kPa); the effective time from ``effectiveDateTime`` or
 ``effectivePeriod.start`` in any offset; the patient from ``Patient/123``, an absolute URL
 ending so, or a ``urn:uuid:``. A record that cannot be used keeps its raw payload and gets
@@ -299,7 +300,8 @@ def parse_observations(kafka_df: DataFrame, max_future_s: int = DEFAULT_MAX_FUTU
         .when(F.col("_bundle_problem").isNotNull(), F.col("_bundle_problem"))
         # Malformed JSON parses to nulls, so only a record without resourceType is parsed again.
         .when(F.col("_resource_type").isNull() & F.from_json("raw", JSON_OBJECT).isNull(), F.lit("not a JSON object"))
-        .when(~is_single_json_value(F.col("raw")),
+        # A Bundle was checked whole (_bundle_problem); its entries are Spark's own compact JSON.
+        .when(F.col("bundle_entry").isNull() & ~is_single_json_value(F.col("raw")),
               F.lit(NOT_ONE_VALUE))
         .when(F.col("_resource_type").isNull(), F.lit("not a FHIR resource (no resourceType)"))
         .when(F.col("_resource_type") != "Observation",

@@ -20,12 +20,12 @@ from pyspark.sql.streaming import StreamingQuery
 from bp_spark import documents
 from bp_spark.classify import CRITICAL, with_classification
 from bp_spark.config import Config
-from bp_spark.config import duration_seconds as seconds
 from bp_spark.monitoring import RECORDS_READ, ROUTING_QUERY
-from bp_spark.parse import RETRACTED_STATUS, is_update, parse_observations
+from bp_spark.parse import RETRACTED_STATUS, is_update
 from bp_spark.sinks import Sinks, SinkUnavailable
 from bp_spark.sinks.es import Refused
-from bp_spark.streaming import checkpointed, configure_state, kafka_source, per_step, remember, start_in_pool, timed
+from bp_spark.streaming import (checkpointed, configure_state, kafka_source, parsed, per_step, remember, start_in_pool,
+                                timed)
 
 log = logging.getLogger("bp_spark.pipeline")
 
@@ -49,8 +49,7 @@ def with_dedup_key(df: DataFrame) -> DataFrame:
 def readings_stream(source_df: DataFrame, config: Config) -> DataFrame:
     """Parse, classify and de-duplicate the Kafka stream (pure: the same plan serves tests on static data)."""
     return (
-        source_df.transform(lambda df: parse_observations(df, seconds(config.stream.max_future_skew),
-                                                          config.stream.max_bundle_entries))
+        source_df.transform(lambda df: parsed(df, config))
         .transform(lambda df: with_classification(df, config.thresholds))
         .transform(with_dedup_key)
         # The horizon runs on the job's clock (the batch's time, which a replay of the batch

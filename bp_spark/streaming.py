@@ -12,7 +12,9 @@ from pyspark.sql import Column, DataFrame, SparkSession
 from pyspark.sql import functions as F
 
 from bp_spark.config import Config
+from bp_spark.config import duration_seconds as seconds
 from bp_spark.connections import AccessRefused, KafkaAccess, spark_kafka_options
+from bp_spark.parse import parse_observations
 from bp_spark.sinks.retry import SinkFailure, with_retries
 
 log = logging.getLogger("bp_spark.pipeline")
@@ -67,6 +69,12 @@ def kafka_source(spark: SparkSession, config: Config) -> DataFrame:
     if config.kafka.max_offsets_per_trigger:
         reader = reader.option("maxOffsetsPerTrigger", config.kafka.max_offsets_per_trigger)
     return reader.option("minPartitions", read_tasks(spark, config)).load()
+
+
+def parsed(source_df: DataFrame, config: Config) -> DataFrame:
+    """The Kafka records parsed as both queries read them (:func:`bp_spark.parse.parse_observations`
+    with the job's ``stream.max_future_skew`` and ``stream.max_bundle_entries``)."""
+    return parse_observations(source_df, seconds(config.stream.max_future_skew), config.stream.max_bundle_entries)
 
 
 def read_tasks(spark: SparkSession, config: Config) -> int:

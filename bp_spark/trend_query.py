@@ -22,10 +22,10 @@ from bp_spark.classify import with_classification
 from bp_spark.config import Config
 from bp_spark.config import duration_seconds as seconds
 from bp_spark.monitoring import TRENDS_QUERY
-from bp_spark.parse import RETRACTED_STATUS, parse_observations
+from bp_spark.parse import RETRACTED_STATUS
 from bp_spark.sinks import Sinks, SinkUnavailable
-from bp_spark.streaming import (checkpointed, configure_state, kafka_source, keep_rows, per_step, remember,
-                                start_in_pool, timed)
+from bp_spark.streaming import (checkpointed, configure_state, kafka_source, keep_rows, parsed, per_step,
+                                remember, start_in_pool, timed)
 from bp_spark.trends import (ANOMALY_TYPES, PATIENT, SUSTAINED, aggregate_windows, slide_period, sustained_onsets,
                              sustained_windows, trend_id, with_windows)
 
@@ -52,8 +52,7 @@ def trends_stream(source_df: DataFrame, config: Config) -> DataFrame:
     """
     t = config.trends
     return (
-        source_df.transform(lambda df: parse_observations(df, seconds(config.stream.max_future_skew),
-                                                          config.stream.max_bundle_entries))
+        source_df.transform(lambda df: parsed(df, config))
         .transform(lambda df: keep_rows(df, F.col("error").isNull() & (F.col("status") != RETRACTED_STATUS)))
         .transform(lambda df: with_classification(df, config.thresholds))
         .select("observation_id", "patient_id", "effective_time", "systolic", "diastolic", "is_anomaly",

@@ -147,16 +147,17 @@ def window_capacity(config: Config) -> int:
     return int((end - start).total_seconds() // (86400 / g.per_day)) * g.patients
 
 
-def fit_count(config: Config, window_given: bool) -> Config:
+def fit_count(config: Config, days_given: bool) -> Config:
     """``config`` whose window holds ``generator.count`` readings: the window is extended back in
-    time (more days) when its length was not given; else a count it cannot hold is refused."""
+    time (more days) when its length was not given (``days_given``, or a start); else a count it
+    cannot hold is refused."""
     g = config.generator
     capacity = window_capacity(config)
     if not g.count or g.count <= capacity:
         return config
     per_day = g.patients * g.per_day
     days = -(-g.count // per_day)
-    if window_given or g.start:
+    if days_given or g.start:
         raise ConfigError(
             f"--count {g.count:,} is more than the {capacity:,} readings of the window ({g.patients} patients x "
             f"{g.per_day} a day); lengthen it (--days {days}, or an earlier --start), add --patients, or lower --count")
@@ -183,10 +184,7 @@ def run(config: Config, dry_run: bool, live: bool, out=None) -> int:
     else:
         start, end = window(g.start, g.end, g.days)
         source = readings(patients, start, end, g.per_day, g.seed, g.crisis_rate, g.hypotension_rate)
-        total = g.count or None
-        if total is None:
-            slots = int((end - start).total_seconds() // (86400 / g.per_day))
-            total = slots * g.patients
+        total = g.count or window_capacity(config)
         log.info("window %s .. %s, %d patients, %d a day", start.isoformat(), end.isoformat(), g.patients, g.per_day)
 
     stop = {"now": False}
@@ -270,9 +268,7 @@ def main(argv: list[str] | None = None) -> int:
             raise ConfigError(f"--live publishes readings taken now: {', '.join(window_flags)} would be ignored; "
                               "drop them, or drop --live to publish that window")
         if not args.live:
-            given = any(getattr(args, f"generator.{name}") is not None for name in ("days", "start")) or any(
-                os.environ.get(name) for name in ("BP_GENERATOR_DAYS", "BP_GENERATOR_START"))
-            config = fit_count(config, given)
+            config = fit_count(config, "--days" in window_flags or bool(os.environ.get("BP_GENERATOR_DAYS")))
         if not args.dry_run:
             check_kafka(config, timeout_s=5)  # a refused login: exit 2 at once, naming Kafka
         return run(config, args.dry_run, args.live)
