@@ -87,6 +87,8 @@ class BatchStats:
     updates: int = 0
     refused: int = 0
     ignored_entries: int = 0
+    already_archived: int = 0
+    repeats: int = 0  # readings left out before the batch as repeats of one of its rows (a backfill's)
     seconds: float = 0.0
     steps: dict[str, float] = field(default_factory=dict)
 
@@ -94,6 +96,8 @@ class BatchStats:
         rate = self.rows / self.seconds if self.seconds else 0.0
         refused = f" ({self.refused} refused by Elasticsearch)" if self.refused else ""
         ignored = f", Bundle entries not blood pressure {self.ignored_entries}" if self.ignored_entries else ""
+        if self.already_archived:
+            ignored += f", normals already archived {self.already_archived}"
         return (f"batch {self.batch_id}: {self.rows} rows in {self.seconds:.2f} s ({rate:,.0f} rows/s); "
                 f"anomalies {self.anomalies}, alerts {self.alerts}, normals {self.normals}, "
                 f"dead letters {self.dead_letters}{refused}, corrections/retractions {self.updates}"
@@ -127,7 +131,7 @@ class BatchRouter:
         self.counts = remember(self.counts, batch_id, {
             "anomalies": stats.anomalies, "alerts": stats.alerts, "archive": stats.normals,
             "dead_letters": stats.dead_letters, "corrections": stats.updates, "refused": stats.refused,
-            "ignored_entries": stats.ignored_entries,
+            "ignored_entries": stats.ignored_entries, "already_archived": stats.already_archived,
             "waited_s": dict(self.sinks.waits)} if self.sinks is not None else {})
         log.info(stats.line())
 
@@ -153,9 +157,13 @@ class BatchRouter:
             F.count(F.when(live & (F.col("severity") == CRITICAL), 1)).alias("alerts"),
             F.count(F.when(live & ~F.col("is_anomaly"), 1)).alias("normals"),
             F.sum("ignored_entries").alias("ignored"),
+            (F.sum(F.col("_copies") - 1) if "_copies" in batch_df.columns else F.lit(0)).alias("repeats"),
+            # The normal readings' extent in event time: does the archive need asking (a backfill's)?
+            F.min(F.when(live & ~F.col("is_anomaly"), F.unix_seconds("effective_time"))).alias("oldest_normal"),
+            F.max(F.when(live & ~F.col("is_anomaly"), F.unix_seconds("effective_time"))).alias("newest_normal"),
         ).first()
         stats = BatchStats(batch_id, counts.rows, counts.anomalies, counts.alerts, counts.normals, counts.dead,
-                           counts.updates, ignored_entries=counts.ignored or 0)
+                           counts.updates, ignored_entries=counts.ignored or 0, repeats=counts.repeats or 0)
         stats.steps["read+parse"] = time.monotonic() - started
         if self.sinks is None or stats.rows == 0:
             return stats
@@ -183,7 +191,9 @@ class BatchRouter:
             self.sinks.alert_topic.publish(docs["alerts"], batch_id)
         if stats.normals:
             with timed(stats.steps, "archive"):
-                self.sinks.archive.write(current_df.where(~F.col("is_anomaly")), batch_id, stats.normals)
+                stats.normals, stats.already_archived = self.sinks.archive.write_new(
+                    current_df.where(~F.col("is_anomaly")), batch_id, stats.normals, counts.oldest_normal,
+                    counts.newest_normal)
         return stats
 
     def _count_refusals(self, stats: BatchStats, refused: Refused) -> None:

@@ -78,7 +78,8 @@ def trend_id(*parts: Column | str) -> Column:
 
 
 # What makes a reading the peak of a window: the highest systolic, then diastolic, then the latest.
-PEAK_ORDER = ("systolic", "diastolic", "effective_time")
+# The last key breaks ties, so that a window's peak does not depend on the order its readings came in.
+PEAK_ORDER = ("systolic", "diastolic", "effective_time", "observation_id")
 
 
 def _peak() -> Column:

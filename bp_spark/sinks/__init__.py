@@ -33,8 +33,10 @@ class Sinks:
     config: Config
     es: Elasticsearch | None
     waits: dict[str, float] = field(default_factory=dict)
+    archive_tag: str | None = None  # the archive files' tag, when not the stream job's
+    backfill: bool = False  # a backfill's sinks: the archive leaves out what it already holds
 
     def __post_init__(self) -> None:
         self.elasticsearch = ElasticsearchSink(self.config, self.es, self.waits)
-        self.archive = ArchiveSink(self.spark, self.config, self.waits)
+        self.archive = ArchiveSink(self.spark, self.config, self.waits, self.archive_tag, self.backfill)
         self.alert_topic = AlertTopic(self.config, self.waits)

@@ -9,6 +9,14 @@ checkpoints, or two topics) sharing an archive never write the same name.
 Corrections and retractions remove the earlier version of an observation from whichever
 patient's files hold it (a correction may move a reading to another patient; a retraction may
 carry nothing but its id): one scan of the archive finds them, one write rewrites those files.
+
+A backfill (:mod:`bp_spark.backfill`) writes here too, and a reading may reach the archive both
+ways (an export of last month, then the feed replaying it). The stream's de-duplication state
+knows nothing of what a backfill wrote, so the archive itself is asked: a backfill leaves out
+every reading some file already holds (same id, same content), and records in
+:data:`BACKFILL_MARK` the latest effective time it archived; the stream job then asks the
+archive only about normal readings no later than that mark (a live feed's are all later: the
+check costs nothing there).
 """
 
 from __future__ import annotations
@@ -23,6 +31,7 @@ from pyspark.sql import Column, DataFrame, SparkSession
 from pyspark.sql import functions as F
 
 from bp_spark.config import Config
+from bp_spark.parse import parse_observations
 from bp_spark.sinks.retry import SinkFailure, with_retries
 
 log = logging.getLogger("bp_spark.sinks")
@@ -33,6 +42,10 @@ SINK = "archive"
 DRIVER_WRITE_MAX_ROWS = 20_000
 # Partition values Spark writes as they are (no character it escapes in a folder name).
 _PLAIN_VALUE = re.compile(r"[A-Za-z0-9._-]+")
+# The latest effective time (epoch seconds) any backfill archived, in the archive's root folder.
+BACKFILL_MARK = "_backfilled_until"
+# Above this many patients, the files of every patient are read rather than each one's folder.
+_READ_ALL_ABOVE = 200
 
 
 def one_line(raw: Column) -> Column:
@@ -62,11 +75,15 @@ def _observation_id(line: Column) -> Column:
 class ArchiveSink:
     """Writes normal readings; removes superseded ones."""
 
-    def __init__(self, spark: SparkSession, config: Config, waits: dict[str, float]) -> None:
+    def __init__(self, spark: SparkSession, config: Config, waits: dict[str, float], tag: str | None = None,
+                 backfill: bool = False) -> None:
+        """``tag``: the job's file-name tag (default :func:`archive_tag`); ``backfill``: this job
+        is a backfill, which checks every normal reading against the archive and extends the mark."""
         self.spark = spark
         self.config = config
         self.waits = waits
-        self.tag = archive_tag(spark, config)
+        self.tag = tag or archive_tag(spark, config)
+        self.backfill = backfill
         self.root = config.paths.archive_dir.rstrip("/")
         # Patient readings: the job's session masks every file Hadoop creates with paths.archive_umask
         # (bp_spark.session.private_files_conf; 077: 0600 files, 0700 folders).
@@ -97,6 +114,76 @@ class ArchiveSink:
         return f"batch-{self.tag}-{batch_id:012d}-"
 
     # ------------------------------------------------------------------ writes
+
+    def write_new(self, normal_df: DataFrame, batch_id: int, rows: int, oldest_s: int | None,
+                  newest_s: int | None) -> tuple[int, int]:
+        """Archive the normal readings no file holds yet (:meth:`write`); return how many were
+        written and how many some file already held. ``rows``: how many ``normal_df`` holds;
+        ``oldest_s``/``newest_s``: their earliest and latest effective times (epoch seconds)."""
+        if self.backfill:
+            self._retry(lambda: self._extend_mark(newest_s), f"batch {batch_id}: recording the backfill's extent")
+            candidates = normal_df
+        else:
+            mark = self._retry(self._read_mark, "reading the archive's backfill mark")
+            if mark is None or oldest_s is None or oldest_s > mark:
+                self.write(normal_df, batch_id, rows)
+                return rows, 0
+            candidates = normal_df.where(F.unix_seconds("effective_time") <= mark)
+        stored_df = self._retry(lambda: self._stored_keys(candidates, batch_id), f"batch {batch_id}: reading the archive")
+        if stored_df is None:
+            self.write(normal_df, batch_id, rows)
+            return rows, 0
+        new_df = normal_df.join(stored_df, ["observation_id", "content_hash"], "left_anti").persist()
+        try:
+            new = new_df.count()
+            if new:
+                self.write(new_df, batch_id, new)
+        finally:
+            new_df.unpersist()
+        return new, rows - new
+
+    def _mark_path(self):
+        _, root_path = hadoop_fs(self.spark, self.root)
+        return self.spark._jvm.org.apache.hadoop.fs.Path(root_path, BACKFILL_MARK)
+
+    def _read_mark(self) -> int | None:
+        """The latest effective time a backfill archived (epoch seconds), or None: no backfill."""
+        fs, _ = hadoop_fs(self.spark, self.root)
+        path = self._mark_path()
+        if not fs.exists(path):
+            return None
+        lines = self._read_lines(fs, path)
+        return int(lines[0]) if lines else None
+
+    def _extend_mark(self, newest_s: int | None) -> None:
+        """Move the backfill mark to ``newest_s`` if that is later, before the readings are written."""
+        current = self._read_mark()
+        if newest_s is None or (current is not None and current >= newest_s):
+            return
+        fs, _ = hadoop_fs(self.spark, self.root)
+        self._write_text(fs, self._mark_path(), f"{newest_s}\n")
+
+    def _stored_keys(self, candidates_df: DataFrame, batch_id: int) -> DataFrame | None:
+        """(observation_id, content_hash) of the archived readings of the candidates' patients,
+        leaving out this batch's own files (an earlier attempt of it wrote the same readings, and
+        its replay must write them again under the same names); None when none is archived."""
+        fs, root_path = hadoop_fs(self.spark, self.root)
+        HadoopPath = self.spark._jvm.org.apache.hadoop.fs.Path
+        folders = {status.getPath().getName() for status in fs.globStatus(HadoopPath(root_path, "patient_id=*")) or []}
+        wanted = sorted(folders & {f"patient_id={self._partition_name(row.patient_id)}"
+                                   for row in candidates_df.select("patient_id").distinct().collect()})
+        if not wanted:
+            return None
+        patterns = ([HadoopPath(root_path, "patient_id=*/*.jsonl").toString()] if len(wanted) > _READ_ALL_ABOVE else
+                    [HadoopPath(root_path, f"{folder}/*.jsonl").toString() for folder in wanted])
+        patterns = [p for p in patterns if fs.globStatus(HadoopPath(p))]
+        if not patterns:
+            return None
+        file_name = F.input_file_name()
+        lines_df = (self.spark.read.text(patterns).where(~file_name.contains("/" + self._own_prefix(batch_id)))
+                    .select("value", F.lit(SINK).alias("topic"), F.lit(0).alias("partition"),
+                            F.lit(0).cast("long").alias("offset"), F.current_timestamp().alias("timestamp")))
+        return parse_observations(lines_df).select("observation_id", "content_hash").distinct()
 
     def write(self, normal_df: DataFrame, batch_id: int, rows: int | None = None) -> int:
         """Normal readings as JSON Lines, byte-for-byte, under ``patient_id=<id>/``; returns files written.
@@ -237,13 +324,17 @@ class ArchiveSink:
         finally:
             stream.close()
 
-    def _finish_rewrite(self, fs, work, manifest, root_path, batch_id: int) -> None:
-        HadoopPath = self.spark._jvm.org.apache.hadoop.fs.Path
-        reader = self.spark._jvm.java.io.BufferedReader(self.spark._jvm.java.io.InputStreamReader(fs.open(manifest)))
+    def _read_lines(self, fs, path) -> list[str]:
+        """The non-empty lines of a small text file on ``fs``."""
+        reader = self.spark._jvm.java.io.BufferedReader(self.spark._jvm.java.io.InputStreamReader(fs.open(path)))
         try:
-            entries = [line.split("\t", 1) for line in iter(reader.readLine, None) if line]
+            return [line for line in iter(reader.readLine, None) if line]
         finally:
             reader.close()
+
+    def _finish_rewrite(self, fs, work, manifest, root_path, batch_id: int) -> None:
+        HadoopPath = self.spark._jvm.org.apache.hadoop.fs.Path
+        entries = [line.split("\t", 1) for line in self._read_lines(fs, manifest)]
         for patient_id in sorted({patient for patient, _ in entries}):
             patient_dir = HadoopPath(root_path, f"patient_id={patient_id}")
             target = HadoopPath(patient_dir, self._rewrite_name(batch_id))

@@ -1,0 +1,279 @@
+"""Backfill from a FHIR Bulk Data export: the stream job's parsing, classification and routing,
+as a Spark batch job, into the same sinks under the same ids.
+
+A Bulk Data ``$export`` writes newline-delimited JSON, one resource per line, one or more files
+per resource type (``Observation.ndjson``, ``Observation-2.ndjson`` ...). Each line is read as
+the stream job reads a Kafka message: one Observation, or a Bundle whose blood-pressure entries
+are each a reading. Where a Kafka record has a topic, a partition and an offset, a line has
+``backfill:<file>`` (its path under ``--input``), partition 0 and its line number, so that a
+dead letter's id names the line to look at (``backfill:Observation.ndjson-0-17``) and stays the
+same when the backfill runs again.
+
+The input is routed in chunks of whole file blocks (``--chunk-lines``), each one micro-batch of
+the routing query's :class:`~bp_spark.routing.BatchRouter`: abnormal readings, alerts and dead
+letters are written under their ids (a second run overwrites them with themselves, and alerts
+are created once), and the archive leaves out what it already holds (same id, same content), so
+that a backfill run twice, or followed by the stream job on a feed that replays it, stores each
+observation once (:mod:`bp_spark.sinks.archive`). Then the trend windows of the whole input are
+aggregated as the trend query aggregates a batch, and written under the same ids.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+import time
+from dataclasses import dataclass, field
+from datetime import datetime, timezone
+
+from pyspark.sql import DataFrame, SparkSession, Window
+from pyspark.sql import functions as F
+
+from bp_spark.classify import with_classification
+from bp_spark.config import Config
+from bp_spark.parse import RETRACTED_STATUS
+from bp_spark.routing import BatchRouter, BatchStats, with_dedup_key
+from bp_spark.sinks import Sinks, hadoop_fs
+from bp_spark.streaming import keep_rows, parsed
+from bp_spark.trend_query import TrendRouter
+from bp_spark.trends import aggregate_windows, with_windows
+
+log = logging.getLogger("bp_spark.backfill")
+
+# What a Bulk Data export names its files; a file given by name is read whatever its name.
+EXPORT_SUFFIXES = (".ndjson", ".ndjson.gz")
+TOPIC_PREFIX = "backfill:"
+# A file's name in dead-letter ids and the kafka.topic field: at most this many characters (the
+# end of the path, where the file name is).
+NAME_LIMIT = 120
+DEFAULT_CHUNK_LINES = 500_000
+
+
+class BackfillInputError(ValueError):
+    """The input cannot be read as a Bulk Data export (missing, or no ndjson file in it)."""
+
+
+@dataclass
+class Block:
+    """A block of an input file as Spark splits it: its lines get numbers from ``first_line``."""
+
+    file: str  # as Spark's input_file_name() gives it
+    start: int  # byte offset in the file
+    first_seq: int  # monotonically_increasing_id of its first line
+    lines: int
+    blank: int
+    name: str = ""
+    first_line: int = 1
+    chunk: int = 0
+
+
+@dataclass
+class BackfillSummary:
+    """What a backfill did, for its last lines."""
+
+    files: int = 0
+    lines: int = 0
+    blank: int = 0
+    readings: int = 0
+    duplicates: int = 0
+    anomalies: int = 0
+    alerts: int = 0
+    archived: int = 0
+    already_archived: int = 0
+    dead_letters: int = 0
+    ignored_entries: int = 0
+    trend_windows: int = 0
+    onsets: int = 0
+    seconds: float = 0.0
+    batches: list[BatchStats] = field(default_factory=list)
+
+    def add(self, stats: BatchStats) -> None:
+        self.batches.append(stats)
+        self.readings += stats.rows + stats.repeats
+        self.duplicates += stats.repeats
+        self.anomalies += stats.anomalies
+        self.alerts += stats.alerts
+        self.archived += stats.normals
+        self.already_archived += stats.already_archived
+        self.dead_letters += stats.dead_letters
+        self.ignored_entries += stats.ignored_entries
+
+    @property
+    def other(self) -> int:
+        """Readings that are in no sink by design: retractions, and earlier versions of a reading
+        the same chunk also holds a later version of."""
+        routed = self.anomalies + self.archived + self.already_archived + self.dead_letters + self.duplicates
+        return self.readings - routed
+
+    def lines_out(self, config: Config, source: str) -> list[str]:
+        e = config.elasticsearch
+        blank = f", {self.blank:,} blank skipped" if self.blank else ""
+        ignored = f"; {self.ignored_entries:,} Bundle entries that are not blood pressure" if self.ignored_entries else ""
+        return [
+            "summary",
+            f"  input {source}: {self.files:,} files, {self.lines:,} lines{blank}; {self.readings:,} readings{ignored}",
+            f"  {e.anomalies_index:<32} {self.anomalies:>10,}  abnormal readings ({self.alerts:,} critical: alerts)",
+            f"  {config.paths.archive_dir + '/':<32} {self.archived:>10,}  normal readings archived"
+            + (f", {self.already_archived:,} already there" if self.already_archived else ""),
+            f"  {e.deadletter_index:<32} {self.dead_letters:>10,}  unreadable (dead letters, id backfill:<file>-0-<line>)",
+            f"  {e.trends_index:<32} {self.trend_windows:>10,}  trend windows ({self.onsets:,} sustained-hypertension onsets)",
+            f"  reconciliation: {self.anomalies:,} + {self.archived + self.already_archived:,} + {self.dead_letters:,}"
+            f" = {self.anomalies + self.archived + self.already_archived + self.dead_letters:,} stored for "
+            f"{self.readings:,} readings; {self.duplicates:,} repeats within the input, {self.other:,} retractions or "
+            "superseded versions",
+            f"  elapsed {self.seconds:.0f} s",
+        ]
+
+
+def input_files(spark: SparkSession, uri: str) -> list[tuple[str, str]]:
+    """The files to read, sorted: ``uri`` itself, or the ``*.ndjson`` (and ``.ndjson.gz``) files
+    under the folder ``uri``, at any depth. Each as (path, name): name is the path under ``uri``."""
+    fs, root = hadoop_fs(spark, uri)
+    if not fs.exists(root):
+        raise BackfillInputError(f"--input {uri}: no such file or folder")
+    if fs.getFileStatus(root).isFile():
+        return [(root.toUri().getPath(), root.getName())]
+    base = root.toUri().getPath().rstrip("/") + "/"
+    found, listing = [], fs.listFiles(root, True)
+    while listing.hasNext():
+        path = listing.next().getPath()
+        relative = path.toUri().getPath()[len(base):]
+        if path.getName().endswith(EXPORT_SUFFIXES) and not any(p.startswith((".", "_")) for p in relative.split("/")):
+            found.append((path.toUri().getPath(), relative))
+    if not found:
+        raise BackfillInputError(f"--input {uri}: no *.ndjson file in this folder (a Bulk Data export writes "
+                                 "Observation.ndjson, or Observation-1.ndjson ...); give the folder of the export "
+                                 "or one file")
+    return sorted(found, key=lambda item: item[1])
+
+
+def _source_name(name: str) -> str:
+    return TOPIC_PREFIX + (name if len(name) <= NAME_LIMIT else "..." + name[-(NAME_LIMIT - 3):])
+
+
+def plan_blocks(spark: SparkSession, uri: str, files: list[tuple[str, str]], chunk_lines: int) -> list[Block]:
+    """Read the input's blocks once: their lines, numbered per file, and the chunk each is routed in."""
+    lines_df = _lines(spark, uri, files)
+    rows = (lines_df.groupBy("_file", "_block")
+            .agg(F.min("_seq").alias("first_seq"), F.count(F.lit(1)).alias("lines"),
+                 F.count(F.when(F.trim("value") == "", 1)).alias("blank"))
+            .collect())
+    names = {_local(spark, path): name for path, name in files}
+    blocks = sorted((Block(r._file, r._block, r.first_seq, r.lines, r.blank, names.get(_local(spark, r._file), r._file))
+                     for r in rows), key=lambda b: (b.name, b.start))
+    chunk, in_chunk, line_in_file, previous = 0, 0, 1, None
+    for block in blocks:
+        if block.name != previous:
+            line_in_file, previous = 1, block.name
+        if in_chunk and in_chunk + block.lines > chunk_lines:
+            chunk, in_chunk = chunk + 1, 0
+        block.first_line, block.chunk = line_in_file, chunk
+        line_in_file += block.lines
+        in_chunk += block.lines
+    return blocks
+
+
+def _local(spark: SparkSession, path: str) -> str:
+    """A file's path as Hadoop decodes it (input_file_name() gives an escaped URI)."""
+    return spark._jvm.org.apache.hadoop.fs.Path(path).toUri().getPath()
+
+
+def _lines(spark: SparkSession, uri: str, files: list[tuple[str, str]]) -> DataFrame:
+    fs, root = hadoop_fs(spark, uri)
+    paths = [fs.makeQualified(spark._jvm.org.apache.hadoop.fs.Path(path)).toString() for path, _ in files] \
+        if not fs.getFileStatus(root).isFile() else [root.toString()]
+    return spark.read.text(paths).select(
+        "value", F.input_file_name().alias("_file"), F.input_file_block_start().alias("_block"),
+        F.monotonically_increasing_id().alias("_seq"))
+
+
+def records(spark: SparkSession, uri: str, files: list[tuple[str, str]], blocks: list[Block],
+            arrived: datetime) -> DataFrame:
+    """The input's lines as the Kafka records the parser reads (``topic`` = ``backfill:<file>``,
+    ``partition`` 0, ``offset`` = line number, ``timestamp`` = the backfill's start), with ``_chunk``.
+    Blank lines are left out (their numbers are not reused). ``monotonically_increasing_id`` numbers
+    a block's lines one after the other; the same read gives the same numbers every time."""
+    plan_df = spark.createDataFrame(
+        [(b.file, b.start, b.first_seq, b.first_line, _source_name(b.name), b.chunk) for b in blocks],
+        "_file string, _block long, _first_seq long, _first_line long, topic string, _chunk int")
+    return (_lines(spark, uri, files).join(F.broadcast(plan_df), ["_file", "_block"])
+            .where(F.trim("value") != "")
+            .select(F.col("value"), F.col("topic"), F.lit(0).alias("partition"),
+                    (F.col("_first_line") + F.col("_seq") - F.col("_first_seq")).alias("offset"),
+                    F.lit(arrived).cast("timestamp").alias("timestamp"), "_chunk"))
+
+
+def chunk_readings(records_df: DataFrame, config: Config) -> DataFrame:
+    """A chunk's records as the routing query's micro-batch: parsed, classified, each reading once
+    (the first line that holds it; ``_copies``: how many lines held it)."""
+    classified = (records_df.transform(lambda df: parsed(df, config))
+                  .transform(lambda df: with_classification(df, config.thresholds))
+                  .transform(with_dedup_key))
+    first = Window.partitionBy("dedup_key").orderBy("kafka_topic", "kafka_offset", F.col("bundle_entry").asc_nulls_first())
+    return (classified.withColumn("_rank", F.row_number().over(first))
+            .withColumn("_copies", F.count(F.lit(1)).over(Window.partitionBy("dedup_key")))
+            .where(F.col("_rank") == 1).drop("_rank"))
+
+
+def trend_windows(records_df: DataFrame, config: Config) -> DataFrame:
+    """The trend windows of the whole input, as the trend query aggregates them
+    (:func:`bp_spark.trend_query.trends_stream` on a static frame): each observation once (its
+    first line), then its tumbling windows, then one aggregation. The stream's watermark has no
+    counterpart: a batch holds every reading at once, as the stream's first batch over a topic does."""
+    t = config.trends
+    first = Window.partitionBy("observation_id").orderBy("kafka_topic", "kafka_offset",
+                                                          F.col("bundle_entry").asc_nulls_first())
+    readings = (records_df.transform(lambda df: parsed(df, config))
+                .transform(lambda df: keep_rows(df, F.col("error").isNull() & (F.col("status") != RETRACTED_STATUS)))
+                .transform(lambda df: with_classification(df, config.thresholds))
+                .select("observation_id", "patient_id", "effective_time", "systolic", "diastolic", "is_anomaly",
+                        "anomaly_types", "kafka_topic", "kafka_offset", "bundle_entry")
+                .withColumn("_rank", F.row_number().over(first)).where(F.col("_rank") == 1)
+                .drop("_rank", "kafka_topic", "kafka_offset", "bundle_entry"))
+    return aggregate_windows(with_windows(readings, t), t)
+
+
+def archive_tag_for(uri: str, started: datetime) -> str:
+    """A backfill's archive file tag: its own per run, so that no run overwrites another's files
+    (a second run writes only what the first did not, under other names)."""
+    return hashlib.sha256(f"backfill|{uri}|{started.isoformat()}".encode()).hexdigest()[:8]
+
+
+def run_backfill(spark: SparkSession, config: Config, sinks: Sinks, uri: str,
+                 chunk_lines: int = DEFAULT_CHUNK_LINES, progress=print) -> BackfillSummary:
+    """Route every line of the export at ``uri``, chunk by chunk, then its trend windows; return
+    what was done. ``sinks``: the backfill's (``Sinks(..., backfill=True)``)."""
+    started, arrived = time.monotonic(), datetime.now(timezone.utc)
+    # Each chunk is shuffled once (its repeats); few partitions of it, as the stream's batches
+    # have, keep the writes to a handful of tasks each.
+    spark.conf.set("spark.sql.shuffle.partitions", str(max(config.stream.state_partitions, chunk_lines // 100_000)))
+    summary = BackfillSummary()
+    files = input_files(spark, uri)
+    blocks = plan_blocks(spark, uri, files, chunk_lines)
+    summary.files = len(files)
+    summary.lines = sum(b.lines for b in blocks)
+    summary.blank = sum(b.blank for b in blocks)
+    chunks = max((b.chunk for b in blocks), default=-1) + 1
+    progress(f"backfill: {summary.files:,} files, {summary.lines:,} lines, in {chunks} chunk{'s' * (chunks != 1)}")
+    records_df = records(spark, uri, files, blocks, arrived)
+    router = BatchRouter(config, sinks)
+    done = 0
+    for chunk in range(chunks):
+        lines = sum(b.lines for b in blocks if b.chunk == chunk)
+        router(chunk_readings(records_df.where(F.col("_chunk") == chunk).drop("_chunk"), config), chunk)
+        summary.add(router.last)
+        done += lines
+        s = router.last
+        progress(f"backfill: chunk {chunk + 1} of {chunks}: {done:,} of {summary.lines:,} lines "
+                 f"({100 * done / max(summary.lines, 1):.0f}%); anomalies {s.anomalies:,}, archived {s.normals:,}"
+                 + (f" ({s.already_archived:,} already)" if s.already_archived else "")
+                 + f", dead letters {s.dead_letters:,}; {s.seconds:.1f} s")
+    if config.trends.enabled and chunks:
+        progress("backfill: trend windows of the whole input")
+        trend_router = TrendRouter(config, sinks)
+        trends_df = trend_windows(records_df.drop("_chunk"), config)
+        trend_router(trends_df, chunks)
+        counts = trend_router.counts.get(chunks, {})
+        summary.trend_windows, summary.onsets = counts.get("trend_windows", 0), counts.get("alerts", 0)
+    summary.seconds = time.monotonic() - started
+    return summary
