@@ -23,6 +23,7 @@ from __future__ import annotations
 import hashlib
 import logging
 import time
+from functools import reduce
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
 
@@ -34,7 +35,7 @@ from bp_spark.config import Config
 from bp_spark.parse import RETRACTED_STATUS
 from bp_spark.routing import BatchRouter, BatchStats, with_dedup_key
 from bp_spark.sinks import Sinks, hadoop_fs
-from bp_spark.streaming import keep_rows, parsed
+from bp_spark.streaming import parsed
 from bp_spark.trend_query import TrendRouter
 from bp_spark.trends import aggregate_windows, with_windows
 
@@ -204,31 +205,60 @@ def records(spark: SparkSession, uri: str, files: list[tuple[str, str]], blocks:
 
 
 def chunk_readings(records_df: DataFrame, config: Config) -> DataFrame:
-    """A chunk's records as the routing query's micro-batch: parsed, classified, each reading once
-    (the first line that holds it; ``_copies``: how many lines held it)."""
+    """A chunk's records as the routing query's micro-batch, cached: parsed, classified, each
+    reading once (the first line that holds it; ``_copies``: how many lines held it). The caller
+    unpersists it.
+
+    The parsed rows are cached once, and repeats are found from their keys alone (ranking the
+    rows would shuffle every payload). An export rarely has any: the cached rows are then the
+    batch; else each repeat's later lines are left out by a broadcast join."""
     classified = (records_df.transform(lambda df: parsed(df, config))
                   .transform(lambda df: with_classification(df, config.thresholds))
-                  .transform(with_dedup_key))
-    first = Window.partitionBy("dedup_key").orderBy("kafka_topic", "kafka_offset", F.col("bundle_entry").asc_nulls_first())
-    return (classified.withColumn("_rank", F.row_number().over(first))
-            .withColumn("_copies", F.count(F.lit(1)).over(Window.partitionBy("dedup_key")))
-            .where(F.col("_rank") == 1).drop("_rank"))
+                  .transform(with_dedup_key)
+                  .withColumn("_copies", F.lit(1).cast("long"))).persist()
+    position = F.struct("kafka_topic", "kafka_offset", F.coalesce("bundle_entry", F.lit(-1)).alias("entry"))
+    repeats = (classified.select("dedup_key", position.alias("_position"))
+               .groupBy("dedup_key").agg(F.count(F.lit(1)).alias("_n"), F.min("_position").alias("_first"))
+               .where(F.col("_n") > 1).collect())
+    if not repeats:
+        return classified
+    repeats_df = classified.sparkSession.createDataFrame(
+        [(r.dedup_key, r._n, r._first.kafka_topic, r._first.kafka_offset, r._first.entry) for r in repeats],
+        "dedup_key string, _n long, _topic string, _offset long, _entry int")
+    first = ((F.col("_topic") == F.col("kafka_topic")) & (F.col("_offset") == F.col("kafka_offset"))
+             & (F.col("_entry") == F.coalesce("bundle_entry", F.lit(-1))))
+    deduplicated = (classified.join(F.broadcast(repeats_df), "dedup_key", "left")
+                    .where(F.col("_n").isNull() | first)
+                    .withColumn("_copies", F.coalesce("_n", "_copies"))
+                    .drop("_n", "_topic", "_offset", "_entry")).persist()
+    deduplicated.count()
+    classified.unpersist()
+    return deduplicated
 
 
-def trend_windows(records_df: DataFrame, config: Config) -> DataFrame:
+# What the trend windows need of a reading, and its place in the input (the first line wins).
+TREND_COLUMNS = ("observation_id", "patient_id", "effective_time", "systolic", "diastolic", "is_anomaly",
+                 "anomaly_types", "kafka_topic", "kafka_offset", "bundle_entry")
+
+
+def trend_readings(batch_df: DataFrame) -> DataFrame:
+    """The readings of a routed chunk that count in trends (usable, not retractions), in the few
+    columns trends need: kept, cached, while the next chunks are routed, so that the input is
+    parsed once. (Filtered on the cached chunk, not above the parser: see ``keep_rows``.)"""
+    usable = F.col("error").isNull() & (F.col("status") != RETRACTED_STATUS)
+    return batch_df.where(usable).select(*TREND_COLUMNS)
+
+
+def trend_windows(readings_df: DataFrame, config: Config) -> DataFrame:
     """The trend windows of the whole input, as the trend query aggregates them
     (:func:`bp_spark.trend_query.trends_stream` on a static frame): each observation once (its
     first line), then its tumbling windows, then one aggregation. The stream's watermark has no
-    counterpart: a batch holds every reading at once, as the stream's first batch over a topic does."""
+    counterpart: a batch holds every reading at once, as the stream's first batch over a topic does.
+    ``readings_df``: :func:`trend_readings` of every chunk."""
     t = config.trends
     first = Window.partitionBy("observation_id").orderBy("kafka_topic", "kafka_offset",
                                                           F.col("bundle_entry").asc_nulls_first())
-    readings = (records_df.transform(lambda df: parsed(df, config))
-                .transform(lambda df: keep_rows(df, F.col("error").isNull() & (F.col("status") != RETRACTED_STATUS)))
-                .transform(lambda df: with_classification(df, config.thresholds))
-                .select("observation_id", "patient_id", "effective_time", "systolic", "diastolic", "is_anomaly",
-                        "anomaly_types", "kafka_topic", "kafka_offset", "bundle_entry")
-                .withColumn("_rank", F.row_number().over(first)).where(F.col("_rank") == 1)
+    readings = (readings_df.withColumn("_rank", F.row_number().over(first)).where(F.col("_rank") == 1)
                 .drop("_rank", "kafka_topic", "kafka_offset", "bundle_entry"))
     return aggregate_windows(with_windows(readings, t), t)
 
@@ -257,22 +287,33 @@ def run_backfill(spark: SparkSession, config: Config, sinks: Sinks, uri: str,
     progress(f"backfill: {summary.files:,} files, {summary.lines:,} lines, in {chunks} chunk{'s' * (chunks != 1)}")
     records_df = records(spark, uri, files, blocks, arrived)
     router = BatchRouter(config, sinks)
-    done = 0
+    done, for_trends = 0, []
     for chunk in range(chunks):
-        lines = sum(b.lines for b in blocks if b.chunk == chunk)
-        router(chunk_readings(records_df.where(F.col("_chunk") == chunk).drop("_chunk"), config), chunk)
+        lines, chunk_started = sum(b.lines for b in blocks if b.chunk == chunk), time.monotonic()
+        batch_df = chunk_readings(records_df.where(F.col("_chunk") == chunk).drop("_chunk"), config)
+        try:
+            router(batch_df, chunk)
+            if config.trends.enabled:
+                kept = trend_readings(batch_df).persist()
+                kept.count()
+                for_trends.append(kept)
+        finally:
+            batch_df.unpersist()
         summary.add(router.last)
         done += lines
         s = router.last
         progress(f"backfill: chunk {chunk + 1} of {chunks}: {done:,} of {summary.lines:,} lines "
                  f"({100 * done / max(summary.lines, 1):.0f}%); anomalies {s.anomalies:,}, archived {s.normals:,}"
                  + (f" ({s.already_archived:,} already)" if s.already_archived else "")
-                 + f", dead letters {s.dead_letters:,}; {s.seconds:.1f} s")
-    if config.trends.enabled and chunks:
+                 + f", dead letters {s.dead_letters:,}; {time.monotonic() - chunk_started:.1f} s")
+    if for_trends:
         progress("backfill: trend windows of the whole input")
         trend_router = TrendRouter(config, sinks)
-        trends_df = trend_windows(records_df.drop("_chunk"), config)
-        trend_router(trends_df, chunks)
+        try:
+            trend_router(trend_windows(reduce(DataFrame.unionByName, for_trends), config), chunks)
+        finally:
+            for kept in for_trends:
+                kept.unpersist()
         counts = trend_router.counts.get(chunks, {})
         summary.trend_windows, summary.onsets = counts.get("trend_windows", 0), counts.get("alerts", 0)
     summary.seconds = time.monotonic() - started

@@ -118,14 +118,17 @@ class BatchRouter:
         started = time.monotonic()
         if self.sinks is not None:
             self.sinks.waits.clear()
-        batch_df = batch_df.persist()
+        cached_here = not batch_df.is_cached  # a backfill's chunk comes cached (bp_spark.backfill)
+        if cached_here:
+            batch_df = batch_df.persist()
         try:
             stats = self._route(batch_df, batch_id)
         except SinkUnavailable as exc:  # outages.give_up_after passed: the job is told to stop
             self.fatal = exc
             raise
         finally:
-            batch_df.unpersist()
+            if cached_here:
+                batch_df.unpersist()
         stats.seconds = time.monotonic() - started
         self.last = stats
         self.counts = remember(self.counts, batch_id, {
