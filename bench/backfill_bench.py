@@ -25,11 +25,11 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from bench.workload import generator_observations
 from bp_spark.config import env_name, load_config
-from bp_spark.elastic import make_client
+from bp_spark.elastic import INDEX_KINDS, make_client
 
 ROOT = Path(__file__).resolve().parent.parent
 INDICES = {f"elasticsearch.{kind}_index": f"bench_backfill_{kind}"
-           for kind in ("anomalies", "alerts", "trends", "deadletter", "metrics")}
+           for kind in INDEX_KINDS}
 
 
 def main() -> int:

@@ -50,9 +50,9 @@ from confluent_kafka import Consumer
 from confluent_kafka.admin import AdminClient
 
 from bp_spark import versions
-from bp_spark.config import load_config
+from bp_spark.config import env_name, load_config
 from bp_spark.connections import kafka_settings
-from bp_spark.elastic import make_client
+from bp_spark.elastic import INDEX_KINDS, make_client
 
 ROOT = Path(__file__).resolve().parent.parent
 _spec = importlib.util.spec_from_file_location("generate_job", ROOT / "jobs" / "generate.py")
@@ -107,9 +107,7 @@ def _pss_bytes(pid: int) -> int:
 def run_job(topic: str, observations: int, no_sinks: bool, workdir: Path, trends: bool = False) -> dict:
     name = f"bench_{uuid.uuid4().hex[:8]}"
     env = {**os.environ, "SPARK_LOCAL_IP": "127.0.0.1", "BP_KAFKA_TOPIC": topic, "PYSPARK_PYTHON": sys.executable,
-           "BP_ELASTICSEARCH_ANOMALIES_INDEX": f"{name}_anomalies", "BP_ELASTICSEARCH_ALERTS_INDEX": f"{name}_alerts",
-           "BP_ELASTICSEARCH_TRENDS_INDEX": f"{name}_trends", "BP_ELASTICSEARCH_DEADLETTER_INDEX": f"{name}_deadletter",
-           "BP_ELASTICSEARCH_METRICS_INDEX": f"{name}_metrics",
+           **{env_name(f"elasticsearch.{kind}_index"): f"{name}_{kind}" for kind in INDEX_KINDS},
            "BP_PATHS_ARCHIVE_DIR": str(workdir / name / "archive"),
            "BP_PATHS_CHECKPOINT_DIR": str(workdir / name / "checkpoint"),
            "BP_TRENDS_ENABLED": str(trends).lower()}

@@ -245,7 +245,7 @@ def trend_readings(batch_df: DataFrame) -> DataFrame:
     """The readings of a routed chunk that count in trends (usable, not retractions), in the few
     columns trends need: kept, cached, while the next chunks are routed, so that the input is
     parsed once. (Filtered on the cached chunk, not above the parser: see ``keep_rows``.)"""
-    usable = F.col("error").isNull() & (F.col("status") != RETRACTED_STATUS)
+    usable = F.col("error").isNull() & (F.col("status") != RETRACTED_STATUS) & F.col("half").isNull()
     return batch_df.where(usable).select(*TREND_COLUMNS)
 
 

@@ -106,6 +106,7 @@ class ElasticsearchConfig:
     trends_index: str
     deadletter_index: str
     metrics_index: str
+    pending_index: str
     number_of_replicas: int
     username: str
     password_file: str
@@ -172,6 +173,7 @@ class StreamConfig:
     driver_memory: str
     max_future_skew: str
     max_bundle_entries: int
+    pair_horizon: str
 
 
 @dataclass(frozen=True)
@@ -414,6 +416,7 @@ VALIDATORS: dict[str, Callable[[Any], str | None]] = {
     "elasticsearch.trends_index": _index,
     "elasticsearch.deadletter_index": _index,
     "elasticsearch.metrics_index": _index,
+    "elasticsearch.pending_index": _index,
     "thresholds.systolic_high": _mmhg,
     "thresholds.systolic_low": _mmhg,
     "thresholds.diastolic_high": _mmhg,
@@ -429,6 +432,7 @@ VALIDATORS: dict[str, Callable[[Any], str | None]] = {
     "stream.dedup_horizon": _duration,
     "stream.max_future_skew": _duration,
     "stream.max_bundle_entries": _positive,
+    "stream.pair_horizon": _duration,
     "stream.state_partitions": _positive,
     "stream.driver_memory": _memory,
     "paths.archive_dir": _non_empty,

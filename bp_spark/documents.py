@@ -46,6 +46,11 @@ def _from_message(index: str, doc_id: Column) -> list[Column]:
             dead_letter_id().alias("_dead_id")]
 
 
+def _paired(df: DataFrame) -> list[Column]:
+    """The diastolic's id of a reading paired from two Observations (bp_spark/pairing.py), when the batch has pairs."""
+    return [F.col("paired_observation_id")] if "paired_observation_id" in df.columns else []
+
+
 def anomaly_docs(abnormal_df: DataFrame, config: Config, batch_id: int) -> DataFrame:
     """Abnormal readings with what was detected, ``_id`` = Observation.id."""
     t = config.thresholds
@@ -54,7 +59,7 @@ def anomaly_docs(abnormal_df: DataFrame, config: Config, batch_id: int) -> DataF
         "crisis_diastolic", "critical_low_systolic", "critical_low_diastolic")])
     return abnormal_df.select(
         *_from_message(config.elasticsearch.anomalies_index, F.col("observation_id")),
-        "observation_id", "patient_id", "status", "effective_time", "systolic", "diastolic",
+        "observation_id", *_paired(abnormal_df), "patient_id", "status", "effective_time", "systolic", "diastolic",
         "anomaly_types", "category", "severity", "interpretation", thresholds.alias("thresholds"),
         *_provenance(batch_id),
     )
@@ -68,8 +73,8 @@ def alert_docs(critical_df: DataFrame, config: Config, batch_id: int) -> DataFra
         *_from_message(config.elasticsearch.alerts_index, F.col("observation_id")), F.lit(CREATE).alias("_op"),
         F.lit("critical_reading").alias("alert_type"), F.col("observation_id").alias("alert_id"),
         reason.alias("reason"),
-        "observation_id", "patient_id", "effective_time", "systolic", "diastolic", "category", "severity",
-        *_provenance(batch_id),
+        "observation_id", *_paired(critical_df), "patient_id", "effective_time", "systolic", "diastolic", "category",
+        "severity", *_provenance(batch_id),
     )
 
 

@@ -145,13 +145,22 @@ def refresh_indices(client: Elasticsearch, config: Config) -> None:
 
 def expire_dead_letters(client: Elasticsearch, config: Config, page: int = 1000) -> int:
     """Delete dead letters processed longer ago than ``elasticsearch.deadletter_retention`` (they
-    hold raw payloads: patient data); return how many. Search and bulk delete, page by page: the
-    minimal distributions have no delete-by-query."""
+    hold raw payloads: patient data), and the pending index's halves that no longer wait or pair
+    (expired, hence dead letters; superseded by a correction) as long ago; return how many.
+    Search and bulk delete, page by page: the minimal distributions have no delete-by-query."""
     retention_s = config.elasticsearch.deadletter_retention_s
-    index = config.elasticsearch.deadletter_index
-    if not retention_s or not client.indices.exists(index=index):
+    if not retention_s:
         return 0
-    query = {"range": {"processed_at": {"lt": f"now-{retention_s}s"}}}
+    old = {"range": {"processed_at": {"lt": f"now-{retention_s}s"}}}
+    done = {"bool": {"filter": [old, {"terms": {"state": ["expired", "superseded"]}}]}}
+    e = config.elasticsearch
+    return sum(_delete_matching(client, index, query, page)
+               for index, query in ((e.deadletter_index, old), (e.pending_index, done)))
+
+
+def _delete_matching(client: Elasticsearch, index: str, query: dict, page: int) -> int:
+    if not client.indices.exists(index=index):
+        return 0
     deleted = 0
     while True:
         hits = client.search(index=index, query=query, size=page, source=False)["hits"]["hits"]
@@ -172,11 +181,13 @@ def load_template(kind: str, index: str, replicas: int) -> dict:
     return body
 
 
+# Every index the jobs write, by template kind (conf/elasticsearch/<kind>.json, elasticsearch.<kind>_index).
+INDEX_KINDS = ("anomalies", "alerts", "deadletter", "trends", "metrics", "pending")
+
+
 def pipeline_indices(config: Config) -> dict[str, str]:
     """``{template kind: index}`` for every index the stream job writes."""
-    e = config.elasticsearch
-    return {"anomalies": e.anomalies_index, "alerts": e.alerts_index, "deadletter": e.deadletter_index,
-            "trends": e.trends_index, "metrics": e.metrics_index}
+    return {kind: getattr(config.elasticsearch, f"{kind}_index") for kind in INDEX_KINDS}
 
 
 def install_templates(client: Elasticsearch, indices: dict[str, str], replicas: int) -> list[str]:

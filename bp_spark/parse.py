@@ -4,6 +4,9 @@ The JSON is parsed once with the explicit schema; every column is derived from t
 struct. A panel is known by its code: LOINC 85354-9, the older LOINC 55284-4 or SNOMED CT
 75367002, each with its system; components by their LOINC or SNOMED CT code and system, not
 position; a component that could not be measured (``dataAbsentReason``) is named as such;
+a systolic or a diastolic sent as an Observation of its own (LOINC 8480-6 or 8462-4, or their
+SNOMED CT codes, with ``valueQuantity``) is a half of a reading (``half``), paired later by
+:mod:`bp_spark.pairing`;
 units by UCUM code or unit text
 (mm[Hg], mmHg, kPa); the effective time from ``effectiveDateTime`` or
 ``effectivePeriod.start`` in any offset; the patient from ``Patient/123``, an absolute URL
@@ -32,6 +35,7 @@ SNOMED_CT = "http://snomed.info/sct"
 PANEL_CODINGS = ((LOINC, "85354-9"), (LOINC, "55284-4"), (SNOMED_CT, "75367002"))
 SYSTOLIC_CODINGS = ((LOINC, "8480-6"), (SNOMED_CT, "271649006"))
 DIASTOLIC_CODINGS = ((LOINC, "8462-4"), (SNOMED_CT, "271650006"))
+SYSTOLIC, DIASTOLIC = "systolic", "diastolic"
 NOT_A_PANEL = ("not a blood-pressure panel: its code needs LOINC 85354-9 or 55284-4, or SNOMED CT 75367002, "
                "with its system")
 KPA_TO_MMHG = 7.50062
@@ -135,18 +139,20 @@ def patient_id_from_reference(reference: Column) -> Column:
     return F.when(from_path != "", from_path).when(from_urn != "", from_urn)
 
 
-def _quantity_problem(component: Column, in_mmhg: Column, name: str, codings: tuple[tuple[str, str], ...]) -> Column:
-    """Why a component's quantity cannot be used, or null; ``in_mmhg`` is its already converted value."""
+def _quantity_problem(component: Column, in_mmhg: Column, name: str, codings: tuple[tuple[str, str], ...],
+                      part: str = "component") -> Column:
+    """Why a component's quantity cannot be used, or null; ``in_mmhg`` is its already converted
+    value. ``part``: what holds the quantity (a ``component``, or an ``Observation`` of its own)."""
     quantity = component["valueQuantity"]
     value = quantity["value"]
     absent = component["dataAbsentReason"]
     return (
         F.when(component.isNull(), F.lit(f"no {name} component ({codings_text(codings)}, with its system)"))
         .when(absent.isNotNull() & quantity.isNotNull(),
-              F.lit(f"{name} component has both a value and a dataAbsentReason (FHIR allows one or the other)"))
+              F.lit(f"{name} {part} has both a value and a dataAbsentReason (FHIR allows one or the other)"))
         .when(absent.isNotNull(),
               F.concat(F.lit(f"{name} not measured: dataAbsentReason '"), quoted(absent_reason(absent)), F.lit("'")))
-        .when(value.isNull(), F.lit(f"{name} component has no valueQuantity.value"))
+        .when(value.isNull(), F.lit(f"{name} {part} has no valueQuantity.value"))
         .when(value.cast("double").isNull(),
               F.concat(F.lit(f"{name} value '"), quoted(value), F.lit("' is not a number")))
         .when(in_mmhg.isNull(),
@@ -155,16 +161,23 @@ def _quantity_problem(component: Column, in_mmhg: Column, name: str, codings: tu
     )
 
 
-def _plausibility_problem(systolic: Column, diastolic: Column) -> Column:
+def _plausibility_problem(systolic: Column, diastolic: Column, half: Column) -> Column:
+    """Why the values cannot be a blood pressure, or null (a half has one of the two)."""
     low, high = PLAUSIBLE_MIN_MMHG, PLAUSIBLE_MAX_MMHG
     return (
         F.when((systolic < low) | (systolic > high),
                F.format_string(f"implausible systolic %s mmHg (allowed {low:g}-{high:g})", systolic))
         .when((diastolic < low) | (diastolic > high),
               F.format_string(f"implausible diastolic %s mmHg (allowed {low:g}-{high:g})", diastolic))
-        .when(systolic <= diastolic,
+        .when(half.isNull() & (systolic <= diastolic),
               F.format_string("systolic %s mmHg is not above diastolic %s mmHg", systolic, diastolic))
     )
+
+
+def half_of(code: Column) -> Column:
+    """``systolic`` or ``diastolic`` for an Observation coded as that measurement alone, else null."""
+    return (F.when(has_coding(code, SYSTOLIC_CODINGS), F.lit(SYSTOLIC))
+            .when(has_coding(code, DIASTOLIC_CODINGS), F.lit(DIASTOLIC)))
 
 
 def _bundle_entries(bundle: Column) -> Column:
@@ -179,7 +192,8 @@ def is_reading_entry(obs: Column) -> Column:
     """True for a Bundle entry processed as a reading: an Observation coded as a blood-pressure
     panel, or a retraction (which needs only its id). Other entries are counted, not read."""
     return F.coalesce((obs["resourceType"] == "Observation")
-                      & (has_coding(obs["code"], PANEL_CODINGS) | (obs["status"] == RETRACTED_STATUS)), F.lit(False))
+                      & (has_coding(obs["code"], PANEL_CODINGS) | half_of(obs["code"]).isNotNull()
+                         | (obs["status"] == RETRACTED_STATUS)), F.lit(False))
 
 
 def _bundle_patient(entries: Column, subject: Column) -> Column:
@@ -280,17 +294,25 @@ def parse_observations(kafka_df: DataFrame, max_future_s: int = DEFAULT_MAX_FUTU
         obs["meta"]["lastUpdated"].cast("timestamp").alias("version_time"),
         obs["meta"]["versionId"].alias("version_id"),
         has_coding(obs["code"], PANEL_CODINGS).alias("_is_panel"),
+        half_of(obs["code"]).alias("_half"),
+        F.struct(obs["valueQuantity"].alias("valueQuantity"), obs["dataAbsentReason"].alias("dataAbsentReason"))
+        .alias("_alone"),
         obs["subject"]["reference"].alias("_subject"),
         F.coalesce(obs["effectiveDateTime"], obs["effectivePeriod"]["start"]).alias("_effective"),
         component_coded(obs["component"], SYSTOLIC_CODINGS).alias("_systolic_c"),
         component_coded(obs["component"], DIASTOLIC_CODINGS).alias("_diastolic_c"),
     )
+    # A panel's values are in its components; a half's one value is the Observation's own.
+    half = F.when(~F.col("_is_panel"), F.col("_half"))
+    alone_value = quantity_in_mmhg(F.col("_alone")["valueQuantity"])
     values_df = pieces_df.select(
-        "*",
+        "*", half.alias("half"),
         F.coalesce(F.col("_bundle_patient"), patient_id_from_reference(F.col("_subject"))).alias("patient_id"),
         F.col("_effective").cast("timestamp").alias("effective_time"),
-        quantity_in_mmhg(F.col("_systolic_c")["valueQuantity"]).alias("systolic"),
-        quantity_in_mmhg(F.col("_diastolic_c")["valueQuantity"]).alias("diastolic"),
+        F.when(half == SYSTOLIC, alone_value).when(half.isNull(), quantity_in_mmhg(F.col("_systolic_c")["valueQuantity"]))
+        .alias("systolic"),
+        F.when(half == DIASTOLIC, alone_value)
+        .when(half.isNull(), quantity_in_mmhg(F.col("_diastolic_c")["valueQuantity"])).alias("diastolic"),
     )
     status = F.col("status")
     arrival = F.least(F.col("kafka_timestamp"), F.current_timestamp())
@@ -315,7 +337,7 @@ def parse_observations(kafka_df: DataFrame, max_future_s: int = DEFAULT_MAX_FUTU
               F.concat(F.lit("status '"), quoted(status),
                        F.lit("' is not processed (final, amended, corrected, entered-in-error are)")))
         .when(status == RETRACTED_STATUS, F.lit(None))  # a retraction needs only its id
-        .when(~F.col("_is_panel"), F.lit(NOT_A_PANEL))
+        .when(~F.col("_is_panel") & F.col("half").isNull(), F.lit(NOT_A_PANEL))
         .when(F.col("_subject").isNull(), F.lit("no subject reference"))
         .when(F.col("patient_id").isNull(),
               F.concat(F.lit("subject '"), quoted(F.col("_subject")), F.lit("' is not a Patient reference")))
@@ -325,16 +347,22 @@ def parse_observations(kafka_df: DataFrame, max_future_s: int = DEFAULT_MAX_FUTU
         .when(too_far_ahead,
               F.format_string(f"effective time %s is more than {int(max_future_s)} s after the message arrived "
                               "(stream.max_future_skew)", F.date_format("effective_time", "yyyy-MM-dd'T'HH:mm:ssXXX")))
+        .when(F.col("half") == SYSTOLIC, F.coalesce(
+            _quantity_problem(F.col("_alone"), F.col("systolic"), SYSTOLIC, SYSTOLIC_CODINGS, "Observation"),
+            _plausibility_problem(F.col("systolic"), F.col("diastolic"), F.col("half"))))
+        .when(F.col("half") == DIASTOLIC, F.coalesce(
+            _quantity_problem(F.col("_alone"), F.col("diastolic"), DIASTOLIC, DIASTOLIC_CODINGS, "Observation"),
+            _plausibility_problem(F.col("systolic"), F.col("diastolic"), F.col("half"))))
         .otherwise(F.coalesce(
             _quantity_problem(F.col("_systolic_c"), F.col("systolic"), "systolic", SYSTOLIC_CODINGS),
             _quantity_problem(F.col("_diastolic_c"), F.col("diastolic"), "diastolic", DIASTOLIC_CODINGS),
-            _plausibility_problem(F.col("systolic"), F.col("diastolic")),
+            _plausibility_problem(F.col("systolic"), F.col("diastolic"), F.col("half")),
         ))
     )
     return values_df.select(
         "raw", "kafka_topic", "kafka_partition", "kafka_offset", "kafka_timestamp", "bundle_entry",
         "observation_id", "status", "patient_id", "effective_time", "systolic", "diastolic",
-        "version_time", "version_id", error.alias("error"), "ignored_entries", "content_hash",
+        "version_time", "version_id", error.alias("error"), "ignored_entries", "content_hash", "half",
     )
 
 

@@ -21,6 +21,7 @@ from bp_spark import documents
 from bp_spark.classify import CRITICAL, with_classification
 from bp_spark.config import Config
 from bp_spark.monitoring import RECORDS_READ, ROUTING_QUERY
+from bp_spark.pairing import ARCHIVE_COLUMNS, Pairing, archive_rows
 from bp_spark.parse import RETRACTED_STATUS, is_update
 from bp_spark.sinks import Sinks, SinkUnavailable
 from bp_spark.sinks.es import Refused
@@ -89,6 +90,9 @@ class BatchStats:
     ignored_entries: int = 0
     already_archived: int = 0
     repeats: int = 0  # readings left out before the batch as repeats of one of its rows (a backfill's)
+    paired: int = 0  # pairs of separate systolic and diastolic Observations routed as readings
+    halves_waiting: int = 0  # halves left waiting for their partner
+    halves_expired: int = 0  # halves whose partner did not come within stream.pair_horizon (dead letters)
     seconds: float = 0.0
     steps: dict[str, float] = field(default_factory=dict)
 
@@ -98,6 +102,9 @@ class BatchStats:
         ignored = f", Bundle entries not blood pressure {self.ignored_entries}" if self.ignored_entries else ""
         if self.already_archived:
             ignored += f", normals already archived {self.already_archived}"
+        if self.paired or self.halves_waiting or self.halves_expired:
+            ignored += (f", halves paired {self.paired}, waiting {self.halves_waiting}, "
+                        f"expired {self.halves_expired}")
         return (f"batch {self.batch_id}: {self.rows} rows in {self.seconds:.2f} s ({rate:,.0f} rows/s); "
                 f"anomalies {self.anomalies}, alerts {self.alerts}, normals {self.normals}, "
                 f"dead letters {self.dead_letters}{refused}, corrections/retractions {self.updates}"
@@ -113,6 +120,7 @@ class BatchRouter:
         self.last: BatchStats | None = None
         self.counts: dict[int, dict] = {}  # rows per sink of recent batches, for monitoring
         self.fatal: SinkUnavailable | None = None
+        self.pairing = Pairing(config, sinks) if sinks is not None else None
 
     def __call__(self, batch_df: DataFrame, batch_id: int) -> None:
         started = time.monotonic()
@@ -135,14 +143,17 @@ class BatchRouter:
             "anomalies": stats.anomalies, "alerts": stats.alerts, "archive": stats.normals,
             "dead_letters": stats.dead_letters, "corrections": stats.updates, "refused": stats.refused,
             "ignored_entries": stats.ignored_entries, "already_archived": stats.already_archived,
+            "paired": stats.paired, "halves_waiting": stats.halves_waiting, "halves_expired": stats.halves_expired,
             "waited_s": dict(self.sinks.waits)} if self.sinks is not None else {})
         log.info(stats.line())
 
     def _clear_earlier_versions(self, ok_df: DataFrame, batch_id: int) -> DataFrame:
         """Corrections and retractions: keep each id's last version in this batch, and clear the
-        earlier version from wherever it was stored, before the new one is written."""
+        earlier version from wherever it was stored, before the new one is written. A corrected
+        half of a pair unpairs both: their pair is cleared too (:meth:`Pairing.unpair`)."""
         latest_df = latest_versions(ok_df)
         ids = {r.observation_id for r in latest_df.where(is_update(F.col("status"))).select("observation_id").collect()}
+        ids |= self.pairing.unpair(ids, batch_id)
         in_anomalies = self.sinks.elasticsearch.delete(sorted(ids), batch_id)
         # An earlier version the anomaly index held is not in the archive (one sink per message).
         self.sinks.archive.remove(ids - in_anomalies, batch_id)
@@ -151,19 +162,22 @@ class BatchRouter:
     def _route(self, batch_df: DataFrame, batch_id: int) -> BatchStats:
         usable = F.col("error").isNull()
         live = usable & (F.col("status") != RETRACTED_STATUS)
+        panel = live & F.col("half").isNull()  # a half is routed once paired (bp_spark/pairing.py)
         started = time.monotonic()
         counts = batch_df.agg(
             F.count(F.lit(1)).alias("rows"),
             F.count(F.when(~usable, 1)).alias("dead"),
             F.count(F.when(usable & is_update(F.col("status")), 1)).alias("updates"),
-            F.count(F.when(live & F.col("is_anomaly"), 1)).alias("anomalies"),
-            F.count(F.when(live & (F.col("severity") == CRITICAL), 1)).alias("alerts"),
-            F.count(F.when(live & ~F.col("is_anomaly"), 1)).alias("normals"),
+            F.count(F.when(panel & F.col("is_anomaly"), 1)).alias("anomalies"),
+            F.count(F.when(panel & (F.col("severity") == CRITICAL), 1)).alias("alerts"),
+            F.count(F.when(panel & ~F.col("is_anomaly"), 1)).alias("normals"),
+            F.count(F.when(live & F.col("half").isNotNull(), 1)).alias("halves"),
             F.sum("ignored_entries").alias("ignored"),
             (F.sum(F.col("_copies") - 1) if "_copies" in batch_df.columns else F.lit(0)).alias("repeats"),
             # The normal readings' extent in event time: does the archive need asking (a backfill's)?
-            F.min(F.when(live & ~F.col("is_anomaly"), F.unix_seconds("effective_time"))).alias("oldest_normal"),
-            F.max(F.when(live & ~F.col("is_anomaly"), F.unix_seconds("effective_time"))).alias("newest_normal"),
+            F.min(F.when(panel & ~F.col("is_anomaly"), F.unix_seconds("effective_time"))).alias("oldest_normal"),
+            F.max(F.when(panel & ~F.col("is_anomaly"), F.unix_seconds("effective_time"))).alias("newest_normal"),
+            F.max(F.when(usable, F.unix_seconds("effective_time"))).alias("newest"),
         ).first()
         stats = BatchStats(batch_id, counts.rows, counts.anomalies, counts.alerts, counts.normals, counts.dead,
                            counts.updates, ignored_entries=counts.ignored or 0, repeats=counts.repeats or 0)
@@ -176,28 +190,79 @@ class BatchRouter:
             with timed(stats.steps, "corrections"):
                 ok_df = self._clear_earlier_versions(ok_df, batch_id)
         current_df = ok_df.where(F.col("status") != RETRACTED_STATUS)
+        dead_df = batch_df.where(~usable) if stats.dead_letters else None
+        normal_df = current_df.where(F.col("half").isNull() & ~F.col("is_anomaly")).select(*ARCHIVE_COLUMNS)
+        extent = (counts.oldest_normal, counts.newest_normal)
+        paired = None
+        if counts.halves or self.pairing.active:
+            with timed(stats.steps, "pairing"):
+                paired = self.pairing.pair(current_df.where(F.col("half").isNotNull()) if counts.halves else None,
+                                           counts.newest, batch_id)
+            current_df = current_df.where(F.col("half").isNull())
+            if paired.readings_df is not None:
+                current_df, dead_df, normal_df, extent = self._add_pairs(
+                    paired.readings_df, stats, current_df, dead_df, normal_df, extent)
+            if paired.dead_df is not None:
+                dead_df = paired.dead_df if dead_df is None else dead_df.unionByName(paired.dead_df,
+                                                                                    allowMissingColumns=True)
+                stats.dead_letters += paired.dead
+            stats.paired, stats.halves_waiting, stats.halves_expired = paired.paired, paired.waiting, paired.expired
 
         # Elasticsearch first (one pass for all three indices), the archive last: if Elasticsearch
         # fails, the archive holds none of the batch, and the replay writes everything once.
         docs = {}
         if stats.dead_letters:
-            docs["dead letters"] = documents.deadletter_docs(batch_df.where(~usable), self.config, batch_id)
+            docs["dead letters"] = documents.deadletter_docs(dead_df, self.config, batch_id)
+        if paired is not None and paired.paired_docs_df is not None:
+            docs["paired halves"] = paired.paired_docs_df
         if stats.anomalies:
             docs["anomalies"] = documents.anomaly_docs(current_df.where(F.col("is_anomaly")), self.config, batch_id)
         if stats.alerts:
             docs["alerts"] = documents.alert_docs(current_df.where(F.col("severity") == CRITICAL), self.config,
                                                   batch_id)
-        with timed(stats.steps, "elasticsearch"):
-            refused = self.sinks.elasticsearch.write(docs, batch_id)
-        self._count_refusals(stats, refused)
-        if stats.alerts:
-            self.sinks.alert_topic.publish(docs["alerts"], batch_id)
-        if stats.normals:
-            with timed(stats.steps, "archive"):
-                stats.normals, stats.already_archived = self.sinks.archive.write_new(
-                    current_df.where(~F.col("is_anomaly")), batch_id, stats.normals, counts.oldest_normal,
-                    counts.newest_normal)
+        try:
+            with timed(stats.steps, "elasticsearch"):
+                refused = self.sinks.elasticsearch.write(docs, batch_id)
+            self._count_refusals(stats, refused)
+            if stats.alerts:
+                self.sinks.alert_topic.publish(docs["alerts"], batch_id)
+            if stats.normals:
+                with timed(stats.steps, "archive"):
+                    stats.normals, stats.already_archived = self.sinks.archive.write_new(
+                        normal_df, batch_id, stats.normals, *extent)
+            if paired is not None:
+                # Last: a batch that fails before this point is replayed against the same waiting halves.
+                self.pairing.save(paired, batch_id)
+        finally:
+            if paired is not None and paired.readings_df is not None:
+                paired.readings_df.unpersist()
         return stats
+
+    @staticmethod
+    def _add_pairs(pairs_df: DataFrame, stats: BatchStats, current_df: DataFrame, dead_df: DataFrame | None,
+                   normal_df: DataFrame, extent: tuple) -> tuple:
+        """The batch's frames and counts with its pairs routed as panels: a usable pair to the
+        anomaly or alert index, or its two Observations to the archive; one that is not, to the dead letter."""
+        usable = F.col("error").isNull()
+        normal = usable & ~F.col("is_anomaly")
+        c = pairs_df.agg(
+            F.count(F.when(usable & F.col("is_anomaly"), 1)).alias("anomalies"),
+            F.count(F.when(usable & (F.col("severity") == CRITICAL), 1)).alias("alerts"),
+            F.count(F.when(normal, 1)).alias("normals"), F.count(F.when(~usable, 1)).alias("dead"),
+            F.min(F.when(normal, F.unix_seconds("effective_time"))).alias("oldest"),
+            F.max(F.when(normal, F.unix_seconds("effective_time"))).alias("newest")).first()
+        stats.anomalies += c.anomalies
+        stats.alerts += c.alerts
+        stats.normals += 2 * c.normals  # an archive line for each Observation of the pair
+        stats.dead_letters += c.dead
+        if c.dead:
+            bad = pairs_df.where(~usable)
+            dead_df = bad if dead_df is None else dead_df.unionByName(bad, allowMissingColumns=True)
+        current_df = current_df.unionByName(pairs_df.where(usable).drop("_halves"), allowMissingColumns=True)
+        normal_df = normal_df.unionByName(archive_rows(pairs_df.where(normal)))
+        ends = [(a, b) for a, b in (extent, (c.oldest, c.newest)) if a is not None]
+        extent = (min(a for a, _ in ends), max(b for _, b in ends)) if ends else (None, None)
+        return current_df, dead_df, normal_df, extent
 
     def _count_refusals(self, stats: BatchStats, refused: Refused) -> None:
         """Observations Elasticsearch refused: their messages are dead letters now, their alerts gone."""

@@ -68,6 +68,9 @@ OBSERVATION_SCHEMA = T.StructType([
     T.StructField("effectiveDateTime", T.StringType()),
     T.StructField("effectivePeriod", PERIOD),
     T.StructField("component", T.ArrayType(COMPONENT)),
+    # A systolic or a diastolic sent alone (a half of a reading, paired by bp_spark/pairing.py).
+    T.StructField("valueQuantity", QUANTITY),
+    T.StructField("dataAbsentReason", ABSENT_REASON),
 ])
 
 # A Bundle's entries: each resource kept as its JSON text (Spark writes an object read as a

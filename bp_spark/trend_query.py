@@ -53,7 +53,9 @@ def trends_stream(source_df: DataFrame, config: Config) -> DataFrame:
     t = config.trends
     return (
         source_df.transform(lambda df: parsed(df, config))
-        .transform(lambda df: keep_rows(df, F.col("error").isNull() & (F.col("status") != RETRACTED_STATUS)))
+        # Panels only: the halves of a reading sent as two Observations are paired by the routing query.
+        .transform(lambda df: keep_rows(df, F.col("error").isNull() & (F.col("status") != RETRACTED_STATUS)
+                                        & F.col("half").isNull()))
         .transform(lambda df: with_classification(df, config.thresholds))
         .select("observation_id", "patient_id", "effective_time", "systolic", "diastolic", "is_anomaly",
                 "anomaly_types")

@@ -44,7 +44,7 @@ from elasticsearch.helpers import scan  # noqa: E402
 
 from bp_spark.config import Config, env_name, load_config  # noqa: E402
 from bp_spark.connections import kafka_settings  # noqa: E402
-from bp_spark.elastic import make_client  # noqa: E402
+from bp_spark.elastic import INDEX_KINDS, make_client, pipeline_indices  # noqa: E402
 from bp_spark.generator import encode, make_patients, readings, window  # noqa: E402
 
 MIX = {"normotensive": 0.45, "elevated": 0.1, "stage_1": 0.15, "stage_2": 0.2, "hypotensive": 0.1}
@@ -283,7 +283,7 @@ def job_env(config: Config) -> dict[str, str]:
     keys = {"kafka.topic": config.kafka.topic, "paths.archive_dir": config.paths.archive_dir,
             "paths.checkpoint_dir": config.paths.checkpoint_dir, "outages.backoff_s": "0.5", "outages.max_backoff_s": "5",
             **{f"elasticsearch.{kind}_index": getattr(config.elasticsearch, f"{kind}_index")
-               for kind in ("anomalies", "alerts", "trends", "deadletter", "metrics")}}
+               for kind in INDEX_KINDS}}
     return {**os.environ, "SPARK_LOCAL_IP": "127.0.0.1", **{env_name(key): str(value) for key, value in keys.items()}}
 
 
@@ -372,7 +372,7 @@ def main(argv: list[str] | None = None) -> int:
     folder.mkdir(parents=True)
     config = load_config(overrides={
         "kafka.topic": run, "paths.archive_dir": str(folder / "archive"), "paths.checkpoint_dir": str(folder / "checkpoint"),
-        **{f"elasticsearch.{kind}_index": f"{run}_{kind}" for kind in ("anomalies", "alerts", "trends", "deadletter", "metrics")}})
+        **{f"elasticsearch.{kind}_index": f"{run}_{kind}" for kind in INDEX_KINDS}})
     feed = build_feed(scenario, args.seed)
     say(f"run {run}: {len(feed.messages):,} messages: " + ", ".join(f"{n:,} {k}" for k, n in feed.counts.items()))
     admin = AdminClient(kafka_settings(config))
@@ -444,8 +444,7 @@ def run_scenario(scenario: Scenario, config: Config, feed: Feed, job: Job, folde
 def remove_run(config: Config, folder: Path) -> None:
     """Drop the run's topic and indices, and its folder but the job logs."""
     es = make_client(config)
-    e = config.elasticsearch
-    names = [e.anomalies_index, e.alerts_index, e.trends_index, e.deadletter_index, e.metrics_index]
+    names = list(pipeline_indices(config).values())
     es.indices.delete(index=",".join(names), ignore_unavailable=True)
     for name in names:
         es.options(ignore_status=404).indices.delete_index_template(name=f"bp-monitor-{name}")

@@ -5,8 +5,9 @@
 1. checks Kafka and Elasticsearch;
 2. publishes the reference workload with the generator job (200 patients x 30 days x 4
    readings), three FHIR Bundles as an EHR interface sends them (a Patient, two readings whose
-   subject is the Patient's ``urn:uuid:``, a heart rate that is not read), and three unreadable
-   messages, to show the dead letter;
+   subject is the Patient's ``urn:uuid:``, a heart rate that is not read), two readings sent as
+   separate systolic and diastolic Observations (as device gateways send them, paired by the
+   job), and three unreadable messages, to show the dead letter;
 3. runs the stream job with ``--trigger available-now`` on ``var/checkpoints`` (routing and trends);
 4. writes the HTML report ``var/report.html`` (jobs/report.py: the dashboard's panels);
 5. prints what each sink holds: counts per sink, per category, per alert type and trend scope.
@@ -78,6 +79,22 @@ def demo_bundles() -> list[tuple[bytes, bytes]]:
         bundles.append((patient.encode(), orjson.dumps({"resourceType": "Bundle", "type": "transaction",
                                                          "entry": entries})))
     return bundles
+
+
+def demo_split_readings() -> list[tuple[bytes, bytes]]:
+    """Two readings as a device gateway sends them: a systolic and a diastolic Observation each,
+    of one patient and one effective time (the stream job pairs them into one reading)."""
+    messages = []
+    for i, (systolic, diastolic) in enumerate([(162, 98), (124, 80)]):
+        patient, when = f"demo-device-{i}", f"2026-01-0{i + 4}T07:30:00+00:00"
+        for kind, code, value in (("sys", "8480-6", systolic), ("dia", "8462-4", diastolic)):
+            messages.append((patient.encode(), orjson.dumps({
+                "resourceType": "Observation", "id": f"{patient}-{kind}", "status": "final",
+                "code": {"coding": [{"system": "http://loinc.org", "code": code}]},
+                "subject": {"reference": f"Patient/{patient}"}, "effectiveDateTime": when,
+                "valueQuantity": {"value": value, "unit": "mmHg", "system": "http://unitsofmeasure.org",
+                                  "code": "mm[Hg]"}})))
+    return messages
 
 
 def step(message: str) -> None:
@@ -170,12 +187,22 @@ def summary(config: Config, es: Elasticsearch, started: float) -> None:
     archive = Path(config.paths.archive_dir)
     lines = [line for f in archive.glob("patient_id=*/*.jsonl") for line in f.read_bytes().splitlines()]
     normal_categories: Counter = Counter()
+    halves: dict[tuple[str, str], dict[str, float]] = {}
     for line in lines:
-        s, d = (c["valueQuantity"]["value"] for c in orjson.loads(line)["component"])
+        obs = orjson.loads(line)
+        if "component" not in obs:  # one Observation of a reading sent as two: a systolic or a diastolic
+            pair = halves.setdefault((obs["subject"]["reference"], obs["effectiveDateTime"]), {})
+            pair[obs["code"]["coding"][0]["code"]] = obs["valueQuantity"]["value"]
+            continue
+        s, d = (c["valueQuantity"]["value"] for c in obs["component"])
         normal_categories[aha_category(s, d)] += 1
+    for pair in halves.values():
+        normal_categories[aha_category(pair["8480-6"], pair["8462-4"])] += 1
     refresh_indices(es, config)
     anomalies, alerts = count_documents(es, e.anomalies_index), count_documents(es, e.alerts_index)
     dead = count_documents(es, e.deadletter_index)
+    # A reading paired from two Observations is one anomaly document for two messages.
+    paired = count_documents(es, e.anomalies_index, {"exists": {"field": "paired_observation_id"}})
     on_topic, bundles, in_bundles = topic_census(config)
 
     print("\nsummary")
@@ -185,8 +212,10 @@ def summary(config: Config, es: Elasticsearch, started: float) -> None:
     breakdown((f"rule {kind}", n) for kind, n in terms(es, e.anomalies_index, "anomaly_types"))
     print(f"  {e.alerts_index:<32} {alerts:>8,}  alerts")
     breakdown(terms(es, e.alerts_index, "alert_type"))
-    print(f"  {str(archive) + '/':<32} {len(lines):>8,}  normal readings, "
-          f"{len(list(archive.glob('patient_id=*')))} patients")
+    in_pairs = sum(len(pair) for pair in halves.values())
+    print(f"  {str(archive) + '/':<32} {len(lines):>8,}  normal Observations, "
+          f"{len(list(archive.glob('patient_id=*')))} patients"
+          + (f" ({in_pairs} of them the two halves of {len(halves)} readings)" if halves else ""))
     breakdown(normal_categories.most_common())
     print(f"  {e.deadletter_index:<32} {dead:>8,}  unreadable messages")
     for reason, n in terms(es, e.deadletter_index, "reason"):
@@ -195,10 +224,11 @@ def summary(config: Config, es: Elasticsearch, started: float) -> None:
     breakdown(terms(es, e.trends_index, "scope"))
     sustained = distinct_count(es, e.trends_index, "patient_id", {"term": {"is_sustained": True}})
     print(f"      {'patients with sustained hypertension':<36} {sustained:>8,}")
-    stored = anomalies + len(lines) + dead
+    stored = anomalies + paired + len(lines) + dead
     readings = on_topic - bundles + in_bundles  # a Bundle's readings count one each
-    print(f"  reconciliation: {anomalies:,} + {len(lines):,} + {dead:,} = {stored:,} stored for {readings:,} readings "
-          f"({on_topic:,} messages, {bundles:,} of them Bundles holding {in_bundles:,} readings)"
+    pairs = f" + {paired:,} (the second Observation of each paired anomaly)" if paired else ""
+    print(f"  reconciliation: {anomalies:,}{pairs} + {len(lines):,} + {dead:,} = {stored:,} stored for {readings:,} "
+          f"Observations ({on_topic:,} messages, {bundles:,} of them Bundles holding {in_bundles:,} readings)"
           + (f"; {readings - stored:,} duplicates of stored readings dropped" if readings > stored else ""))
     print(f"  elapsed {time.monotonic() - started:.0f} s")
 
@@ -236,10 +266,14 @@ def _steps(config: Config, es: Elasticsearch, producer: Producer, started: float
     bundles = demo_bundles()
     for key, value in bundles:
         producer.produce(config.kafka.topic, key=key, value=value)
+    split = demo_split_readings()
+    for key, value in split:
+        producer.produce(config.kafka.topic, key=key, value=value)
     for i, value in enumerate(UNREADABLE):
         producer.produce(config.kafka.topic, key=f"demo-bad-{i}", value=value)
     producer.flush(30)
     print(f"     and {len(bundles)} FHIR Bundles (a Patient, two readings, a heart rate each), "
+          f"{len(split) // 2} readings sent as separate systolic and diastolic Observations, "
           f"and {len(UNREADABLE)} unreadable messages", flush=True)
 
     step("running the stream job until the topic is drained (--trigger available-now; Spark UI on :4040)")

@@ -98,7 +98,8 @@ def _expire_dead_letters(es, config) -> None:
     try:
         deleted = expire_dead_letters(es, config)
         if deleted:
-            log.info("deleted %d dead letters older than %s (elasticsearch.deadletter_retention)", deleted,
+            log.info("deleted %d dead letters and finished halves of split readings older than %s "
+                     "(elasticsearch.deadletter_retention)", deleted,
                      config.elasticsearch.deadletter_retention)
     except Exception as exc:  # retention is housekeeping: an outage here must not stop the monitor
         log.warning("could not apply the dead-letter retention (%s); trying again in an hour", summarise(exc))

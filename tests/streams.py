@@ -14,7 +14,7 @@ from pyspark.sql import SparkSession
 
 from bp_spark.config import Config, env_name, load_config
 from bp_spark.connections import kafka_settings
-from bp_spark.elastic import install_templates, pipeline_indices
+from bp_spark.elastic import INDEX_KINDS, install_templates, pipeline_indices
 from bp_spark.generator import encode, make_patients, readings, window
 from bp_spark.pipeline import Pipeline, start_pipeline
 from bp_spark.routing import BatchRouter
@@ -33,6 +33,7 @@ def stream_config(name: str, tmp_path: Path, **extra) -> Config:
         "elasticsearch.trends_index": f"{name}_trends",
         "elasticsearch.deadletter_index": f"{name}_deadletter",
         "elasticsearch.metrics_index": f"{name}_metrics",
+        "elasticsearch.pending_index": f"{name}_pending",
         "outages.backoff_s": 0.2,
         "outages.max_backoff_s": 2.0,
         "paths.archive_dir": str(tmp_path / "archive"),
@@ -47,7 +48,7 @@ def stream_config(name: str, tmp_path: Path, **extra) -> Config:
 def job_env(config: Config) -> dict[str, str]:
     """The environment that gives a job subprocess ``config``'s topic, indices and paths."""
     keys = ["kafka.topic", "paths.archive_dir", "paths.checkpoint_dir",
-            *[f"elasticsearch.{kind}_index" for kind in ("anomalies", "alerts", "trends", "deadletter", "metrics")]]
+            *[f"elasticsearch.{kind}_index" for kind in INDEX_KINDS]]
     values = {key: getattr(getattr(config, key.split(".")[0]), key.split(".")[1]) for key in keys}
     return {**os.environ, "SPARK_LOCAL_IP": "127.0.0.1", **{env_name(key): value for key, value in values.items()}}
 

@@ -22,7 +22,7 @@ from selenium.webdriver.chrome.service import Service
 from bp_spark.config import Config, load_config
 from bp_spark.dashboards import (ALERT_RULE, DASHBOARD_ID, dashboard_panels, data_view_indices, kql_filters,
                                  load_saved_objects, rows)
-from bp_spark.elastic import install_templates, load_template, pipeline_indices
+from bp_spark.elastic import INDEX_KINDS, install_templates, load_template, pipeline_indices
 from bp_spark.versions import read_env_file
 from test_stream import job_env
 
@@ -138,7 +138,7 @@ def _docs(config: Config) -> list[dict]:
 @pytest.fixture
 def dashboard_data(es: Elasticsearch, unique_name: str) -> Config:
     config = load_config(env={}, overrides={f"elasticsearch.{kind}_index": f"{unique_name}_{kind}"
-                                            for kind in ("anomalies", "alerts", "trends", "deadletter", "metrics")})
+                                            for kind in INDEX_KINDS})
     install_templates(es, pipeline_indices(config), 0)
     bulk(es, _docs(config), refresh=True)
     return config

@@ -72,17 +72,24 @@ def test_connector_options_carry_the_trust_store_and_credentials(tmp_path) -> No
 
 
 def test_dead_letters_older_than_the_retention_are_deleted(es: Elasticsearch, unique_name: str) -> None:
-    """They hold raw payloads: elasticsearch.deadletter_retention bounds how long."""
-    config = load_config(overrides={"elasticsearch.deadletter_index": f"{unique_name}_deadletter",
+    """They hold raw payloads: elasticsearch.deadletter_retention bounds how long; so do the
+    halves of split readings that no longer wait or pair (a paired one stays: a correction needs it)."""
+    indices = {"deadletter": f"{unique_name}_deadletter", "pending": f"{unique_name}_pending"}
+    config = load_config(overrides={**{f"elasticsearch.{kind}_index": index for kind, index in indices.items()},
                                     "elasticsearch.deadletter_retention": "30 days"})
-    index = config.elasticsearch.deadletter_index
-    install_templates(es, {"deadletter": index}, 0)
+    index, pending = indices["deadletter"], indices["pending"]
+    install_templates(es, indices, 0)
     for doc_id, processed_at in (("old-1", "2026-01-01T00:00:00Z"), ("old-2", "2026-10-01T00:00:00Z"),
                                  ("recent", "2099-01-01T00:00:00Z")):
         es.index(index=index, id=doc_id, document={"reason": "r", "raw": "{}", "processed_at": processed_at})
-    es.indices.refresh(index=index)
-    assert expire_dead_letters(es, config, page=1) == 2  # page by page
+    for state in ("expired", "superseded", "paired", "pending"):
+        es.index(index=pending, id=state, document={"state": state, "raw": "{}", "processed_at": "2026-01-01T00:00:00Z"})
+    es.indices.refresh(index=f"{index},{pending}")
+    assert expire_dead_letters(es, config, page=1) == 4  # page by page
     assert [hit["_id"] for hit in es.search(index=index)["hits"]["hits"]] == ["recent"]
-    kept = load_config(overrides={"elasticsearch.deadletter_index": index, "elasticsearch.deadletter_retention": "0"})
+    assert sorted(hit["_id"] for hit in es.search(index=pending)["hits"]["hits"]) == ["paired", "pending"]
+    kept = load_config(overrides={**{f"elasticsearch.{kind}_index": index for kind, index in indices.items()},
+                                  "elasticsearch.deadletter_retention": "0"})
     assert expire_dead_letters(es, kept) == 0
-    es.indices.delete_index_template(name=f"bp-monitor-{index}")
+    for name in indices.values():
+        es.indices.delete_index_template(name=f"bp-monitor-{name}")

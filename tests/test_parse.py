@@ -333,3 +333,35 @@ def test_hostile_patient_entries_do_not_lend_their_id(spark: SparkSession) -> No
     assert [(r.patient_id, r.error) for r in rows] == [(PATIENT_URN.removeprefix("urn:uuid:"), None), ("first", None),
                                                        ("p1", None)]
     assert [r.ignored_entries for r in rows] == [1, 2, 1]  # the Patient entries; the null entry
+
+
+def half(code: str, system: str = "http://loinc.org", **changes) -> dict:
+    """A systolic or a diastolic sent alone, as device gateways do: the code of the measurement
+    (not of the panel) and its own valueQuantity."""
+    obs = {key: value for key, value in copy.deepcopy(BASE).items() if key != "component"}
+    obs.update(id=f"half-{code}", code={"coding": [{"system": system, "code": code}]},
+               valueQuantity={"value": 121, "unit": "mmHg", "system": "http://unitsofmeasure.org", "code": "mm[Hg]"})
+    obs.update(changes)
+    return obs
+
+
+def test_a_systolic_or_a_diastolic_sent_alone_is_a_half_of_a_reading(spark: SparkSession) -> None:
+    rows = kafka_df(spark, [half("8480-6"), half("8462-4", valueQuantity={"value": 10.7, "code": "kPa"}),
+                          half("271649006", "http://snomed.info/sct"),
+                          half("8462-4", valueQuantity=None, dataAbsentReason={"coding": [{"code": "error"}]}),
+                          half("8480-6", valueQuantity={"value": 121, "code": "kg"}),
+                          half("8480-6", valueQuantity={"value": 500, "code": "mm[Hg]"}),
+                          half("8480-6", system="http://snomed.info/sct")]).transform(parse_observations)\
+        .orderBy("kafka_offset").collect()
+    assert [(r.half, r.systolic, r.diastolic, r.error) for r in rows] == [
+        ("systolic", 121.0, None, None),
+        ("diastolic", None, 80.3, None),
+        ("systolic", 121.0, None, None),
+        ("diastolic", None, None, "diastolic not measured: dataAbsentReason 'error'"),
+        ("systolic", None, None, "systolic unit 'kg' is not mm[Hg], mmHg or kPa"),
+        ("systolic", 500.0, None, "implausible systolic 500.0 mmHg (allowed 20-300)"),
+        (None, None, None, NOT_A_PANEL),  # a code under the wrong system is no half either
+    ]
+    assert rows[0].patient_id == "p1" and rows[0].effective_time == utc(2026, 1, 1, 8, 30)
+    # The panel reads as before: not a half.
+    assert kafka_df(spark, [BASE]).transform(parse_observations).first().half is None

@@ -295,6 +295,37 @@ class ElasticsearchSink:
                 for doc in self.es.mget(index=index, ids=ids[start:start + MGET_CHUNK], **options)["docs"]
                 if doc.get("found")]
 
+    def documents(self, index: str, ids: Iterable[str], what: str) -> dict[str, dict]:
+        """``{id: source}`` of the documents of ``ids`` that ``index`` holds, waiting out an outage."""
+        ids = set(ids)
+        if not ids:
+            return {}
+        return self._retry(lambda: {doc["_id"]: doc["_source"] for doc in self._found(index, ids)}, what)
+
+    def search(self, index: str, query: dict, size: int, what: str, sort: list | None = None) -> dict[str, dict]:
+        """``{id: source}`` of at most ``size`` documents of ``index`` matching ``query`` (none if
+        the index does not exist), waiting out an outage."""
+        def run() -> dict[str, dict]:
+            if not self.es.indices.exists(index=index):
+                return {}
+            hits = self.es.search(index=index, query=query, size=size, sort=sort)["hits"]["hits"]
+            return {hit["_id"]: hit["_source"] for hit in hits}
+        return self._retry(run, what)
+
+    def put(self, index: str, docs: dict[str, dict], what: str) -> None:
+        """Index a few documents built by the driver (``{id: source}``), searchable at once (refreshed).
+        Every item must be taken; a refused one (a 400) is a bug of ours, not an outage: it stops the batch."""
+        if not docs:
+            return
+        operations = [op for doc_id, source in docs.items() for op in ({"index": {"_index": index, "_id": doc_id}}, source)]
+
+        def run() -> None:
+            results = list(map(_item_result, self.es.bulk(operations=operations, refresh=True)["items"]))
+            failed = Counter(_status(r) for r in results if r.get("status", 500) >= 300)
+            if failed:
+                raise SinkFailure(f"{index}: documents not written: " + ", ".join(f"{s} x{n}" for s, n in failed.items()))
+        self._retry(run, what)
+
     def alerted_before(self, alert_ids: Iterable[str], batch_id: int) -> set[str]:
         """Of ``alert_ids``, those the alert index holds from another batch than ``batch_id`` (an
         alert of this very batch is a replay's: it is sent again, at least once)."""
