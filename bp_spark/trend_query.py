@@ -31,11 +31,12 @@ from bp_spark.trends import (ANOMALY_TYPES, PATIENT, SUSTAINED, aggregate_window
 
 log = logging.getLogger("bp_spark.pipeline")
 
-# The trend query's checkpoint folder. Its state changed shape twice (one de-duplication entry
-# per reading, not per window; then no sliding windows in the state, they are summed from the
-# daily ones), which Spark cannot read from the earlier folders.
-TRENDS_CHECKPOINT = "trends-v3"
-EARLIER_TRENDS_CHECKPOINTS = ("trends", "trends-v2")
+# The trend query's checkpoint folder. Its state changed shape three times (one de-duplication
+# entry per reading, not per window; then no sliding windows in the state, they are summed from
+# the daily ones; then a peak's ties broken by the reading's id), which Spark cannot read from
+# the earlier folders.
+TRENDS_CHECKPOINT = "trends-v4"
+EARLIER_TRENDS_CHECKPOINTS = ("trends", "trends-v2", "trends-v3")
 
 
 def trends_stream(source_df: DataFrame, config: Config) -> DataFrame:
