@@ -215,7 +215,8 @@ def summary(config: Config, es: Elasticsearch, started: float) -> None:
     in_pairs = sum(len(pair) for pair in halves.values())
     print(f"  {str(archive) + '/':<32} {len(lines):>8,}  normal Observations, "
           f"{len(list(archive.glob('patient_id=*')))} patients"
-          + (f" ({in_pairs} of them the two halves of {len(halves)} readings)" if halves else ""))
+          + (f" ({in_pairs} of them the two halves of {len(halves)} reading{'s' * (len(halves) != 1)})"
+             if halves else ""))
     breakdown(normal_categories.most_common())
     print(f"  {e.deadletter_index:<32} {dead:>8,}  unreadable messages")
     for reason, n in terms(es, e.deadletter_index, "reason"):
