@@ -4,7 +4,10 @@ Kibana dashboard (conf/kibana/), as interactive Plotly charts, and the summary c
     python jobs/report.py [--output var/report.html] [--es-url URL]
 
 Each panel runs the query its Kibana visualisation stands for (bp_spark/dashboards.py)
-against Elasticsearch. The file embeds plotly.js, so it opens offline in any browser.
+against Elasticsearch. Below them, a patient view: pick a patient (those with the latest alerts
+first, or search by id) to see their readings over time against the anomaly thresholds and AHA
+bands, their alerts and their 7-day means (bp_spark/patient_view.py). The file embeds plotly.js
+and its data, so it opens offline in any browser; it names patients, so it is its owner's alone.
 """
 
 from __future__ import annotations
@@ -25,6 +28,7 @@ from bp_spark.config import ConfigError, add_config_flags, load_config_from_args
 from bp_spark.dashboards import Panel, dashboard_panels, data_view_indices, rows  # noqa: E402
 from bp_spark.elastic import (ElasticsearchUnavailable, count_documents, distinct_count, make_client,  # noqa: E402
                               probe_cluster, refresh_indices)
+from bp_spark import patient_view  # noqa: E402
 
 METRIC_NAMES = {"count": "readings", "cardinality": "distinct", "max": "max", "sum": "sum"}
 
@@ -82,8 +86,9 @@ def summary_counts(es, config) -> list[tuple[str, int]]:
     ]
 
 
-def render(panels: list[tuple[Panel, list[dict]]], counts: list[tuple[str, int]], source: str) -> str:
-    """The whole page: summary counts, then one chart per panel."""
+def render(panels: list[tuple[Panel, list[dict]]], counts: list[tuple[str, int]], source: str,
+           patients: str = "") -> str:
+    """The whole page: summary counts, one chart per panel, then the patient view (its HTML)."""
     created = datetime.now(timezone.utc).strftime("%Y-%m-%d %H:%M UTC")
     tiles = "".join(f'<div class="tile"><div class="n">{n:,}</div><div>{html.escape(label)}</div></div>'
                     for label, n in counts)
@@ -110,12 +115,18 @@ table.rows {{ border-collapse: collapse; font-size: 13px; }}
 table.rows th, table.rows td {{ border-bottom: 1px solid #eee; padding: 4px 10px; text-align: left; white-space: nowrap;
   vertical-align: top; }}
 table.rows td.col-reason {{ white-space: normal; min-width: 18em; }}
+#patient-view {{ margin-top: 32px; border-top: 1px solid #ddd; }}
+#patient-view .picker {{ display: flex; gap: 8px; margin: 8px 0 16px; }}
+#patient-view .picker input, #patient-view .picker select {{ font-size: 15px; padding: 4px 8px; min-width: 16em; }}
+.patient-chart {{ height: 420px; border: 1px solid #eee; border-radius: 6px; margin-bottom: 16px; }}
+.note {{ color: #8a5a00; }}
 </style>
 <script>{get_plotlyjs()}</script></head>
 <body><h1>Blood pressure monitoring</h1>
 <p>From {html.escape(source)}, {created}. The panels of the Kibana dashboard "Blood pressure monitoring".</p>
 <div class="tiles" id="summary">{tiles}</div>
 <div class="grid">{charts}</div>
+{patients}
 </body></html>
 """
 
@@ -124,6 +135,8 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     add_config_flags(parser, ["es-url"])
     parser.add_argument("--output", default="var/report.html", help="where to write the HTML file (default var/report.html)")
+    parser.add_argument("--patients", type=int, default=patient_view.DEFAULT_PATIENTS, metavar="N",
+                        help=f"patients in the patient view, latest alerts first (default {patient_view.DEFAULT_PATIENTS})")
     args = parser.parse_args(argv)
     try:
         config = load_config_from_args(args)
@@ -141,13 +154,14 @@ def main(argv: list[str] | None = None) -> int:
             results.append((p, []))
     output = Path(args.output)
     output.parent.mkdir(parents=True, exist_ok=True)
-    page = render(results, summary_counts(es, config), config.elasticsearch.url)
+    patients = patient_view.patient_data(es, config, patient_view.local_archive(config), args.patients)
+    page = render(results, summary_counts(es, config), config.elasticsearch.url, patient_view.section(patients))
     # It names patients and their readings: readable by its owner only, also when it existed before.
     fd = os.open(output, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
     os.fchmod(fd, 0o600)
     with os.fdopen(fd, "w") as out:
         out.write(page)
-    print(f"report: {output.resolve()} ({len(results)} panels)")
+    print(f"report: {output.resolve()} ({len(results)} panels, {len(patients['patients'])} patients)")
     return 0
 
 

@@ -236,3 +236,86 @@ def test_kibana_setup_without_kibana_fails_clearly() -> None:
                              f"http://127.0.0.1:{port}", "--timeout", "1"], capture_output=True, text=True, timeout=60)
     assert result.returncode == 1
     assert f"Kibana at http://127.0.0.1:{port} was not available after 1 s" in result.stderr
+
+
+def _archive_line(patient: str, when: str, systolic: float | None, diastolic: float | None, code: str = "85354-9") -> bytes:
+    """An archived normal Observation: a panel, or (a code of a component) one half of a split reading."""
+    loinc = "http://loinc.org"
+    quantity = lambda v: {"value": v, "unit": "mmHg", "system": "http://unitsofmeasure.org", "code": "mm[Hg]"}  # noqa: E731
+    obs = {"resourceType": "Observation", "id": f"{patient}-{when}-{code}", "status": "final",
+           "code": {"coding": [{"system": loinc, "code": code}]}, "subject": {"reference": f"Patient/{patient}"},
+           "effectiveDateTime": when}
+    if code == "85354-9":
+        obs["component"] = [{"code": {"coding": [{"system": loinc, "code": "8480-6"}]}, "valueQuantity": quantity(systolic)},
+                            {"code": {"coding": [{"system": loinc, "code": "8462-4"}]}, "valueQuantity": quantity(diastolic)}]
+    else:
+        obs["valueQuantity"] = quantity(systolic if code == "8480-6" else diastolic)
+    return json.dumps(obs).encode()
+
+
+def test_the_report_patient_view_redraws_with_the_chosen_patients_data(
+    es: Elasticsearch, dashboard_data: Config, tmp_path: Path
+) -> None:
+    """The patients with the latest alerts first; picking one (or searching an id) redraws the
+    readings (anomalies and the archive's normal ones, a split reading put back together), the
+    7-day means and the alerts with that patient's data; no console error."""
+    archive = tmp_path / "archive"
+    for patient, lines in {"p1": [_archive_line("p1", "2026-01-01T20:00:00Z", 118, 76),
+                                  _archive_line("p1", "2026-01-02T20:00:00Z", 121, None, "8480-6"),
+                                  _archive_line("p1", "2026-01-02T20:00:00Z", None, 79, "8462-4")],
+                           "p3": [_archive_line("p3", "2026-01-03T08:00:00Z", 112, 71)]}.items():
+        (archive / f"patient_id={patient}").mkdir(parents=True)
+        (archive / f"patient_id={patient}" / "batch-x-000000000000-00000.jsonl").write_bytes(b"\n".join(lines) + b"\n")
+    es.index(index=dashboard_data.elasticsearch.trends_index, id="sustained|p1", refresh=True, document={
+        "scope": "sustained", "period": "7 days/1 day", "patient_id": "p1", "window_start": "2025-12-27T00:00:00Z",
+        "window_end": "2026-01-03T00:00:00Z", "systolic_mean": 148.5, "diastolic_mean": 93.0, "readings": 5,
+        "is_sustained": True})
+    config = load_config(env={}, overrides={**{f"elasticsearch.{kind}_index": getattr(
+        dashboard_data.elasticsearch, f"{kind}_index") for kind in INDEX_KINDS}, "paths.archive_dir": str(archive)})
+    output = tmp_path / "report.html"
+    result = subprocess.run([sys.executable, str(ROOT / "jobs" / "report.py"), "--output", str(output)],
+                            env=job_env(config), capture_output=True, text=True, timeout=120)
+    assert result.returncode == 0, result.stderr
+    assert "3 patients" in result.stdout
+
+    options = webdriver.ChromeOptions()
+    options.binary_location = shutil.which("chromium")
+    for flag in ("--headless", "--no-sandbox", "--disable-gpu", "--no-first-run", "--window-size=1400,2400"):
+        options.add_argument(flag)
+    options.set_capability("goog:loggingPrefs", {"browser": "ALL"})
+    driver = webdriver.Chrome(service=Service(shutil.which("chromedriver")), options=options)
+
+    def shown() -> dict:
+        return driver.execute_script("""
+            const readings = document.getElementById('patient-readings').data;
+            const weeks = document.getElementById('patient-weeks').data;
+            return {patient: document.getElementById('patient-view').dataset.patient,
+                    systolic: readings[0].y, diastolic: readings[1].y,
+                    red: readings[0].marker.color.filter(c => c === '#d62728').length,
+                    weeks: weeks[0].y,
+                    alerts: Array.from(document.querySelectorAll('#patient-alerts tbody tr'))
+                                 .map(tr => Array.from(tr.cells).map(td => td.textContent))};""")
+    try:
+        driver.get(output.as_uri())
+        options_shown = driver.execute_script(
+            "return Array.from(document.querySelectorAll('#patient-select option')).map(o => o.value)")
+        assert options_shown == ["p1", "p2", "p3"]  # alerts first, then abnormal readings, then the archive's
+        first = shown()
+        assert first["patient"] == "p1"
+        assert first["systolic"] == [150, 190, 118, 135, 121] and first["diastolic"] == [85, 125, 76, 95, 79]  # in time
+        assert first["red"] == 3 and first["weeks"] == [148.5]
+        assert [row[1] for row in first["alerts"]] == ["sustained_hypertension", "critical_reading"]
+        assert "sustained hypertension: mean 158/101 mmHg over 12 readings in 7 days (limit 135/85)" in first["alerts"][0]
+
+        driver.execute_script("const s = document.getElementById('patient-select'); s.value = 'p2';"
+                              "s.dispatchEvent(new Event('change'));")
+        second = shown()
+        assert (second["patient"], second["systolic"], second["red"], second["weeks"]) == ("p2", [85], 1, [])
+        assert second["alerts"] == [["no alerts"]]
+
+        driver.find_element("id", "patient-search").send_keys("p3")
+        third = shown()
+        assert (third["patient"], third["systolic"], third["diastolic"], third["red"]) == ("p3", [112], [71], 0)
+        assert [e for e in driver.get_log("browser") if e["level"] == "SEVERE"] == []
+    finally:
+        driver.quit()
