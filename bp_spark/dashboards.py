@@ -21,6 +21,8 @@ KIBANA_DIR = Path(__file__).resolve().parent.parent / "conf" / "kibana"
 SAVED_OBJECTS = KIBANA_DIR / "saved_objects.ndjson"
 ALERT_RULE = KIBANA_DIR / "alert_rule.json"
 DASHBOARD_ID = "bp-monitoring"
+# One patient's dashboard, reached from the main one's patient table (a dashboard drilldown).
+PATIENT_DASHBOARD_ID = "bp-patient"
 
 _KQL_TERM = re.compile(r'^\s*([\w.]+)\s*:\s*"([^"]*)"\s*$')
 _INTERVALS = {"d": "1d", "h": "1h", "w": "1w", "M": "1M"}

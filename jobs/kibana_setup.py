@@ -27,7 +27,8 @@ import urllib3
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from bp_spark.config import Config, ConfigError, Secret, load_config, read_secret  # noqa: E402
-from bp_spark.dashboards import ALERT_RULE, DASHBOARD_ID, data_view_indices, load_saved_objects  # noqa: E402
+from bp_spark.dashboards import (ALERT_RULE, DASHBOARD_ID, PATIENT_DASHBOARD_ID, data_view_indices,  # noqa: E402
+                                 load_saved_objects)
 
 RULE_ID = "bp-monitor-critical-alerts"
 HEADERS = {"kbn-xsrf": "bp-monitor"}
@@ -138,7 +139,8 @@ def main(argv: list[str] | None = None) -> int:
         print(f"kibana-setup: {exc}", file=sys.stderr)
         return 1
     print(f"kibana-setup: {imported} saved objects imported; alert rule {RULE_ID} {done}; dashboard: "
-          f"{kibana.url}/app/dashboards#/view/{DASHBOARD_ID}")
+          f"{kibana.url}/app/dashboards#/view/{DASHBOARD_ID}; one patient's: "
+          f"{kibana.url}/app/dashboards#/view/{PATIENT_DASHBOARD_ID}")
     return 0
 
 

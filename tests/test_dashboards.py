@@ -22,6 +22,7 @@ from selenium.webdriver.chrome.service import Service
 from bp_spark.config import Config, load_config
 from bp_spark.dashboards import (ALERT_RULE, DASHBOARD_ID, dashboard_panels, data_view_indices, kql_filters,
                                  load_saved_objects, rows)
+from bp_spark.dashboards import panel as query_of
 from bp_spark.elastic import INDEX_KINDS, install_templates, load_template, pipeline_indices
 from bp_spark.versions import read_env_file
 from test_stream import job_env
@@ -319,3 +320,36 @@ def test_the_report_patient_view_redraws_with_the_chosen_patients_data(
         assert [e for e in driver.get_log("browser") if e["level"] == "SEVERE"] == []
     finally:
         driver.quit()
+
+
+def test_the_patient_dashboard_and_the_drilldown_to_it(es: Elasticsearch, dashboard_data: Config) -> None:
+    """A "Patient" dashboard (one patient's abnormal readings, daily peaks, weekly means and
+    alerts, a single-patient control), reached from the main dashboard's patient table by a
+    dashboard drilldown that carries the clicked patient's filter; its queries, with that filter,
+    return the patient's data on the real Elasticsearch."""
+    objects = load_saved_objects()
+    by_id = {o["id"]: o for o in objects}
+    patient = by_id["bp-patient"]
+    assert patient["type"] == "dashboard" and patient["attributes"]["title"] == "Patient"
+    control, = json.loads(patient["attributes"]["controlGroupInput"]["panelsJSON"]).values()
+    assert control["explicitInput"]["fieldName"] == "patient_id" and control["explicitInput"]["singleSelect"]
+    main = by_id[DASHBOARD_ID]
+    table = next(p for p in json.loads(main["attributes"]["panelsJSON"]) if p["panelRefName"] == "panel_3")
+    assert next(r["id"] for r in main["references"] if r["name"] == "3:panel_3") == "bp-top-patients"
+    event, = table["embeddableConfig"]["enhancements"]["dynamicActions"]["events"]
+    assert event["action"]["factoryId"] == "DASHBOARD_TO_DASHBOARD_DRILLDOWN" and event["triggers"] == ["FILTER_TRIGGER"]
+    assert event["action"]["config"]["useCurrentFilters"]  # the clicked patient goes along
+    target = f"3:drilldown:DASHBOARD_TO_DASHBOARD_DRILLDOWN:{event['eventId']}:dashboardId"
+    assert {r["name"]: r["id"] for r in main["references"]}[target] == "bp-patient"
+
+    views = {view_id: {"title": index} for view_id, index in data_view_indices(dashboard_data).items()}
+    refs = {r["name"].split(":", 1)[1]: r["id"] for r in patient["references"] if ":panel_" in r["name"]}
+    results = {}
+    for item in json.loads(patient["attributes"]["panelsJSON"]):
+        built = query_of(by_id[refs[item["panelRefName"]]], views)
+        built.body["query"]["bool"]["filter"].append({"term": {"patient_id": "p1"}})  # what the drilldown's filter does
+        results[built.id] = rows(built, es.search(index=built.index, **built.body))
+    assert [(r["key"][:13], r["1"], r["3"]) for r in results["bp-patient-abnormal"]] == [
+        ("2026-01-01T08", 150.0, 85.0), ("2026-01-01T09", 190.0, 125.0), ("2026-01-02T08", 135.0, 95.0)]
+    assert [(r["key"][:10], r["1"], r["3"]) for r in results["bp-patient-daily"]] == [("2026-01-01", 250.0, 150.0)]
+    assert [r["alert_type"] for r in results["bp-patient-alerts"]] == ["sustained_hypertension", "critical_reading"]
