@@ -365,3 +365,13 @@ def test_a_systolic_or_a_diastolic_sent_alone_is_a_half_of_a_reading(spark: Spar
     assert rows[0].patient_id == "p1" and rows[0].effective_time == utc(2026, 1, 1, 8, 30)
     # The panel reads as before: not a half.
     assert kafka_df(spark, [BASE]).transform(parse_observations).first().half is None
+
+
+def test_the_halves_of_a_reading_in_a_bundle_are_read_as_halves(spark: SparkSession) -> None:
+    """A gateway's Bundle of a systolic and a diastolic (and a heart rate, not read)."""
+    heart_rate = half("8867-4", id="hr", valueQuantity={"value": 72, "unit": "/min"})
+    rows = kafka_df(spark, [bundle(half("8480-6"), half("8462-4", valueQuantity={"value": 79, "code": "mm[Hg]"}),
+                                   heart_rate)]).transform(parse_observations).orderBy("bundle_entry").collect()
+    assert [(r.bundle_entry, r.half, r.systolic, r.diastolic, r.error) for r in rows] == [
+        (0, "systolic", 121.0, None, None), (1, "diastolic", None, 79.0, None)]
+    assert rows[0].ignored_entries == 1
