@@ -78,6 +78,26 @@ def private_files_conf(umask: str) -> dict[str, str]:
     return {"spark.hadoop.fs.permissions.umask-mode": umask}
 
 
+def job_session(config, app_name: str) -> SparkSession:
+    """The session a job (``config``: its :class:`~bp_spark.config.Config`) runs in: its driver
+    heap, and every file it or Hadoop creates (archive, checkpoints, logs) its owner's alone
+    (``paths.archive_umask``), as they hold patient data."""
+    os.umask(config.paths.archive_umask_bits)
+    return build_session(app_name, {"spark.driver.memory": config.stream.driver_memory,
+                                    **private_files_conf(config.paths.archive_umask)})
+
+
+def connectors_problem(spark: SparkSession, job: str) -> str | None:
+    """What to do, in one line, when ``jobs/<job>.py`` was started by spark-submit without the
+    connector packages; None when they are there."""
+    missing = missing_connectors(spark)
+    if not missing:
+        return None
+    return (f"{job}: Spark has no {' and no '.join(missing)}: start the job with "
+            f"`spark-submit $(python -m bp_spark.versions) jobs/{job}.py` (those flags add them), "
+            f"or with `python jobs/{job}.py`.")
+
+
 # Two scheduler pools (conf/fairscheduler.xml): the routing query's tasks go first when both
 # queries wait for the cores (bp_spark.streaming.start_in_pool).
 SCHEDULER_CONF = {

@@ -25,7 +25,6 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import logging
-import os
 import re
 import signal
 import sys
@@ -37,13 +36,12 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 from bp_spark.backfill import DEFAULT_CHUNK_LINES, BackfillInputError, archive_tag_for, run_backfill
 from bp_spark.config import ConfigError, add_config_flags, load_config_from_args
 from bp_spark.connections import check_kafka
-from bp_spark.elastic import (ElasticsearchUnavailable, ElasticsearchUnreachable, install_templates, make_client,
-                              pipeline_indices, probe_cluster)
+from bp_spark.elastic import ElasticsearchUnavailable, make_client
 from bp_spark.logs import configure_logging
 from bp_spark.ownership import OwnershipError, claim
-from bp_spark.session import build_session, missing_connectors, private_files_conf, stop_session
+from bp_spark.session import connectors_problem, job_session, stop_session
 from bp_spark.sinks import Sinks, SinkUnavailable
-from bp_spark.sinks.retry import with_retries
+from bp_spark.sinks.es import prepare_indices
 
 log = logging.getLogger("backfill")
 
@@ -76,13 +74,7 @@ def main(argv: list[str] | None = None) -> int:
         if not args.publish_alerts:
             config = dataclasses.replace(config, kafka=dataclasses.replace(config.kafka, alerts_topic=""))
         es = make_client(config)
-
-        def prepare() -> list[str]:
-            probe_cluster(es, config)
-            return install_templates(es, pipeline_indices(config), config.elasticsearch.number_of_replicas)
-        for name in with_retries(prepare, "connecting at start", "elasticsearch", config.outages,
-                                 also_retry=(ElasticsearchUnreachable,)):
-            log.info("installed index template %s", name)
+        prepare_indices(es, config)
         if config.kafka.alerts_topic:
             check_kafka(config)
     except (ConfigError, ElasticsearchUnavailable, SinkUnavailable) as exc:
@@ -90,15 +82,11 @@ def main(argv: list[str] | None = None) -> int:
         return 2 if isinstance(exc, ConfigError) else 1
     except KeyboardInterrupt:
         return 130
-    os.umask(config.paths.archive_umask_bits)
-    spark = build_session("bp-monitor-backfill", {"spark.driver.memory": config.stream.driver_memory,
-                                                  **private_files_conf(config.paths.archive_umask)})
+    spark = job_session(config, "bp-monitor-backfill")
     try:
-        missing = missing_connectors(spark)
-        if missing:
-            print(f"backfill: Spark has no {' and no '.join(missing)}: start the job with "
-                  "`spark-submit $(python -m bp_spark.versions) jobs/backfill.py`, or with `python jobs/backfill.py`.",
-                  file=sys.stderr)
+        problem = connectors_problem(spark, "backfill")
+        if problem:
+            print(problem, file=sys.stderr)
             return 2
         return run(spark, config, es, args)
     finally:

@@ -23,7 +23,6 @@ from __future__ import annotations
 
 import argparse
 import logging
-import os
 import signal
 import threading
 import sys
@@ -36,13 +35,13 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 from bp_spark.logs import configure_logging
 from bp_spark.config import ConfigError, add_config_flags, load_config_from_args
 from bp_spark.connections import check_kafka
-from bp_spark.elastic import (ElasticsearchUnavailable, ElasticsearchUnreachable, expire_dead_letters,
-                              install_templates, make_client, pipeline_indices, probe_cluster)
+from bp_spark.elastic import ElasticsearchUnavailable, expire_dead_letters, make_client
 from bp_spark.ownership import OwnershipError
 from bp_spark.pipeline import CheckpointLayoutError, PipelineStopped, start_pipeline
-from bp_spark.session import build_session, missing_connectors, private_files_conf, stop_session
+from bp_spark.session import connectors_problem, job_session, stop_session
 from bp_spark.sinks import Sinks, SinkUnavailable
-from bp_spark.sinks.retry import summarise, with_retries
+from bp_spark.sinks.es import prepare_indices
+from bp_spark.sinks.retry import summarise
 
 log = logging.getLogger("stream")
 
@@ -61,32 +60,18 @@ def main(argv: list[str] | None = None) -> int:
     try:
         config = load_config_from_args(args)
         es = make_client(config)
-
-        def prepare() -> list[str]:
-            probe_cluster(es, config)
-            written = install_templates(es, pipeline_indices(config), config.elasticsearch.number_of_replicas)
-            _expire_dead_letters(es, config)
-            return written
-        # Elasticsearch down or hung at start is waited for, as it is later; a wrong version is not.
-        for name in with_retries(prepare, "connecting at start", "elasticsearch", config.outages,
-                                 also_retry=(ElasticsearchUnreachable,)):
-            log.info("installed index template %s", name)
+        prepare_indices(es, config, then=lambda: _expire_dead_letters(es, config))
         check_kafka(config)  # a refused login stops the job here; a broker down is waited for later
     except (ConfigError, ElasticsearchUnavailable, SinkUnavailable) as exc:
         print(f"stream: {exc}", file=sys.stderr)
         return 2 if isinstance(exc, ConfigError) else 1
     except KeyboardInterrupt:
         return 0
-    # The job's files (archive, checkpoints, logs) hold patient data: the owner's alone by default.
-    os.umask(config.paths.archive_umask_bits)
-    spark = build_session(config.stream.app_name, {"spark.driver.memory": config.stream.driver_memory,
-                                                   **private_files_conf(config.paths.archive_umask)})
+    spark = job_session(config, config.stream.app_name)
     try:
-        missing = missing_connectors(spark)
-        if missing:
-            print(f"stream: Spark has no {' and no '.join(missing)}: start the job with "
-                  "`spark-submit $(python -m bp_spark.versions) jobs/stream.py` (those flags add them), "
-                  "or with `python jobs/stream.py`.", file=sys.stderr)
+        problem = connectors_problem(spark, "stream")
+        if problem:
+            print(problem, file=sys.stderr)
             return 2
         return run(spark, config, None if args.no_sinks else Sinks(spark, config, es))
     finally:

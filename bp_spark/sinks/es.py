@@ -26,7 +26,8 @@ from pyspark.sql import functions as F
 
 from bp_spark.config import Config
 from bp_spark.documents import CREATE, ROUTING_COLUMNS
-from bp_spark.elastic import connector_options
+from bp_spark.elastic import (ElasticsearchUnreachable, connector_options, install_templates, pipeline_indices,
+                              probe_cluster)
 from bp_spark.parse import QUOTE_LIMIT
 from bp_spark.sinks.retry import SinkFailure, summarise, with_retries
 
@@ -98,6 +99,22 @@ def _by_operation(frames) -> dict[str, list[DataFrame]]:
     for frame in frames:
         grouped.setdefault(CREATE if "_op" in frame.columns else "index", []).append(frame)
     return grouped
+
+
+def prepare_indices(es: Elasticsearch, config: Config, then=None) -> list[str]:
+    """At a job's start: check the cluster, install the index templates (and bring existing
+    indices up to them), then call ``then()`` if given; return the templates written.
+    Elasticsearch down or hung is waited for, as it is later; a wrong version is not."""
+    def prepare() -> list[str]:
+        probe_cluster(es, config)
+        written = install_templates(es, pipeline_indices(config), config.elasticsearch.number_of_replicas)
+        if then is not None:
+            then()
+        return written
+    written = with_retries(prepare, "connecting at start", SINK, config.outages, also_retry=(ElasticsearchUnreachable,))
+    for name in written:
+        log.info("installed index template %s", name)
+    return written
 
 
 class ElasticsearchSink:
