@@ -25,7 +25,7 @@ from __future__ import annotations
 from pyspark.sql import Column, DataFrame
 from pyspark.sql import functions as F
 
-from bp_spark.schema import JSON_OBJECT, MESSAGE_SCHEMA, OBSERVATION_SCHEMA
+from bp_spark.schema import HALF_VALUE, JSON_OBJECT, MESSAGE_SCHEMA, OBSERVATION_SCHEMA
 
 LOINC = "http://loinc.org"
 SNOMED_CT = "http://snomed.info/sct"
@@ -294,19 +294,20 @@ def parse_observations(kafka_df: DataFrame, max_future_s: int = DEFAULT_MAX_FUTU
         obs["meta"]["lastUpdated"].cast("timestamp").alias("version_time"),
         obs["meta"]["versionId"].alias("version_id"),
         has_coding(obs["code"], PANEL_CODINGS).alias("_is_panel"),
-        half_of(obs["code"]).alias("_half"),
-        F.struct(obs["valueQuantity"].alias("valueQuantity"), obs["dataAbsentReason"].alias("dataAbsentReason"))
-        .alias("_alone"),
+        obs["code"].alias("_code"),
         obs["subject"]["reference"].alias("_subject"),
         F.coalesce(obs["effectiveDateTime"], obs["effectivePeriod"]["start"]).alias("_effective"),
         component_coded(obs["component"], SYSTOLIC_CODINGS).alias("_systolic_c"),
         component_coded(obs["component"], DIASTOLIC_CODINGS).alias("_diastolic_c"),
     )
-    # A panel's values are in its components; a half's one value is the Observation's own.
-    half = F.when(~F.col("_is_panel"), F.col("_half"))
-    alone_value = quantity_in_mmhg(F.col("_alone")["valueQuantity"])
-    values_df = pieces_df.select(
-        "*", half.alias("half"),
+    # A panel's values are in its components; a half's one value is the Observation's own. The
+    # codes of a half are looked for only in what is not a panel (each search is a lambda Spark
+    # runs without generated code), and a half's own value is read from its JSON only for a half.
+    halves_df = (pieces_df.withColumn("half", F.when(~F.col("_is_panel"), half_of(F.col("_code"))))
+                 .withColumn("_alone", F.when(F.col("half").isNotNull(), F.from_json("raw", HALF_VALUE))))
+    half, alone_value = F.col("half"), quantity_in_mmhg(F.col("_alone")["valueQuantity"])
+    values_df = halves_df.select(
+        "*",
         F.coalesce(F.col("_bundle_patient"), patient_id_from_reference(F.col("_subject"))).alias("patient_id"),
         F.col("_effective").cast("timestamp").alias("effective_time"),
         F.when(half == SYSTOLIC, alone_value).when(half.isNull(), quantity_in_mmhg(F.col("_systolic_c")["valueQuantity"]))
