@@ -32,11 +32,10 @@ from pyspark.sql import functions as F
 
 from bp_spark.classify import with_classification
 from bp_spark.config import Config
-from bp_spark.parse import RETRACTED_STATUS
 from bp_spark.routing import BatchRouter, BatchStats, with_dedup_key
 from bp_spark.sinks import Sinks, hadoop_fs
 from bp_spark.streaming import parsed
-from bp_spark.trend_query import TrendRouter
+from bp_spark.trend_query import TREND_READING_COLUMNS, TrendRouter, counts_in_trends
 from bp_spark.trends import aggregate_windows, with_windows
 
 log = logging.getLogger("bp_spark.backfill")
@@ -128,19 +127,20 @@ class BackfillSummary:
 
 def input_files(spark: SparkSession, uri: str) -> list[tuple[str, str]]:
     """The files to read, sorted: ``uri`` itself, or the ``*.ndjson`` (and ``.ndjson.gz``) files
-    under the folder ``uri``, at any depth. Each as (path, name): name is the path under ``uri``."""
+    under the folder ``uri``, at any depth. Each as (path, name): the path qualified (as Spark
+    reads it), the name its path under ``uri``."""
     fs, root = hadoop_fs(spark, uri)
     if not fs.exists(root):
         raise BackfillInputError(f"--input {uri}: no such file or folder")
     if fs.getFileStatus(root).isFile():
-        return [(root.toUri().getPath(), root.getName())]
+        return [(root.toString(), root.getName())]
     base = root.toUri().getPath().rstrip("/") + "/"
     found, listing = [], fs.listFiles(root, True)
     while listing.hasNext():
         path = listing.next().getPath()
         relative = path.toUri().getPath()[len(base):]
         if path.getName().endswith(EXPORT_SUFFIXES) and not any(p.startswith((".", "_")) for p in relative.split("/")):
-            found.append((path.toUri().getPath(), relative))
+            found.append((path.toString(), relative))
     if not found:
         raise BackfillInputError(f"--input {uri}: no *.ndjson file in this folder (a Bulk Data export writes "
                                  "Observation.ndjson, or Observation-1.ndjson ...); give the folder of the export "
@@ -152,9 +152,9 @@ def _source_name(name: str) -> str:
     return TOPIC_PREFIX + (name if len(name) <= NAME_LIMIT else "..." + name[-(NAME_LIMIT - 3):])
 
 
-def plan_blocks(spark: SparkSession, uri: str, files: list[tuple[str, str]], chunk_lines: int) -> list[Block]:
+def plan_blocks(spark: SparkSession, files: list[tuple[str, str]], chunk_lines: int) -> list[Block]:
     """Read the input's blocks once: their lines, numbered per file, and the chunk each is routed in."""
-    lines_df = _lines(spark, uri, files)
+    lines_df = _lines(spark, files)
     rows = (lines_df.groupBy("_file", "_block")
             .agg(F.min("_seq").alias("first_seq"), F.count(F.lit(1)).alias("lines"),
                  F.count(F.when(F.trim("value") == "", 1)).alias("blank"))
@@ -179,16 +179,13 @@ def _local(spark: SparkSession, path: str) -> str:
     return spark._jvm.org.apache.hadoop.fs.Path(path).toUri().getPath()
 
 
-def _lines(spark: SparkSession, uri: str, files: list[tuple[str, str]]) -> DataFrame:
-    fs, root = hadoop_fs(spark, uri)
-    paths = [fs.makeQualified(spark._jvm.org.apache.hadoop.fs.Path(path)).toString() for path, _ in files] \
-        if not fs.getFileStatus(root).isFile() else [root.toString()]
-    return spark.read.text(paths).select(
+def _lines(spark: SparkSession, files: list[tuple[str, str]]) -> DataFrame:
+    return spark.read.text([path for path, _ in files]).select(
         "value", F.input_file_name().alias("_file"), F.input_file_block_start().alias("_block"),
         F.monotonically_increasing_id().alias("_seq"))
 
 
-def records(spark: SparkSession, uri: str, files: list[tuple[str, str]], blocks: list[Block],
+def records(spark: SparkSession, files: list[tuple[str, str]], blocks: list[Block],
             arrived: datetime) -> DataFrame:
     """The input's lines as the Kafka records the parser reads (``topic`` = ``backfill:<file>``,
     ``partition`` 0, ``offset`` = line number, ``timestamp`` = the backfill's start), with ``_chunk``.
@@ -197,7 +194,7 @@ def records(spark: SparkSession, uri: str, files: list[tuple[str, str]], blocks:
     plan_df = spark.createDataFrame(
         [(b.file, b.start, b.first_seq, b.first_line, _source_name(b.name), b.chunk) for b in blocks],
         "_file string, _block long, _first_seq long, _first_line long, topic string, _chunk int")
-    return (_lines(spark, uri, files).join(F.broadcast(plan_df), ["_file", "_block"])
+    return (_lines(spark, files).join(F.broadcast(plan_df), ["_file", "_block"])
             .where(F.trim("value") != "")
             .select(F.col("value"), F.col("topic"), F.lit(0).alias("partition"),
                     (F.col("_first_line") + F.col("_seq") - F.col("_first_seq")).alias("offset"),
@@ -236,17 +233,15 @@ def chunk_readings(records_df: DataFrame, config: Config) -> DataFrame:
     return deduplicated
 
 
-# What the trend windows need of a reading, and its place in the input (the first line wins).
-TREND_COLUMNS = ("observation_id", "patient_id", "effective_time", "systolic", "diastolic", "is_anomaly",
-                 "anomaly_types", "kafka_topic", "kafka_offset", "bundle_entry")
+# A reading's place in the input: of two lines holding one observation, the first counts in trends.
+POSITION_COLUMNS = ("kafka_topic", "kafka_offset", "bundle_entry")
 
 
 def trend_readings(batch_df: DataFrame) -> DataFrame:
-    """The readings of a routed chunk that count in trends (usable, not retractions), in the few
-    columns trends need: kept, cached, while the next chunks are routed, so that the input is
-    parsed once. (Filtered on the cached chunk, not above the parser: see ``keep_rows``.)"""
-    usable = F.col("error").isNull() & (F.col("status") != RETRACTED_STATUS) & F.col("half").isNull()
-    return batch_df.where(usable).select(*TREND_COLUMNS)
+    """The readings of a routed chunk that count in trends, in the few columns trends need and
+    their place in the input: kept, cached, while the next chunks are routed, so that the input
+    is parsed once. (Filtered on the cached chunk, not above the parser: see ``keep_rows``.)"""
+    return batch_df.where(counts_in_trends()).select(*TREND_READING_COLUMNS, *POSITION_COLUMNS)
 
 
 def trend_windows(readings_df: DataFrame, config: Config) -> DataFrame:
@@ -259,7 +254,7 @@ def trend_windows(readings_df: DataFrame, config: Config) -> DataFrame:
     first = Window.partitionBy("observation_id").orderBy("kafka_topic", "kafka_offset",
                                                           F.col("bundle_entry").asc_nulls_first())
     readings = (readings_df.withColumn("_rank", F.row_number().over(first)).where(F.col("_rank") == 1)
-                .drop("_rank", "kafka_topic", "kafka_offset", "bundle_entry"))
+                .drop("_rank", *POSITION_COLUMNS))
     return aggregate_windows(with_windows(readings, t), t)
 
 
@@ -279,13 +274,13 @@ def run_backfill(spark: SparkSession, config: Config, sinks: Sinks, uri: str,
     spark.conf.set("spark.sql.shuffle.partitions", str(max(config.stream.state_partitions, chunk_lines // 100_000)))
     summary = BackfillSummary()
     files = input_files(spark, uri)
-    blocks = plan_blocks(spark, uri, files, chunk_lines)
+    blocks = plan_blocks(spark, files, chunk_lines)
     summary.files = len(files)
     summary.lines = sum(b.lines for b in blocks)
     summary.blank = sum(b.blank for b in blocks)
     chunks = max((b.chunk for b in blocks), default=-1) + 1
     progress(f"backfill: {summary.files:,} files, {summary.lines:,} lines, in {chunks} chunk{'s' * (chunks != 1)}")
-    records_df = records(spark, uri, files, blocks, arrived)
+    records_df = records(spark, files, blocks, arrived)
     router = BatchRouter(config, sinks)
     done, for_trends = 0, []
     for chunk in range(chunks):

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from datetime import datetime, timezone
 from dataclasses import dataclass
 from pathlib import Path
 from urllib.parse import urlparse
@@ -179,6 +180,15 @@ def load_template(kind: str, index: str, replicas: int) -> dict:
     body["index_patterns"] = [index]
     body["template"]["settings"]["number_of_replicas"] = replicas
     return body
+
+
+def index_time(value: int | float | str | None) -> datetime | None:
+    """A date as the index returns it: epoch milliseconds (as the connector writes dates) or ISO 8601."""
+    if value is None:
+        return None
+    if isinstance(value, (int, float)):
+        return datetime.fromtimestamp(value / 1000, tz=timezone.utc)
+    return datetime.fromisoformat(value.replace("Z", "+00:00"))
 
 
 # Every index the jobs write, by template kind (conf/elasticsearch/<kind>.json, elasticsearch.<kind>_index).

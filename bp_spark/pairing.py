@@ -23,12 +23,13 @@ import logging
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
 
-from pyspark.sql import DataFrame, Window
+from pyspark.sql import Column, DataFrame, Window
 from pyspark.sql import functions as F
 
 from bp_spark.classify import with_classification
 from bp_spark.config import Config
 from bp_spark.config import duration_seconds as seconds
+from bp_spark.elastic import index_time
 from bp_spark.parse import DIASTOLIC, SYSTOLIC
 from bp_spark.sinks import Sinks
 
@@ -53,21 +54,16 @@ DEAD_SCHEMA = ", ".join(f"{name} {kind}" for name, kind in zip(HALF_COLUMNS, HAL
 ARCHIVE_COLUMNS = ("patient_id", "raw", "observation_id", "content_hash", "effective_time")
 
 
-def pending_id(patient_id: str, effective_time: datetime, kind: str) -> str:
-    """A half's document id in the pending index: its patient, effective time (ms) and kind."""
-    return f"{patient_id}|{_millis(effective_time)}|{kind}"
+def pending_key(kind: Column) -> Column:
+    """A half's document id in the pending index: ``<patient>|<effective time, ms>|<kind>``; the
+    one definition, for the halves paired in a batch and those looked up or left waiting."""
+    return F.concat_ws("|", "patient_id", F.floor(F.unix_micros("effective_time") / 1000).cast("string"), kind)
 
 
 def _millis(moment: datetime) -> int:
     if moment.tzinfo is None:  # Spark hands timestamps to Python in the session's zone, UTC
         moment = moment.replace(tzinfo=timezone.utc)
     return round(moment.timestamp() * 1000)
-
-
-def _time(millis: int | str) -> datetime:
-    if isinstance(millis, str):
-        return datetime.fromisoformat(millis.replace("Z", "+00:00"))
-    return datetime.fromtimestamp(millis / 1000, tz=timezone.utc)
 
 
 def _document(half: dict, state: str, batch_id: int, partner_id: str | None = None) -> dict:
@@ -89,11 +85,11 @@ def _half(doc: dict) -> dict:
     """A pending document back as a half's row."""
     kafka = doc.get("kafka") or {}
     return {"observation_id": doc["observation_id"], "patient_id": doc["patient_id"],
-            "effective_time": _time(doc["effective_time"]), "half": doc["kind"], "value": doc["value"],
+            "effective_time": index_time(doc["effective_time"]), "half": doc["kind"], "value": doc["value"],
             "raw": doc["raw"], "content_hash": doc["content_hash"], "status": doc["status"],
             "kafka_topic": kafka.get("topic"), "kafka_partition": kafka.get("partition"),
             "kafka_offset": kafka.get("offset"),
-            "kafka_timestamp": _time(kafka["timestamp"]) if kafka.get("timestamp") is not None else None,
+            "kafka_timestamp": index_time(kafka.get("timestamp")),
             "bundle_entry": kafka.get("entry")}
 
 
@@ -140,9 +136,7 @@ class Pairing:
         """Halves among ``ids`` (corrected or retracted) leave their pair: each is marked
         superseded and its partner waits again. Return the partners' ids, whose pair must be
         removed from wherever it was stored, as the corrected ones' earlier versions are."""
-        if not ids:
-            return set()
-        if not self.active:
+        if not ids or not self.active:
             return set()
         # Superseded too: a replay of this batch finds its halves already marked so, and must
         # still clear their partners' pair.
@@ -192,10 +186,14 @@ class Pairing:
             in_batch = joined.where(both).select(*[c.split(" ")[0] for c in PAIR_SCHEMA.split(", ")])
             pair_frames.append(in_batch)
             result.paired_docs_df = paired_documents(in_batch, self.index, batch_id)
-            for row in joined.where(~both).collect():
+            kind = F.coalesce("s_half", "d_half")
+            other = F.when(kind == SYSTOLIC, F.lit(DIASTOLIC)).otherwise(F.lit(SYSTOLIC))
+            for row in joined.where(~both).select("*", pending_key(kind).alias("_own_key"),
+                                                   pending_key(other).alias("_partner_key")).collect():
                 side = "s" if row["s_observation_id"] is not None else "d"
-                leftovers.append({name: row[name] if name in ("patient_id", "effective_time") else row[f"{side}_{name}"]
-                                  for name in HALF_COLUMNS})
+                leftovers.append({**{name: row[name] if name in ("patient_id", "effective_time") else row[f"{side}_{name}"]
+                                     for name in HALF_COLUMNS}, "_own_key": row["_own_key"],
+                                  "_partner_key": row["_partner_key"]})
         rows = self._pair_leftovers(leftovers, batch_id, result, dead_rows)
         spark = self.sinks.spark
         if rows:
@@ -215,13 +213,11 @@ class Pairing:
         """Halves without their partner in the batch: paired with a waiting one, or left waiting."""
         if not leftovers:
             return []
-        keys = {pending_id(h["patient_id"], h["effective_time"], kind)
-                for h in leftovers for kind in (h["half"], OTHER[h["half"]])}
+        keys = {h[key] for h in leftovers for key in ("_own_key", "_partner_key")}
         stored = self.sinks.elasticsearch.documents(self.index, keys, f"batch {batch_id}: looking for waiting halves")
         rows = []
         for half in leftovers:
-            own_id = pending_id(half["patient_id"], half["effective_time"], half["half"])
-            partner_id = pending_id(half["patient_id"], half["effective_time"], OTHER[half["half"]])
+            own_id, partner_id = half["_own_key"], half["_partner_key"]
             own, partner = stored.get(own_id), stored.get(partner_id)
             if own and own["observation_id"] != half["observation_id"] and own["state"] in (PENDING, PAIRED):
                 dead_rows.append((*[half[name] for name in HALF_COLUMNS],
@@ -246,9 +242,9 @@ class Pairing:
         """Move the event time to ``newest_s`` (the batch's latest effective time, seconds) if later;
         halves still waiting that far behind it, by ``stream.pair_horizon``, are dead letters."""
         es = self.sinks.elasticsearch
-        if not result.documents and not es.es.indices.exists(index=self.index):
-            return  # no half was ever seen
         seen = es.documents(self.index, [EVENT_TIME_ID], f"batch {batch_id}: reading the pairing's event time")
+        if EVENT_TIME_ID not in seen and not result.documents and result.paired_docs_df is None:
+            return  # no half was ever seen (every batch with one records the event time)
         event_ms = (seen.get(EVENT_TIME_ID) or {}).get("effective_time") or 0
         if newest_s is not None and newest_s * 1000 > event_ms:
             event_ms = newest_s * 1000
@@ -279,13 +275,11 @@ def paired_documents(pairs_df: DataFrame, index: str, batch_id: int) -> DataFram
     """Both halves of each pair (PAIR_SCHEMA) as pending-index documents marked paired, with
     their partner's id: the documents the driver writes for a pair made across batches."""
     def side(own: str, other: str, kind: str) -> DataFrame:
-        key = F.concat_ws("|", "patient_id", (F.unix_micros("effective_time") / 1000).cast("long").cast("string"),
-                          F.lit(kind))
         kafka = F.struct(*[F.col(f"{own}_{name}").alias(field) for name, field in (
             ("kafka_topic", "topic"), ("kafka_partition", "partition"), ("kafka_offset", "offset"),
             ("kafka_timestamp", "timestamp"), ("bundle_entry", "entry"))])
         return pairs_df.select(
-            F.lit(index).alias("_target"), key.alias("_doc_id"), F.lit(PAIRED).alias("state"), F.lit(kind).alias("kind"),
+            F.lit(index).alias("_target"), pending_key(F.lit(kind)).alias("_doc_id"), F.lit(PAIRED).alias("state"), F.lit(kind).alias("kind"),
             F.col(f"{own}_observation_id").alias("observation_id"), F.col(f"{other}_observation_id").alias("partner_id"),
             "patient_id", "effective_time", F.col(f"{own}_value").alias("value"), F.col(f"{own}_status").alias("status"),
             F.col(f"{own}_content_hash").alias("content_hash"), F.col(f"{own}_raw").alias("raw"), kafka.alias("kafka"),

@@ -161,15 +161,16 @@ def _quantity_problem(component: Column, in_mmhg: Column, name: str, codings: tu
     )
 
 
-def _plausibility_problem(systolic: Column, diastolic: Column, half: Column) -> Column:
-    """Why the values cannot be a blood pressure, or null (a half has one of the two)."""
+def _plausibility_problem(systolic: Column, diastolic: Column) -> Column:
+    """Why the values cannot be a blood pressure, or null (a half has one of the two: the other
+    is null, and so is their comparison)."""
     low, high = PLAUSIBLE_MIN_MMHG, PLAUSIBLE_MAX_MMHG
     return (
         F.when((systolic < low) | (systolic > high),
                F.format_string(f"implausible systolic %s mmHg (allowed {low:g}-{high:g})", systolic))
         .when((diastolic < low) | (diastolic > high),
               F.format_string(f"implausible diastolic %s mmHg (allowed {low:g}-{high:g})", diastolic))
-        .when(half.isNull() & (systolic <= diastolic),
+        .when(systolic <= diastolic,
               F.format_string("systolic %s mmHg is not above diastolic %s mmHg", systolic, diastolic))
     )
 
@@ -350,14 +351,14 @@ def parse_observations(kafka_df: DataFrame, max_future_s: int = DEFAULT_MAX_FUTU
                               "(stream.max_future_skew)", F.date_format("effective_time", "yyyy-MM-dd'T'HH:mm:ssXXX")))
         .when(F.col("half") == SYSTOLIC, F.coalesce(
             _quantity_problem(F.col("_alone"), F.col("systolic"), SYSTOLIC, SYSTOLIC_CODINGS, "Observation"),
-            _plausibility_problem(F.col("systolic"), F.col("diastolic"), F.col("half"))))
+            _plausibility_problem(F.col("systolic"), F.col("diastolic"))))
         .when(F.col("half") == DIASTOLIC, F.coalesce(
             _quantity_problem(F.col("_alone"), F.col("diastolic"), DIASTOLIC, DIASTOLIC_CODINGS, "Observation"),
-            _plausibility_problem(F.col("systolic"), F.col("diastolic"), F.col("half"))))
+            _plausibility_problem(F.col("systolic"), F.col("diastolic"))))
         .otherwise(F.coalesce(
             _quantity_problem(F.col("_systolic_c"), F.col("systolic"), "systolic", SYSTOLIC_CODINGS),
             _quantity_problem(F.col("_diastolic_c"), F.col("diastolic"), "diastolic", DIASTOLIC_CODINGS),
-            _plausibility_problem(F.col("systolic"), F.col("diastolic"), F.col("half")),
+            _plausibility_problem(F.col("systolic"), F.col("diastolic")),
         ))
     )
     return values_df.select(

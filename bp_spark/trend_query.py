@@ -11,9 +11,8 @@ from __future__ import annotations
 
 import logging
 import time
-from datetime import datetime, timezone
 
-from pyspark.sql import DataFrame, SparkSession
+from pyspark.sql import Column, DataFrame, SparkSession
 from pyspark.sql import functions as F
 from pyspark.sql.streaming import StreamingQuery
 
@@ -21,6 +20,7 @@ from bp_spark import documents
 from bp_spark.classify import with_classification
 from bp_spark.config import Config
 from bp_spark.config import duration_seconds as seconds
+from bp_spark.elastic import index_time
 from bp_spark.monitoring import TRENDS_QUERY
 from bp_spark.parse import RETRACTED_STATUS
 from bp_spark.sinks import Sinks, SinkUnavailable
@@ -39,6 +39,17 @@ TRENDS_CHECKPOINT = "trends-v4"
 EARLIER_TRENDS_CHECKPOINTS = ("trends", "trends-v2", "trends-v3")
 
 
+# What the trend windows read of a reading.
+TREND_READING_COLUMNS = ("observation_id", "patient_id", "effective_time", "systolic", "diastolic", "is_anomaly",
+                         "anomaly_types")
+
+
+def counts_in_trends() -> Column:
+    """A reading the trend windows count: usable, not a retraction, and a panel (the halves of a
+    reading sent as two Observations are paired by the routing query, after the trend query's state)."""
+    return F.col("error").isNull() & (F.col("status") != RETRACTED_STATUS) & F.col("half").isNull()
+
+
 def trends_stream(source_df: DataFrame, config: Config) -> DataFrame:
     """Parse and classify the Kafka stream, then aggregate it into trend windows on event time.
 
@@ -54,12 +65,9 @@ def trends_stream(source_df: DataFrame, config: Config) -> DataFrame:
     t = config.trends
     return (
         source_df.transform(lambda df: parsed(df, config))
-        # Panels only: the halves of a reading sent as two Observations are paired by the routing query.
-        .transform(lambda df: keep_rows(df, F.col("error").isNull() & (F.col("status") != RETRACTED_STATUS)
-                                        & F.col("half").isNull()))
+        .transform(lambda df: keep_rows(df, counts_in_trends()))
         .transform(lambda df: with_classification(df, config.thresholds))
-        .select("observation_id", "patient_id", "effective_time", "systolic", "diastolic", "is_anomaly",
-                "anomaly_types")
+        .select(*TREND_READING_COLUMNS)
         .withWatermark("effective_time", f"{seconds(t.watermark)} seconds")
         .dropDuplicatesWithinWatermark(["observation_id"])
         .transform(lambda df: with_windows(df, t))
@@ -179,27 +187,18 @@ SLIDE_COLUMNS = ("patient_id", "window_start", "readings", "systolic_sum", "syst
                  "last_reading_time")
 
 
-def _time(value: int | str | None) -> datetime | None:
-    """A date as the index returns it: epoch milliseconds (as the connector writes dates) or ISO 8601."""
-    if value is None:
-        return None
-    if isinstance(value, (int, float)):
-        return datetime.fromtimestamp(value / 1000, tz=timezone.utc)
-    return datetime.fromisoformat(value.replace("Z", "+00:00"))
-
-
 def slide_row(doc: dict) -> tuple:
     """A daily window's document as a row of :data:`SLIDE_COLUMNS`. A document of a version before
     the sums were stored gives them from its means."""
     peak, anomalies = doc.get("peak") or {}, doc.get("anomalies") or {}
     readings = doc["readings"]
     return (
-        doc["patient_id"], _time(doc["window_start"]), readings,
+        doc["patient_id"], index_time(doc["window_start"]), readings,
         doc.get("systolic_sum", doc["systolic_mean"] * readings), doc["systolic_max"], doc["systolic_min"],
         doc.get("diastolic_sum", doc["diastolic_mean"] * readings), doc["diastolic_max"], doc["diastolic_min"],
-        (peak.get("observation_id"), _time(peak.get("effective_time")), peak.get("systolic"), peak.get("diastolic")),
+        (peak.get("observation_id"), index_time(peak.get("effective_time")), peak.get("systolic"), peak.get("diastolic")),
         tuple(anomalies.get(kind, 0) for kind in ANOMALY_TYPES), doc["abnormal_readings"],
-        _time(doc["last_reading_time"]),
+        index_time(doc["last_reading_time"]),
     )
 
 

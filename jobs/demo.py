@@ -38,6 +38,7 @@ from bp_spark.connections import check_kafka, kafka_settings
 from bp_spark.elastic import (ElasticsearchUnavailable, count_documents, distinct_count, make_client, probe_cluster,
                               refresh_indices)
 from bp_spark.generator import aha_category
+from bp_spark.patient_view import archived_readings
 
 JOBS = Path(__file__).resolve().parent
 LOG = Path("var/demo.log")
@@ -185,19 +186,12 @@ def breakdown(counts: Iterable[tuple[str, int]]) -> None:
 def summary(config: Config, es: Elasticsearch, started: float) -> None:
     e = config.elasticsearch
     archive = Path(config.paths.archive_dir)
-    lines = [line for f in archive.glob("patient_id=*/*.jsonl") for line in f.read_bytes().splitlines()]
-    normal_categories: Counter = Counter()
-    halves: dict[tuple[str, str], dict[str, float]] = {}
-    for line in lines:
-        obs = orjson.loads(line)
-        if "component" not in obs:  # one Observation of a reading sent as two: a systolic or a diastolic
-            pair = halves.setdefault((obs["subject"]["reference"], obs["effectiveDateTime"]), {})
-            pair[obs["code"]["coding"][0]["code"]] = obs["valueQuantity"]["value"]
-            continue
-        s, d = (c["valueQuantity"]["value"] for c in obs["component"])
-        normal_categories[aha_category(s, d)] += 1
-    for pair in halves.values():
-        normal_categories[aha_category(pair["8480-6"], pair["8462-4"])] += 1
+    folders = list(archive.glob("patient_id=*"))
+    lines = sum(len(f.read_bytes().splitlines()) for f in archive.glob("patient_id=*/*.jsonl"))
+    # Each normal reading once, a reading sent as two Observations put back together (two lines).
+    normals = [r for folder in folders for r in archived_readings(archive, folder.name.split("=", 1)[1])]
+    normal_categories = Counter(aha_category(systolic, diastolic) for _, systolic, diastolic in normals)
+    split = lines - len(normals)
     refresh_indices(es, config)
     anomalies, alerts = count_documents(es, e.anomalies_index), count_documents(es, e.alerts_index)
     dead = count_documents(es, e.deadletter_index)
@@ -212,11 +206,8 @@ def summary(config: Config, es: Elasticsearch, started: float) -> None:
     breakdown((f"rule {kind}", n) for kind, n in terms(es, e.anomalies_index, "anomaly_types"))
     print(f"  {e.alerts_index:<32} {alerts:>8,}  alerts")
     breakdown(terms(es, e.alerts_index, "alert_type"))
-    in_pairs = sum(len(pair) for pair in halves.values())
-    print(f"  {str(archive) + '/':<32} {len(lines):>8,}  normal Observations, "
-          f"{len(list(archive.glob('patient_id=*')))} patients"
-          + (f" ({in_pairs} of them the two halves of {len(halves)} reading{'s' * (len(halves) != 1)})"
-             if halves else ""))
+    print(f"  {str(archive) + '/':<32} {lines:>8,}  normal Observations, {len(folders)} patients"
+          + (f" ({2 * split} of them the two halves of {split} reading{'s' * (split != 1)})" if split else ""))
     breakdown(normal_categories.most_common())
     print(f"  {e.deadletter_index:<32} {dead:>8,}  unreadable messages")
     for reason, n in terms(es, e.deadletter_index, "reason"):
@@ -225,10 +216,10 @@ def summary(config: Config, es: Elasticsearch, started: float) -> None:
     breakdown(terms(es, e.trends_index, "scope"))
     sustained = distinct_count(es, e.trends_index, "patient_id", {"term": {"is_sustained": True}})
     print(f"      {'patients with sustained hypertension':<36} {sustained:>8,}")
-    stored = anomalies + paired + len(lines) + dead
+    stored = anomalies + paired + lines + dead
     readings = on_topic - bundles + in_bundles  # a Bundle's readings count one each
     pairs = f" + {paired:,} (the second Observation of each paired anomaly)" if paired else ""
-    print(f"  reconciliation: {anomalies:,}{pairs} + {len(lines):,} + {dead:,} = {stored:,} stored for {readings:,} "
+    print(f"  reconciliation: {anomalies:,}{pairs} + {lines:,} + {dead:,} = {stored:,} stored for {readings:,} "
           f"Observations ({on_topic:,} messages, {bundles:,} of them Bundles holding {in_bundles:,} readings)"
           + (f"; {readings - stored:,} duplicates of stored readings dropped" if readings > stored else ""))
     print(f"  elapsed {time.monotonic() - started:.0f} s")

@@ -14,7 +14,7 @@ import orjson
 from elasticsearch import Elasticsearch
 from pyspark.sql import SparkSession
 
-from bp_spark.pairing import EXPIRED, PAIRED, PENDING, SUPERSEDED, pending_id
+from bp_spark.pairing import EXPIRED, PAIRED, PENDING, SUPERSEDED
 from streams import archive_lines, ids_in, publish, reading, run_once, stream_config
 
 LOINC = "http://loinc.org"
@@ -88,7 +88,7 @@ def test_separate_systolic_and_diastolic_observations_are_paired_and_routed_once
     pending = ids_in(es, e.pending_index)
     waiting = {doc["observation_id"] for doc in pending.values() if doc.get("state") == PENDING}
     assert waiting == {obs_id(sys_c), obs_id(dia_e)}
-    assert pending_id("pc", datetime.fromisoformat(t1), "systolic") in pending
+    assert f"pc|{round(datetime.fromisoformat(t1).timestamp() * 1000)}|systolic" in pending  # patient|time ms|kind
 
     # Batch 2: sys_c's diastolic comes (a crisis: an alert), and a panel two hours later moves the
     # event time past dia_e's horizon (1 hour): dia_e is a dead letter.

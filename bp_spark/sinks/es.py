@@ -293,11 +293,8 @@ class ElasticsearchSink:
                       for doc_id in ids for index in (e.anomalies_index, e.alerts_index)]
 
         def run() -> set[str]:
-            results = list(map(_item_result, self.es.bulk(operations=operations, refresh=False)["items"]))
             # A document that is not there is already where we want it: 404s are not errors.
-            failed = Counter(_status(r) for r in results if r.get("status", 500) not in (200, 404))
-            if failed:
-                raise SinkFailure("deletes not done: " + ", ".join(f"{s} x{n}" for s, n in failed.items()))
+            results = self._bulk_all_taken(operations, "deletes not done", refresh=False, accepted=(200, 404))
             return {r["_id"] for r in results if r.get("status") == 200 and r.get("_index") == e.anomalies_index}
         return self._retry(run, f"batch {batch_id}: removing {len(ids)} superseded observations")
 
@@ -336,12 +333,18 @@ class ElasticsearchSink:
             return
         operations = [op for doc_id, source in docs.items() for op in ({"index": {"_index": index, "_id": doc_id}}, source)]
 
-        def run() -> None:
-            results = list(map(_item_result, self.es.bulk(operations=operations, refresh=True)["items"]))
-            failed = Counter(_status(r) for r in results if r.get("status", 500) >= 300)
-            if failed:
-                raise SinkFailure(f"{index}: documents not written: " + ", ".join(f"{s} x{n}" for s, n in failed.items()))
-        self._retry(run, what)
+        self._retry(lambda: self._bulk_all_taken(operations, f"{index}: documents not written", refresh=True,
+                                                 accepted=(200, 201)), what)
+
+    def _bulk_all_taken(self, operations: list[dict], failure: str, refresh: bool,
+                        accepted: tuple[int, ...]) -> list[dict]:
+        """One bulk request whose every item must end with an ``accepted`` status; else
+        :class:`SinkFailure` saying ``failure`` and the statuses. Returns the items' results."""
+        results = list(map(_item_result, self.es.bulk(operations=operations, refresh=refresh)["items"]))
+        failed = Counter(_status(r) for r in results if r.get("status", 500) not in accepted)
+        if failed:
+            raise SinkFailure(f"{failure}: " + ", ".join(f"{s} x{n}" for s, n in failed.items()))
+        return results
 
     def alerted_before(self, alert_ids: Iterable[str], batch_id: int) -> set[str]:
         """Of ``alert_ids``, those the alert index holds from another batch than ``batch_id`` (an
