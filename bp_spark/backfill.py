@@ -12,9 +12,9 @@ same when the backfill runs again.
 The input is routed in chunks of whole file blocks (``--chunk-lines``), each one micro-batch of
 the routing query's :class:`~bp_spark.routing.BatchRouter`: abnormal readings, alerts and dead
 letters are written under their ids (a second run overwrites them with themselves, and alerts
-are created once), and the archive leaves out what it already holds (same id, same content), so
-that a backfill run twice, or followed by the stream job on a feed that replays it, stores each
-observation once (:mod:`bp_spark.sinks.archive`). Then the trend windows of the whole input are
+are created once), and the archive leaves out what its index says it holds (same id, same
+content), so that a backfill run twice, or followed by the stream job on a feed that replays it,
+stores each observation once (:mod:`bp_spark.sinks.archive`). Then the trend windows of the whole input are
 aggregated as the trend query aggregates a batch, and written under the same ids.
 """
 
@@ -259,15 +259,15 @@ def trend_windows(readings_df: DataFrame, config: Config) -> DataFrame:
 
 
 def archive_tag_for(uri: str, started: datetime) -> str:
-    """A backfill's archive file tag: its own per run, so that no run overwrites another's files
-    (a second run writes only what the first did not, under other names)."""
+    """A backfill's name for its staged batches: its own per run (a second run stages only what
+    the first did not archive)."""
     return hashlib.sha256(f"backfill|{uri}|{started.isoformat()}".encode()).hexdigest()[:8]
 
 
 def run_backfill(spark: SparkSession, config: Config, sinks: Sinks, uri: str,
                  chunk_lines: int = DEFAULT_CHUNK_LINES, progress=print) -> BackfillSummary:
     """Route every line of the export at ``uri``, chunk by chunk, then its trend windows; return
-    what was done. ``sinks``: the backfill's (``Sinks(..., backfill=True)``)."""
+    what was done. ``sinks``: the backfill's (``Sinks(..., archive_tag=...)``)."""
     started, arrived = time.monotonic(), datetime.now(timezone.utc)
     # Each chunk is shuffled once (its repeats); few partitions of it, as the stream's batches
     # have, keep the writes to a handful of tasks each.
@@ -301,6 +301,10 @@ def run_backfill(spark: SparkSession, config: Config, sinks: Sinks, uri: str,
                  f"({100 * done / max(summary.lines, 1):.0f}%); anomalies {s.anomalies:,}, archived {s.normals:,}"
                  + (f" ({s.already_archived:,} already)" if s.already_archived else "")
                  + f", dead letters {s.dead_letters:,}; {time.monotonic() - chunk_started:.1f} s")
+    rolled = sinks.archive.roll_if_due(force=True)
+    if rolled is not None and rolled.batches:
+        progress(f"backfill: archive rolled: {rolled.batches} staged chunks into {rolled.files:,} files "
+                 f"in {rolled.seconds:.1f} s")
     if for_trends:
         progress("backfill: trend windows of the whole input")
         trend_router = TrendRouter(config, sinks)

@@ -107,6 +107,7 @@ class ElasticsearchConfig:
     deadletter_index: str
     metrics_index: str
     pending_index: str
+    archive_index: str
     number_of_replicas: int
     username: str
     password_file: str
@@ -114,11 +115,17 @@ class ElasticsearchConfig:
     api_key_file: str
     api_key: Secret
     deadletter_retention: str
+    metrics_retention: str
 
     @property
     def deadletter_retention_s(self) -> int:
         """Seconds a dead letter is kept; 0: until someone deletes it."""
         return seconds_or_never(self.deadletter_retention)
+
+    @property
+    def metrics_retention_s(self) -> int:
+        """Seconds a health record is kept; 0: until someone deletes it."""
+        return seconds_or_never(self.metrics_retention)
 
 
 @dataclass(frozen=True)
@@ -163,12 +170,20 @@ class PathsConfig:
 
 
 @dataclass(frozen=True)
+class ArchiveConfig:
+    """How the archive's files follow patients and periods (bp_spark/archive/)."""
+
+    period: str
+    roll_every: str
+    max_file_mb: int
+
+
+@dataclass(frozen=True)
 class StreamConfig:
     """How the stream job runs."""
 
     trigger: str
     app_name: str
-    dedup_horizon: str
     state_partitions: int
     driver_memory: str
     max_future_skew: str
@@ -238,6 +253,7 @@ class Config:
     outages: OutagesConfig
     thresholds: Thresholds
     paths: PathsConfig
+    archive: ArchiveConfig
     stream: StreamConfig
     trends: TrendsConfig
     generator: GeneratorConfig
@@ -394,6 +410,10 @@ def _sasl_mechanism(value: str) -> str | None:
     return None if value in ("SCRAM-SHA-512", "SCRAM-SHA-256", "PLAIN") else "SCRAM-SHA-512, SCRAM-SHA-256 or PLAIN"
 
 
+def _period(value: str) -> str | None:
+    return None if value in ("hour", "day", "month") else "'hour', 'day' or 'month'"
+
+
 def _umask(value: str) -> str | None:
     return None if re.fullmatch(r"0?[0-7]{3}", value) and int(value, 8) & 0o007 == 0o007 else (
         "an octal umask that keeps other users out, such as '077' (files 0600, folders 0700) or '027'")
@@ -429,7 +449,11 @@ VALIDATORS: dict[str, Callable[[Any], str | None]] = {
     "outages.backoff_s": _non_negative,
     "outages.max_backoff_s": _non_negative,
     "outages.give_up_after": _never_or_duration,
-    "stream.dedup_horizon": _duration,
+    "archive.period": _period,
+    "archive.roll_every": _duration,
+    "archive.max_file_mb": _positive,
+    "elasticsearch.metrics_retention": _never_or_duration,
+    "elasticsearch.archive_index": _index,
     "stream.max_future_skew": _duration,
     "stream.max_bundle_entries": _positive,
     "stream.pair_horizon": _duration,

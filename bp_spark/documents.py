@@ -13,6 +13,7 @@ from __future__ import annotations
 from pyspark.sql import Column, DataFrame
 from pyspark.sql import functions as F
 
+from bp_spark.archive.layout import period_of
 from bp_spark.config import Config
 from bp_spark.parse import QUOTE_LIMIT, quoted
 
@@ -87,6 +88,15 @@ def deadletter_docs(dead_df: DataFrame, config: Config, batch_id: int) -> DataFr
         F.col("error").alias("reason"), "raw", quoted(F.col("observation_id"), QUOTE_LIMIT).alias("observation_id"),
         *_provenance(batch_id),
     )
+
+
+def archive_docs(archived_df: DataFrame, config: Config, tag: str, batch_id: int) -> DataFrame:
+    """Where each newly archived reading lies (patient and period) and its content hash, ``_id`` =
+    Observation.id, with the job's tag and batch that staged it (:mod:`bp_spark.sinks.archive`)."""
+    return archived_df.select(
+        F.lit(config.elasticsearch.archive_index).alias("_target"), F.col("observation_id").alias("_doc_id"),
+        "patient_id", period_of(config.archive.period).alias("period"), "content_hash", F.lit(tag).alias("tag"),
+        F.lit(batch_id).cast("long").alias("batch_id"))
 
 
 def trend_docs(trends_df: DataFrame, config: Config, batch_id: int) -> DataFrame:

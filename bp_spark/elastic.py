@@ -159,6 +159,15 @@ def expire_dead_letters(client: Elasticsearch, config: Config, page: int = 1000)
                for index, query in ((e.deadletter_index, old), (e.pending_index, done)))
 
 
+def expire_health_records(client: Elasticsearch, config: Config, page: int = 5000) -> int:
+    """Delete health records older than ``elasticsearch.metrics_retention``; return how many."""
+    retention_s = config.elasticsearch.metrics_retention_s
+    if not retention_s:
+        return 0
+    return _delete_matching(client, config.elasticsearch.metrics_index,
+                            {"range": {"timestamp": {"lt": f"now-{retention_s}s"}}}, page)
+
+
 def _delete_matching(client: Elasticsearch, index: str, query: dict, page: int) -> int:
     if not client.indices.exists(index=index):
         return 0
@@ -192,7 +201,7 @@ def index_time(value: int | float | str | None) -> datetime | None:
 
 
 # Every index the jobs write, by template kind (conf/elasticsearch/<kind>.json, elasticsearch.<kind>_index).
-INDEX_KINDS = ("anomalies", "alerts", "deadletter", "trends", "metrics", "pending")
+INDEX_KINDS = ("anomalies", "alerts", "deadletter", "trends", "metrics", "pending", "archive")
 
 
 def pipeline_indices(config: Config) -> dict[str, str]:

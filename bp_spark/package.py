@@ -19,12 +19,13 @@ DEFAULT_TARGET = PACKAGE.parent / "dist" / "bp_spark.zip"
 
 
 def build(target: Path = DEFAULT_TARGET) -> Path:
-    """Write ``bp_spark/*.py`` into ``target`` (a zip importable from ``sys.path``); return its path."""
+    """Write ``bp_spark/**/*.py`` (its subpackages too) into ``target`` (a zip importable from
+    ``sys.path``); return its path."""
     target.parent.mkdir(parents=True, exist_ok=True)
     partial = target.with_suffix(".zip.partial")
     with zipfile.ZipFile(partial, "w", zipfile.ZIP_DEFLATED) as archive:
-        for source in sorted(PACKAGE.glob("*.py")):
-            archive.write(source, f"bp_spark/{source.name}")
+        for source in sorted(PACKAGE.rglob("*.py")):
+            archive.write(source, f"bp_spark/{source.relative_to(PACKAGE).as_posix()}")
     partial.replace(target)
     return target
 

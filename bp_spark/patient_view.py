@@ -24,6 +24,7 @@ from pathlib import Path
 import orjson
 from elasticsearch import Elasticsearch
 
+from bp_spark.archive.layout import PATIENT_PREFIX, archived_lines, patient_ids
 from bp_spark.classify import ELEVATED_SYSTOLIC, STAGE_1_SYSTOLIC
 from bp_spark.config import Config
 from bp_spark.parse import DIASTOLIC_CODINGS, PANEL_CODINGS, SYSTOLIC_CODINGS
@@ -70,7 +71,7 @@ def chosen_patients(es: Elasticsearch, config: Config, archive: Path | None, lim
     ordered = _terms(es, e.alerts_index, limit, {"latest": "desc"}, {"latest": {"max": {"field": "effective_time"}}})
     ordered += _terms(es, e.anomalies_index, limit)
     if archive is not None and archive.is_dir():
-        ordered += sorted(folder.name.split("=", 1)[1] for folder in archive.glob("patient_id=*"))
+        ordered += patient_ids(archive)
     return list(dict.fromkeys(ordered))[:limit]
 
 
@@ -82,20 +83,19 @@ def archived_readings(archive: Path, patient_id: str) -> list[list]:
     """A patient's normal readings from the archive, [epoch ms, systolic, diastolic]; the two
     Observations of a reading sent as two are put back together by their effective time."""
     readings, halves = [], defaultdict(dict)
-    for path in sorted((archive / f"patient_id={patient_id}").glob("*.jsonl")):
-        for line in path.read_bytes().splitlines():
-            obs = orjson.loads(line)
-            when = _ms(obs.get("effectiveDateTime") or (obs.get("effectivePeriod") or {}).get("start"))
-            if _coded(obs.get("code"), PANEL_CODINGS):
-                values = {}
-                for component in obs.get("component") or []:
-                    for kind, codings in (("s", SYSTOLIC_CODINGS), ("d", DIASTOLIC_CODINGS)):
-                        if _coded(component.get("code"), codings):
-                            values[kind] = (component.get("valueQuantity") or {}).get("value")
-                readings.append([when, values.get("s"), values.get("d")])
-            else:
-                kind = "s" if _coded(obs.get("code"), SYSTOLIC_CODINGS) else "d"
-                halves[when][kind] = (obs.get("valueQuantity") or {}).get("value")
+    for line in archived_lines(archive, f"{PATIENT_PREFIX}{patient_id}"):
+        obs = orjson.loads(line)
+        when = _ms(obs.get("effectiveDateTime") or (obs.get("effectivePeriod") or {}).get("start"))
+        if _coded(obs.get("code"), PANEL_CODINGS):
+            values = {}
+            for component in obs.get("component") or []:
+                for kind, codings in (("s", SYSTOLIC_CODINGS), ("d", DIASTOLIC_CODINGS)):
+                    if _coded(component.get("code"), codings):
+                        values[kind] = (component.get("valueQuantity") or {}).get("value")
+            readings.append([when, values.get("s"), values.get("d")])
+        else:
+            kind = "s" if _coded(obs.get("code"), SYSTOLIC_CODINGS) else "d"
+            halves[when][kind] = (obs.get("valueQuantity") or {}).get("value")
     readings += [[when, pair.get("s"), pair.get("d")] for when, pair in halves.items()]
     return readings
 

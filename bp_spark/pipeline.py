@@ -137,10 +137,22 @@ class Pipeline:
             if query.isActive:
                 query.stop()
 
+    def _roll_archive(self) -> None:
+        """Publish what the archive has staged, so that a stopped job leaves no reading unrolled."""
+        sinks = self.router.sinks
+        if sinks is None:
+            return
+        try:
+            sinks.archive.roll_if_due(force=True)
+        except Exception as exc:  # the next start rolls what is left
+            log.warning("could not roll the archive's staged readings at stop (%s); the next start will",
+                        summarise(exc))
+
     def stop(self) -> None:
-        """Stop the queries, let the listener record their last batches, remove it, release the claims."""
+        """Stop the queries, roll the archive, let the listener record their last batches, remove it, release the claims."""
         try:
             self.stop_queries()
+            self._roll_archive()
             if not self.listener.wait_for([query.lastProgress for query in self.queries]):
                 log.warning("the last progress reports did not reach the monitoring listener in time")
             self.spark.streams.removeListener(self.listener)

@@ -48,19 +48,26 @@ def with_dedup_key(df: DataFrame) -> DataFrame:
 
 
 def readings_stream(source_df: DataFrame, config: Config) -> DataFrame:
-    """Parse, classify and de-duplicate the Kafka stream (pure: the same plan serves tests on static data)."""
+    """Parse and classify the Kafka stream, each row with its de-duplication key (pure: the same
+    plan serves tests on static data). The routing query keeps no state: a repeat is dropped
+    within its batch (:func:`without_repeats`) and known by the sinks across batches, at a cost
+    that follows the batch, not the history."""
     return (
         source_df.transform(lambda df: parsed(df, config))
         .transform(lambda df: with_classification(df, config.thresholds))
         .transform(with_dedup_key)
-        # The horizon runs on the job's clock (the batch's time, which a replay of the batch
-        # reuses), not on the Kafka timestamp a producer sets: every row of a batch is newer than
-        # the watermark, so the de-duplication never drops a row as late, only a repeat.
-        .withColumn("_seen_at", F.current_timestamp())
-        .withWatermark("_seen_at", config.stream.dedup_horizon)
-        .dropDuplicatesWithinWatermark(["dedup_key"])
-        .drop("_seen_at")
     )
+
+
+def without_repeats(batch_df: DataFrame) -> DataFrame:
+    """One row per ``dedup_key`` of a batch (the first to arrive), with how many copies it had
+    (``_copies``). Repeats in later batches are known by the sinks: anomaly documents are
+    overwritten by id, alerts created once, and the archive asks its index (id and content)."""
+    first = Window.partitionBy("dedup_key").orderBy("kafka_topic", "kafka_partition", "kafka_offset",
+                                                    F.col("bundle_entry").asc_nulls_first())
+    return (batch_df.withColumn("_rank", F.row_number().over(first))
+            .withColumn("_copies", F.count(F.lit(1)).over(Window.partitionBy("dedup_key")))
+            .where(F.col("_rank") == 1).drop("_rank"))
 
 
 def latest_versions(ok_df: DataFrame) -> DataFrame:
@@ -93,6 +100,8 @@ class BatchStats:
     paired: int = 0  # pairs of separate systolic and diastolic Observations routed as readings
     halves_waiting: int = 0  # halves left waiting for their partner
     halves_expired: int = 0  # halves whose partner did not come within stream.pair_horizon (dead letters)
+    rolled_batches: int = 0  # staged batches the archive's roll published in this batch
+    rolled_files: int = 0
     seconds: float = 0.0
     steps: dict[str, float] = field(default_factory=dict)
 
@@ -102,6 +111,10 @@ class BatchStats:
         ignored = f", Bundle entries not blood pressure {self.ignored_entries}" if self.ignored_entries else ""
         if self.already_archived:
             ignored += f", normals already archived {self.already_archived}"
+        if self.repeats:
+            ignored += f", repeats {self.repeats}"
+        if self.rolled_batches:
+            ignored += f", archive roll of {self.rolled_batches} batches into {self.rolled_files} files"
         if self.paired or self.halves_waiting or self.halves_expired:
             ignored += (f", halves paired {self.paired}, waiting {self.halves_waiting}, "
                         f"expired {self.halves_expired}")
@@ -128,6 +141,8 @@ class BatchRouter:
             self.sinks.waits.clear()
         cached_here = not batch_df.is_cached  # a backfill's chunk comes cached (bp_spark.backfill)
         if cached_here:
+            if "_copies" not in batch_df.columns:  # a backfill's chunk comes without repeats
+                batch_df = without_repeats(batch_df)
             batch_df = batch_df.persist()
         try:
             stats = self._route(batch_df, batch_id)
@@ -144,6 +159,8 @@ class BatchRouter:
             "dead_letters": stats.dead_letters, "corrections": stats.updates, "refused": stats.refused,
             "ignored_entries": stats.ignored_entries, "already_archived": stats.already_archived,
             "paired": stats.paired, "halves_waiting": stats.halves_waiting, "halves_expired": stats.halves_expired,
+            "repeats": stats.repeats, "archive_rolled_batches": stats.rolled_batches,
+            "archive_rolled_files": stats.rolled_files,
             "waited_s": dict(self.sinks.waits)} if self.sinks is not None else {})
         log.info(stats.line())
 
@@ -155,8 +172,10 @@ class BatchRouter:
         ids = {r.observation_id for r in latest_df.where(is_update(F.col("status"))).select("observation_id").collect()}
         ids |= self.pairing.unpair(ids, batch_id)
         in_anomalies = self.sinks.elasticsearch.delete(sorted(ids), batch_id)
-        # An earlier version the anomaly index held is not in the archive (one sink per message).
-        self.sinks.archive.remove(ids - in_anomalies, batch_id)
+        # An earlier version the anomaly index held is not in the archive (one sink per message);
+        # a batch the archive's roll has published did its removals before it.
+        if not self.sinks.archive.replayed(batch_id):
+            self.sinks.archive.remove(ids - in_anomalies, batch_id)
         return latest_df
 
     def _route(self, batch_df: DataFrame, batch_id: int) -> BatchStats:
@@ -174,9 +193,6 @@ class BatchRouter:
             F.count(F.when(live & F.col("half").isNotNull(), 1)).alias("halves"),
             F.sum("ignored_entries").alias("ignored"),
             (F.sum(F.col("_copies") - 1) if "_copies" in batch_df.columns else F.lit(0)).alias("repeats"),
-            # The normal readings' extent in event time: does the archive need asking (a backfill's)?
-            F.min(F.when(panel & ~F.col("is_anomaly"), F.unix_seconds("effective_time"))).alias("oldest_normal"),
-            F.max(F.when(panel & ~F.col("is_anomaly"), F.unix_seconds("effective_time"))).alias("newest_normal"),
             F.max(F.when(usable, F.unix_seconds("effective_time"))).alias("newest"),
         ).first()
         stats = BatchStats(batch_id, counts.rows, counts.anomalies, counts.alerts, counts.normals, counts.dead,
@@ -192,7 +208,6 @@ class BatchRouter:
         current_df = ok_df.where(F.col("status") != RETRACTED_STATUS)
         dead_df = batch_df.where(~usable) if stats.dead_letters else None
         normal_df = current_df.where(F.col("half").isNull() & ~F.col("is_anomaly")).select(*ARCHIVE_COLUMNS)
-        extent = (counts.oldest_normal, counts.newest_normal)
         paired = None
         if counts.halves or self.pairing.active:
             with timed(stats.steps, "pairing"):
@@ -200,17 +215,27 @@ class BatchRouter:
                                            counts.newest, batch_id)
             current_df = current_df.where(F.col("half").isNull())
             if paired.readings_df is not None:
-                current_df, dead_df, normal_df, extent = self._add_pairs(
-                    paired.readings_df, stats, current_df, dead_df, normal_df, extent)
+                current_df, dead_df, normal_df = self._add_pairs(paired.readings_df, stats, current_df, dead_df,
+                                                                 normal_df)
             if paired.dead_df is not None:
                 dead_df = paired.dead_df if dead_df is None else dead_df.unionByName(paired.dead_df,
                                                                                     allowMissingColumns=True)
                 stats.dead_letters += paired.dead
             stats.paired, stats.halves_waiting, stats.halves_expired = paired.paired, paired.waiting, paired.expired
 
-        # Elasticsearch first (one pass for all three indices), the archive last: if Elasticsearch
+        # Elasticsearch first (one pass for all its indices), the archive last: if Elasticsearch
         # fails, the archive holds none of the batch, and the replay writes everything once.
         docs = {}
+        archive = self.sinks.archive
+        new_normals = 0
+        if stats.normals and not archive.replayed(batch_id):
+            with timed(stats.steps, "archive index"):
+                normal_df, stats.already_archived = archive.new_readings(normal_df, batch_id)
+            new_normals = stats.normals - stats.already_archived
+            if new_normals:
+                docs["archive index"] = documents.archive_docs(normal_df, self.config, archive.tag, batch_id)
+        elif stats.normals:
+            stats.already_archived = stats.normals  # published by the roll before this replay
         if stats.dead_letters:
             docs["dead letters"] = documents.deadletter_docs(dead_df, self.config, batch_id)
         if paired is not None and paired.paired_docs_df is not None:
@@ -226,10 +251,11 @@ class BatchRouter:
             self._count_refusals(stats, refused)
             if stats.alerts:
                 self.sinks.alert_topic.publish(docs["alerts"], batch_id)
-            if stats.normals:
-                with timed(stats.steps, "archive"):
-                    stats.normals, stats.already_archived = self.sinks.archive.write_new(
-                        normal_df, batch_id, stats.normals, *extent)
+            with timed(stats.steps, "archive"):
+                stats.normals = archive.stage(normal_df, batch_id, new_normals)
+                rolled = archive.roll_if_due()
+            if rolled is not None:
+                stats.rolled_batches, stats.rolled_files = rolled.batches, rolled.files
             if paired is not None:
                 # Last: a batch that fails before this point is replayed against the same waiting halves.
                 self.pairing.save(paired, batch_id)
@@ -240,7 +266,7 @@ class BatchRouter:
 
     @staticmethod
     def _add_pairs(pairs_df: DataFrame, stats: BatchStats, current_df: DataFrame, dead_df: DataFrame | None,
-                   normal_df: DataFrame, extent: tuple) -> tuple:
+                   normal_df: DataFrame) -> tuple:
         """The batch's frames and counts with its pairs routed as panels: a usable pair to the
         anomaly or alert index, or its two Observations to the archive; one that is not, to the dead letter."""
         usable = F.col("error").isNull()
@@ -248,9 +274,7 @@ class BatchRouter:
         c = pairs_df.agg(
             F.count(F.when(usable & F.col("is_anomaly"), 1)).alias("anomalies"),
             F.count(F.when(usable & (F.col("severity") == CRITICAL), 1)).alias("alerts"),
-            F.count(F.when(normal, 1)).alias("normals"), F.count(F.when(~usable, 1)).alias("dead"),
-            F.min(F.when(normal, F.unix_seconds("effective_time"))).alias("oldest"),
-            F.max(F.when(normal, F.unix_seconds("effective_time"))).alias("newest")).first()
+            F.count(F.when(normal, 1)).alias("normals"), F.count(F.when(~usable, 1)).alias("dead")).first()
         stats.anomalies += c.anomalies
         stats.alerts += c.alerts
         stats.normals += 2 * c.normals  # an archive line for each Observation of the pair
@@ -260,9 +284,7 @@ class BatchRouter:
             dead_df = bad if dead_df is None else dead_df.unionByName(bad, allowMissingColumns=True)
         current_df = current_df.unionByName(pairs_df.where(usable).drop("_halves"), allowMissingColumns=True)
         normal_df = normal_df.unionByName(archive_rows(pairs_df.where(normal)))
-        ends = [(a, b) for a, b in (extent, (c.oldest, c.newest)) if a is not None]
-        extent = (min(a for a, _ in ends), max(b for _, b in ends)) if ends else (None, None)
-        return current_df, dead_df, normal_df, extent
+        return current_df, dead_df, normal_df
 
     def _count_refusals(self, stats: BatchStats, refused: Refused) -> None:
         """Observations Elasticsearch refused: their messages are dead letters now, their alerts gone."""

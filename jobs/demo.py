@@ -38,6 +38,7 @@ from bp_spark.connections import check_kafka, kafka_settings
 from bp_spark.elastic import (ElasticsearchUnavailable, count_documents, distinct_count, make_client, probe_cluster,
                               refresh_indices)
 from bp_spark.generator import aha_category
+from bp_spark.archive.layout import archived_lines, file_count, patient_ids
 from bp_spark.patient_view import archived_readings
 
 JOBS = Path(__file__).resolve().parent
@@ -186,10 +187,11 @@ def breakdown(counts: Iterable[tuple[str, int]]) -> None:
 def summary(config: Config, es: Elasticsearch, started: float) -> None:
     e = config.elasticsearch
     archive = Path(config.paths.archive_dir)
-    folders = list(archive.glob("patient_id=*"))
-    lines = sum(len(f.read_bytes().splitlines()) for f in archive.glob("patient_id=*/*.jsonl"))
+    patients = patient_ids(archive)
+    lines = sum(1 for _ in archived_lines(archive))
+    published, staged, _ = file_count(archive)
     # Each normal reading once, a reading sent as two Observations put back together (two lines).
-    normals = [r for folder in folders for r in archived_readings(archive, folder.name.split("=", 1)[1])]
+    normals = [r for patient in patients for r in archived_readings(archive, patient)]
     normal_categories = Counter(aha_category(systolic, diastolic) for _, systolic, diastolic in normals)
     split = lines - len(normals)
     refresh_indices(es, config)
@@ -206,8 +208,9 @@ def summary(config: Config, es: Elasticsearch, started: float) -> None:
     breakdown((f"rule {kind}", n) for kind, n in terms(es, e.anomalies_index, "anomaly_types"))
     print(f"  {e.alerts_index:<32} {alerts:>8,}  alerts")
     breakdown(terms(es, e.alerts_index, "alert_type"))
-    print(f"  {str(archive) + '/':<32} {lines:>8,}  normal Observations, {len(folders)} patients"
-          + (f" ({2 * split} of them the two halves of {split} reading{'s' * (split != 1)})" if split else ""))
+    print(f"  {str(archive) + '/':<32} {lines:>8,}  normal Observations, {len(patients)} patients"
+          + (f" ({2 * split} of them the two halves of {split} reading{'s' * (split != 1)})" if split else "")
+          + f", in {published + staged:,} files (one per patient and {config.archive.period})")
     breakdown(normal_categories.most_common())
     print(f"  {e.deadletter_index:<32} {dead:>8,}  unreadable messages")
     for reason, n in terms(es, e.deadletter_index, "reason"):

@@ -12,6 +12,7 @@ from confluent_kafka import Producer
 from elasticsearch import Elasticsearch
 from pyspark.sql import SparkSession
 
+from bp_spark.archive.layout import archived_lines
 from bp_spark.config import Config, env_name, load_config
 from bp_spark.connections import kafka_settings
 from bp_spark.elastic import INDEX_KINDS, install_templates, pipeline_indices
@@ -34,6 +35,7 @@ def stream_config(name: str, tmp_path: Path, **extra) -> Config:
         "elasticsearch.deadletter_index": f"{name}_deadletter",
         "elasticsearch.metrics_index": f"{name}_metrics",
         "elasticsearch.pending_index": f"{name}_pending",
+        "elasticsearch.archive_index": f"{name}_archive",
         "outages.backoff_s": 0.2,
         "outages.max_backoff_s": 2.0,
         "paths.archive_dir": str(tmp_path / "archive"),
@@ -92,8 +94,8 @@ def ids_in(es: Elasticsearch, index: str, **terms: str) -> dict[str, dict]:
 
 
 def archive_lines(config: Config) -> list[bytes]:
-    root = Path(config.paths.archive_dir)
-    return [line for f in sorted(root.glob("patient_id=*/*.jsonl")) for line in f.read_bytes().splitlines()]
+    """Every line of the archive as it lies (staged or published): a job run by run_pipeline has stopped."""
+    return list(archived_lines(Path(config.paths.archive_dir), exact=True))
 
 
 def expectations(config: Config, values: list[bytes]) -> tuple[set[str], set[str], set[bytes]]:

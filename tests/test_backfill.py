@@ -60,7 +60,7 @@ def expectations_normal(values: list[bytes]) -> set[bytes]:
 
 def backfill(spark: SparkSession, config, es: Elasticsearch, folder: Path, **kwargs):
     install_templates(es, pipeline_indices(config), 0)  # as the job does first
-    sinks = Sinks(spark, config, es, archive_tag=archive_tag_for(str(folder), datetime.now(timezone.utc)), backfill=True)
+    sinks = Sinks(spark, config, es, archive_tag=archive_tag_for(str(folder), datetime.now(timezone.utc)))
     return run_backfill(spark, config, sinks, str(folder), progress=lambda line: None, **kwargs)
 
 

@@ -1,7 +1,7 @@
 """Every target the stream job writes, one module each, behind one object.
 
 - :mod:`bp_spark.sinks.es`: the Elasticsearch indices (anomalies, alerts, trends, dead letter);
-- :mod:`bp_spark.sinks.archive`: the normal-reading archive, files partitioned by patient;
+- :mod:`bp_spark.sinks.archive`: the normal-reading archive, files per patient and period (:mod:`bp_spark.archive`);
 - :mod:`bp_spark.sinks.alert_topic`: alerts on a Kafka topic for downstream systems;
 - :mod:`bp_spark.sinks.retry`: how each of them rides out an outage.
 
@@ -33,10 +33,9 @@ class Sinks:
     config: Config
     es: Elasticsearch | None
     waits: dict[str, float] = field(default_factory=dict)
-    archive_tag: str | None = None  # the archive files' tag, when not the stream job's
-    backfill: bool = False  # a backfill's sinks: the archive leaves out what it already holds
+    archive_tag: str | None = None  # the name of the archive's staged batches, when not the stream job's
 
     def __post_init__(self) -> None:
         self.elasticsearch = ElasticsearchSink(self.config, self.es, self.waits)
-        self.archive = ArchiveSink(self.spark, self.config, self.waits, self.archive_tag, self.backfill)
+        self.archive = ArchiveSink(self.spark, self.config, self.waits, self.elasticsearch, self.archive_tag)
         self.alert_topic = AlertTopic(self.config, self.waits)

@@ -1,51 +1,53 @@
-"""The archive of normal readings: JSON Lines under ``<archive-dir>/patient_id=<id>/``, byte-for-byte.
+"""The archive sink: a batch's normal readings staged, rolled into per-patient, per-period files.
 
-Each write is idempotent, because foreachBatch delivery is at-least-once: a batch is written to
-a staging folder, then each file is moved to a name made of the job's tag, the batch id and the
-part (``batch-<tag>-<batch>-<part>.jsonl``); a replayed batch writes the same files under the
-same names. The tag is a hash of the checkpoint's location and the topic, so two jobs (two
-checkpoints, or two topics) sharing an archive never write the same name.
+The layout, the roll and why they are safe are described in :mod:`bp_spark.archive`. Here is
+what a micro-batch does with them, in the routing query's order:
 
-Corrections and retractions remove the earlier version of an observation from whichever
-patient's files hold it (a correction may move a reading to another patient; a retraction may
-carry nothing but its id): one scan of the archive finds them, one write rewrites those files.
+1. corrections and retractions (:meth:`ArchiveSink.remove`): the archive index
+   (``elasticsearch.archive_index``: observation id -> patient, period and content hash) says
+   which patient's period holds each earlier version; only those files are read and rewritten,
+   so the cost follows the batch, not the archive;
+2. :meth:`ArchiveSink.new_readings`: the normal readings the archive holds already (same id,
+   same content, per the archive index; a repeat, or a backfill's reading the feed replays) are
+   left out; the rest get their archive-index documents, written in the batch's one pass to
+   Elasticsearch;
+3. :meth:`ArchiveSink.stage`: the readings staged as one whole batch folder (a replay stages the
+   same folder again);
+4. :meth:`ArchiveSink.roll_if_due`: every ``archive.roll_every``, the staged batches published.
 
-A backfill (:mod:`bp_spark.backfill`) writes here too, and a reading may reach the archive both
-ways (an export of last month, then the feed replaying it). The stream's de-duplication state
-knows nothing of what a backfill wrote, so the archive itself is asked: a backfill leaves out
-every reading some file already holds (same id, same content), and records in
-:data:`BACKFILL_MARK` the latest effective time it archived; the stream job then asks the
-archive only about normal readings no later than that mark (a live feed's are all later: the
-check costs nothing there).
+A batch the roll has already published (a replay after a crash between the roll and Spark's
+commit) has nothing left to archive: :meth:`ArchiveSink.replayed`.
 """
 
 from __future__ import annotations
 
 import hashlib
 import logging
-import os
 import re
+import time
+from collections import defaultdict
 from pathlib import Path
 
 from pyspark.sql import Column, DataFrame, SparkSession
 from pyspark.sql import functions as F
 
+from bp_spark.archive.files import HadoopFiles, LocalFiles
+from bp_spark.archive.layout import LEGACY, PATIENT_PREFIX, PERIOD_PREFIX, UNDATED, period_of, staged_batch
+from bp_spark.archive.roll import Roller, RollResult
 from bp_spark.config import Config
-from bp_spark.parse import parse_observations
-from bp_spark.sinks.retry import SinkFailure, with_retries
+from bp_spark.config import duration_seconds as seconds
+from bp_spark.sinks.retry import with_retries
 
 log = logging.getLogger("bp_spark.sinks")
 
 SINK = "archive"
-# Batches with at most this many normal readings are archived by the driver when the archive is
-# on the local file system (ArchiveSink._write_from_driver): a live batch, not a backfill's.
+# Batches with at most this many normal readings are staged by the driver when the archive is
+# on the local file system: a live batch, not a backfill's.
 DRIVER_WRITE_MAX_ROWS = 20_000
-# Partition values Spark writes as they are (no character it escapes in a folder name).
+# Folder names Spark writes as they are (no character it escapes).
 _PLAIN_VALUE = re.compile(r"[A-Za-z0-9._-]+")
-# The latest effective time (epoch seconds) any backfill archived, in the archive's root folder.
-BACKFILL_MARK = "_backfilled_until"
-# Above this many patients, the files of every patient are read rather than each one's folder.
-_READ_ALL_ABOVE = 200
+# The routing query's checkpoint folder, whose query id names the stream job's staged batches.
+ROUTING_CHECKPOINT = "routing"
 
 
 def one_line(raw: Column) -> Column:
@@ -63,166 +65,156 @@ def hadoop_fs(spark: SparkSession, uri: str):
 
 
 def archive_tag(spark: SparkSession, config: Config) -> str:
-    """Eight hex digits naming this job's files: a hash of the checkpoint's location and the topic."""
-    _, checkpoint = hadoop_fs(spark, config.paths.checkpoint_dir)
-    return hashlib.sha256(f"{checkpoint.toString()}|{config.kafka.topic}".encode()).hexdigest()[:8]
-
-
-def _observation_id(line: Column) -> Column:
-    return F.coalesce(F.get_json_object(line, "$.id"), F.lit(""))
+    """Eight hex digits naming the stream job's staged batches: a hash of the checkpoint's location,
+    the topic and the routing query's id (a checkpoint made anew numbers its batches from 0 again)."""
+    fs, checkpoint = hadoop_fs(spark, config.paths.checkpoint_dir)
+    metadata = spark._jvm.org.apache.hadoop.fs.Path(checkpoint, f"{ROUTING_CHECKPOINT}/metadata")
+    query_id = ""
+    if fs.exists(metadata):
+        stream = fs.open(metadata)
+        try:
+            query_id = bytes(spark._jvm.org.apache.commons.io.IOUtils.toByteArray(stream)).decode().strip()
+        finally:
+            stream.close()
+    return hashlib.sha256(f"{checkpoint.toString()}|{config.kafka.topic}|{query_id}".encode()).hexdigest()[:8]
 
 
 class ArchiveSink:
-    """Writes normal readings; removes superseded ones."""
+    """Stages, rolls and corrects the archive of normal readings."""
 
-    def __init__(self, spark: SparkSession, config: Config, waits: dict[str, float], tag: str | None = None,
-                 backfill: bool = False) -> None:
-        """``tag``: the job's file-name tag (default :func:`archive_tag`); ``backfill``: this job
-        is a backfill, which checks every normal reading against the archive and extends the mark."""
+    def __init__(self, spark: SparkSession, config: Config, waits: dict[str, float], elasticsearch=None,
+                 tag: str | None = None) -> None:
+        """``elasticsearch``: the job's :class:`~bp_spark.sinks.es.ElasticsearchSink` (the archive
+        index); ``tag``: the name of this job's staged batches (default :func:`archive_tag`)."""
         self.spark = spark
         self.config = config
         self.waits = waits
-        self.tag = tag or archive_tag(spark, config)
-        self.backfill = backfill
+        self.elasticsearch = elasticsearch
+        self._tag = tag
         self.root = config.paths.archive_dir.rstrip("/")
-        # Patient readings: the job's session masks every file Hadoop creates with paths.archive_umask
-        # (bp_spark.session.private_files_conf; 077: 0600 files, 0700 folders).
+        # Patient readings: the session masks every file Hadoop creates with paths.archive_umask
+        # (bp_spark.session.private_files_conf; 077: 0600 files, 0700 folders); our own writes too.
         self.umask = config.paths.archive_umask_bits
-        # Hadoop creates missing parent folders with the process's umask, not the one above: make
-        # the folders that writes create parents of ourselves, one level at a time.
-        self._private_dirs(self.root, f"{self.root}/_staging", f"{self.root}/_staging/{self.tag}",
-                           f"{self.root}/_rewrite", f"{self.root}/_rewrite/{self.tag}")
+        fs, root_path = hadoop_fs(spark, self.root)
+        if fs.getScheme() == "file":
+            self.local_root: Path | None = Path(root_path.toUri().getPath())
+            self.files = LocalFiles(self.local_root, self.umask)
+        else:
+            self.local_root = None
+            self.files = HadoopFiles(spark, fs, root_path)
+        if not fs.exists(root_path):
+            fs.mkdirs(root_path, spark._jvm.org.apache.hadoop.fs.permission.FsPermission(0o777 & ~self.umask))
+        self.roller = Roller(self.files, config.archive.max_file_mb << 20)
+        self.roll_every_s = seconds(config.archive.roll_every)
+        self.last_roll: RollResult | None = None
+        self._last_roll_at: float | None = None  # None: roll at the first chance (what a crash left staged)
+        self._rolled_through: int | None = None
+        self._legacy: list[str] | None = None
+        self._retry(self.roller.recover, "finishing an interrupted roll")
 
-    def _private_dirs(self, *uris: str) -> None:
-        fs, _ = hadoop_fs(self.spark, self.root)
-        permission = self.spark._jvm.org.apache.hadoop.fs.permission.FsPermission(0o777 & ~self.umask)
-        for uri in uris:  # each one's parent exists by then, so each gets the permission
-            _, path = hadoop_fs(self.spark, uri)
-            if not fs.exists(path):
-                fs.mkdirs(path, permission)
+    @property
+    def tag(self) -> str:
+        if self._tag is None:
+            self._tag = archive_tag(self.spark, self.config)
+        return self._tag
 
     def _retry(self, action, what: str):
         return with_retries(action, what, SINK, self.config.outages, self.waits)
 
-    def _name(self, batch_id: int, part_file: str) -> str:
-        return f"batch-{self.tag}-{batch_id:012d}-{part_file.split('-')[1]}.jsonl"
+    def replayed(self, batch_id: int) -> bool:
+        """Whether the roll has published this batch already (it is replayed after a crash)."""
+        if self._rolled_through is None:
+            self._rolled_through = self._retry(lambda: self.roller.rolled_through(self.tag), "reading the roll's mark")
+        return batch_id <= self._rolled_through
 
-    def _rewrite_name(self, batch_id: int) -> str:
-        return f"rewrite-{self.tag}-{batch_id:012d}.jsonl"
+    # ------------------------------------------------------------------ what is new
 
-    def _own_prefix(self, batch_id: int) -> str:
-        return f"batch-{self.tag}-{batch_id:012d}-"
+    def new_readings(self, normal_df: DataFrame, batch_id: int) -> tuple[DataFrame, int]:
+        """The normal readings the archive does not hold yet, and how many it holds already: by id
+        and content hash in the archive index, where the batch that wrote the document was rolled
+        or staged whole (a document this very batch wrote in an earlier attempt, or one whose
+        batch broke off before it was staged, does not count: those readings are staged again)."""
+        keys = {(row.observation_id, row.content_hash) for row in
+                normal_df.select("observation_id", "content_hash").collect()}
+        if not keys or self.elasticsearch is None:
+            return normal_df, 0
+        stored = self.elasticsearch.documents(self.config.elasticsearch.archive_index, {k for k, _ in keys},
+                                              f"batch {batch_id}: asking the archive index")
+        archived: dict[tuple, bool] = {}
 
-    # ------------------------------------------------------------------ writes
+        def in_archive(doc: dict) -> bool:
+            """A document's batch is rolled, or staged whole (not this very batch, not one that broke off)."""
+            key = (doc.get("tag"), doc.get("batch_id"))
+            if key not in archived:
+                tag, staged = key
+                archived[key] = key != (self.tag, batch_id) and tag is not None and staged is not None and (
+                    staged <= self.roller.rolled_through(tag) or self.files.exists(staged_batch(tag, staged)))
+            return archived[key]
+        held = [(doc_id, doc.get("content_hash")) for doc_id, doc in stored.items()
+                if (doc_id, doc.get("content_hash")) in keys and in_archive(doc)]
+        if not held:
+            return normal_df, 0
+        held_df = self.spark.createDataFrame(held, "observation_id string, content_hash long")
+        return normal_df.join(F.broadcast(held_df), ["observation_id", "content_hash"], "left_anti"), len(held)
 
-    def write_new(self, normal_df: DataFrame, batch_id: int, rows: int, oldest_s: int | None,
-                  newest_s: int | None) -> tuple[int, int]:
-        """Archive the normal readings no file holds yet (:meth:`write`); return how many were
-        written and how many some file already held. ``rows``: how many ``normal_df`` holds;
-        ``oldest_s``/``newest_s``: their earliest and latest effective times (epoch seconds)."""
-        if self.backfill:
-            self._retry(lambda: self._extend_mark(newest_s), f"batch {batch_id}: recording the backfill's extent")
-            candidates = normal_df
+    # ------------------------------------------------------------------ staging and rolling
+
+    def stage(self, new_df: DataFrame, batch_id: int, rows: int) -> int:
+        """Stage the batch's new normal readings as one whole folder; return how many."""
+        if rows <= 0:
+            return 0
+        lines_df = new_df.select("patient_id", period_of(self.config.archive.period).alias("period"),
+                                 one_line(F.col("raw")).alias("value"))
+        folder = staged_batch(self.tag, batch_id)
+        if self.local_root is not None and rows <= DRIVER_WRITE_MAX_ROWS:
+            self._retry(lambda: self._stage_from_driver(lines_df, folder), f"batch {batch_id}: staging normal readings")
         else:
-            mark = self._retry(self._read_mark, "reading the archive's backfill mark")
-            if mark is None or oldest_s is None or oldest_s > mark:
-                self.write(normal_df, batch_id, rows)
-                return rows, 0
-            candidates = normal_df.where(F.unix_seconds("effective_time") <= mark)
-        stored_df = self._retry(lambda: self._stored_keys(candidates, batch_id), f"batch {batch_id}: reading the archive")
-        if stored_df is None:
-            self.write(normal_df, batch_id, rows)
-            return rows, 0
-        new_df = normal_df.join(stored_df, ["observation_id", "content_hash"], "left_anti").persist()
-        try:
-            new = new_df.count()
-            if new:
-                self.write(new_df, batch_id, new)
-        finally:
-            new_df.unpersist()
-        return new, rows - new
+            self._retry(lambda: self._stage_with_spark(lines_df, folder), f"batch {batch_id}: staging normal readings")
+        return rows
 
-    def _mark_path(self):
-        _, root_path = hadoop_fs(self.spark, self.root)
-        return self.spark._jvm.org.apache.hadoop.fs.Path(root_path, BACKFILL_MARK)
+    def _stage_from_driver(self, lines_df: DataFrame, folder: str) -> None:
+        """A live batch's few thousand readings are collected and written by the driver: the
+        partitioned write's shuffle and task per patient cost more than the bytes
+        (``bench/archive_bench.py``). Folder names are escaped as Spark escapes partition values."""
+        groups: dict[tuple[str, str], list[bytes]] = defaultdict(list)
+        for row in lines_df.select("patient_id", "period", F.col("value").cast("binary").alias("line")).collect():
+            groups[(row.patient_id, row.period)].append(bytes(row.line))
+        working = f"{folder}.tmp"
+        self.files.delete(working)
+        for (patient_id, period), lines in groups.items():
+            self.files.write(f"{working}/{PATIENT_PREFIX}{self.partition_name(patient_id)}/{PERIOD_PREFIX}{period}/"
+                             "part-00000.jsonl", [b"\n".join(lines) + b"\n"])
+        self._publish_stage(working, folder)
 
-    def _read_mark(self) -> int | None:
-        """The latest effective time a backfill archived (epoch seconds), or None: no backfill."""
-        fs, _ = hadoop_fs(self.spark, self.root)
-        path = self._mark_path()
-        if not fs.exists(path):
+    def _stage_with_spark(self, lines_df: DataFrame, folder: str) -> None:
+        working = f"{folder}.tmp"
+        self.files.delete(working)
+        (lines_df.repartition("patient_id", "period").write.mode("overwrite").partitionBy("patient_id", "period")
+         .text(f"{self.root}/{working}"))
+        self._publish_stage(working, folder)
+
+    def _publish_stage(self, working: str, folder: str) -> None:
+        self.files.delete(folder)  # an earlier attempt of this batch, not rolled: the same readings
+        self.files.rename(working, folder)
+
+    def roll_if_due(self, force: bool = False) -> RollResult | None:
+        """Publish the staged batches when ``archive.roll_every`` has passed since the last roll
+        (or ``force``); return what the roll did, or None."""
+        now = time.monotonic()
+        if not force and self._last_roll_at is not None and now - self._last_roll_at < self.roll_every_s:
             return None
-        lines = self._read_lines(fs, path)
-        return int(lines[0]) if lines else None
+        result = self._retry(self.roller.roll, "rolling the staged readings into the archive")
+        self._last_roll_at = now
+        self._rolled_through = None
+        self.last_roll = result
+        if result.batches:
+            log.info("archive roll: %d staged batches into %d files (%.1f MB) in %.2f s", result.batches,
+                     result.files, result.bytes / 1e6, result.seconds)
+        return result
 
-    def _extend_mark(self, newest_s: int | None) -> None:
-        """Move the backfill mark to ``newest_s`` if that is later, before the readings are written."""
-        current = self._read_mark()
-        if newest_s is None or (current is not None and current >= newest_s):
-            return
-        fs, _ = hadoop_fs(self.spark, self.root)
-        self._write_text(fs, self._mark_path(), f"{newest_s}\n")
+    # ------------------------------------------------------------------ removals
 
-    def _stored_keys(self, candidates_df: DataFrame, batch_id: int) -> DataFrame | None:
-        """(observation_id, content_hash) of the archived readings of the candidates' patients,
-        leaving out this batch's own files (an earlier attempt of it wrote the same readings, and
-        its replay must write them again under the same names); None when none is archived."""
-        fs, root_path = hadoop_fs(self.spark, self.root)
-        HadoopPath = self.spark._jvm.org.apache.hadoop.fs.Path
-        folders = {status.getPath().getName() for status in fs.globStatus(HadoopPath(root_path, "patient_id=*")) or []}
-        wanted = sorted(folders & {f"patient_id={self._partition_name(row.patient_id)}"
-                                   for row in candidates_df.select("patient_id").distinct().collect()})
-        if not wanted:
-            return None
-        patterns = ([HadoopPath(root_path, "patient_id=*/*.jsonl").toString()] if len(wanted) > _READ_ALL_ABOVE else
-                    [HadoopPath(root_path, f"{folder}/*.jsonl").toString() for folder in wanted])
-        patterns = [p for p in patterns if fs.globStatus(HadoopPath(p))]
-        if not patterns:
-            return None
-        file_name = F.input_file_name()
-        lines_df = (self.spark.read.text(patterns).where(~file_name.contains("/" + self._own_prefix(batch_id)))
-                    .select("value", F.lit(SINK).alias("topic"), F.lit(0).alias("partition"),
-                            F.lit(0).cast("long").alias("offset"), F.current_timestamp().alias("timestamp")))
-        return parse_observations(lines_df).select("observation_id", "content_hash").distinct()
-
-    def write(self, normal_df: DataFrame, batch_id: int, rows: int | None = None) -> int:
-        """Normal readings as JSON Lines, byte-for-byte, under ``patient_id=<id>/``; returns files written.
-        ``rows``: how many there are, when known; a live batch's few go the short way (below)."""
-        local_root = self._local_root() if rows is not None and rows <= DRIVER_WRITE_MAX_ROWS else None
-        if local_root is not None:
-            return self._retry(lambda: self._write_from_driver(normal_df, batch_id, local_root),
-                               f"batch {batch_id}: archiving normal readings")
-        return self._retry(lambda: self._write(normal_df, batch_id), f"batch {batch_id}: archiving normal readings")
-
-    def _local_root(self) -> Path | None:
-        """The archive's folder when it is on the local file system, else None."""
-        fs, root_path = hadoop_fs(self.spark, self.root)
-        return Path(root_path.toUri().getPath()) if fs.getScheme() == "file" else None
-
-    def _write_from_driver(self, normal_df: DataFrame, batch_id: int, root: Path) -> int:
-        """The same files, written by the driver: a live batch holds a few thousand normal readings
-        of up to as many patients, and the partitioned write's shuffle, staging folder and one
-        task file per patient cost more than the bytes (``bench/archive_bench.py``). The rows are
-        collected as bytes (the payload exactly as it arrived, on one line), grouped by patient,
-        and each patient's file is written beside its final name and renamed onto it, under the
-        name the partitioned write would give part 0: a replay of the batch (same rows, so the
-        same way) overwrites it. Folder names are escaped as Spark escapes partition values.
-        ``root``: the archive's local folder."""
-        by_patient: dict[str, list[bytes]] = {}
-        for row in normal_df.select("patient_id", one_line(F.col("raw")).cast("binary").alias("line")).collect():
-            by_patient.setdefault(row.patient_id, []).append(bytes(row.line))
-        name = self._name(batch_id, "part-00000")
-        for patient_id, lines in by_patient.items():
-            folder = root / f"patient_id={self._partition_name(patient_id)}"
-            folder.mkdir(mode=0o777 & ~self.umask, exist_ok=True)
-            temporary = folder / f".{name}.{os.getpid()}.tmp"
-            descriptor = os.open(temporary, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o666 & ~self.umask)
-            with os.fdopen(descriptor, "wb") as out:
-                out.write(b"\n".join(lines) + b"\n")
-            os.replace(temporary, folder / name)
-        return len(by_patient)
-
-    def _partition_name(self, value: str | None) -> str:
+    def partition_name(self, value: str | None) -> str:
         """``value`` as Spark names its partition folder (escaped; null or empty: Hive's default)."""
         if value and _PLAIN_VALUE.fullmatch(value):
             return value
@@ -230,118 +222,39 @@ class ArchiveSink:
             return "__HIVE_DEFAULT_PARTITION__"
         return self.spark._jvm.org.apache.spark.sql.catalyst.catalog.ExternalCatalogUtils.escapePathName(value)
 
-    def _write(self, normal_df: DataFrame, batch_id: int) -> int:
-        staging = f"{self.root}/_staging/{self.tag}/batch={batch_id}"
-        lines_df = normal_df.select("patient_id", one_line(F.col("raw")).alias("value")).repartition("patient_id")
-        lines_df.write.mode("overwrite").partitionBy("patient_id").text(staging)
-        fs, root_path = hadoop_fs(self.spark, self.root)
-        _, staging_path = hadoop_fs(self.spark, staging)
-        if fs.getScheme() == "file":
-            moved = self._move_local(Path(staging_path.toUri().getPath()), Path(root_path.toUri().getPath()), batch_id)
-        else:
-            moved = self._move_hadoop(fs, staging_path, root_path, batch_id)
-        fs.delete(staging_path, True)
-        return moved
-
-    def _move_local(self, staging: Path, root: Path, batch_id: int) -> int:
-        """Local disk: plain renames, ~100x faster than a Hadoop call per file through py4j."""
-        moved = 0
-        for source in staging.glob("patient_id=*/part-*"):
-            target_dir = root / source.parent.name
-            target_dir.mkdir(mode=0o777 & ~self.umask, exist_ok=True)  # the root exists: staging lies in it
-            os.replace(source, target_dir / self._name(batch_id, source.name))  # a replay overwrites its own file
-            moved += 1
-        return moved
-
-    def _move_hadoop(self, fs, staging_path, root_path, batch_id: int) -> int:
-        """Any Hadoop file system (HDFS, S3A ...): the same moves through its API."""
-        HadoopPath = self.spark._jvm.org.apache.hadoop.fs.Path
-        moved = 0
-        for status in fs.globStatus(HadoopPath(staging_path, "patient_id=*/part-*")) or []:
-            source = status.getPath()
-            target_dir = HadoopPath(root_path, source.getParent().getName())
-            target = HadoopPath(target_dir, self._name(batch_id, source.getName()))
-            fs.mkdirs(target_dir)
-            if fs.exists(target):  # a replay of this batch: same rows, same name
-                fs.delete(target, False)
-            if not fs.rename(source, target):
-                raise SinkFailure(f"could not move an archive file of batch {batch_id} into place")
-            moved += 1
-        return moved
-
-    # ------------------------------------------------------------------ removals
-
     def remove(self, ids: set[str], batch_id: int) -> int:
-        """Drop every line of these observation ids from the archive, under any patient (their
-        earlier versions: a correction may have moved a reading to another patient, and a
-        retraction may carry nothing but its id); return the lines removed."""
+        """Drop every archived line of these observation ids (their earlier versions: a correction
+        may have moved a reading to another patient, and a retraction may carry nothing but its
+        id), wherever the archive index says they lie; return the lines removed."""
         if not ids:
             return 0
-        return self._retry(lambda: self._remove(ids, batch_id),
-                           f"batch {batch_id}: removing superseded readings from the archive")
+        return self._retry(lambda: self._remove(ids, batch_id), f"batch {batch_id}: removing superseded readings")
 
     def _remove(self, ids: set[str], batch_id: int) -> int:
-        """One scan of the archive finds the files holding the ids; one write rewrites them, per
-        patient, without those lines, into ``_rewrite/<tag>/batch=<id>/data``; a manifest of the
-        files to replace is written next; then each patient's new file is moved into place
-        (``rewrite-<tag>-<batch>.jsonl``) and the old files deleted. A replay finishes an
-        interrupted rewrite from its manifest, or starts it again if the manifest was not written."""
-        fs, root_path = hadoop_fs(self.spark, self.root)
-        HadoopPath = self.spark._jvm.org.apache.hadoop.fs.Path
-        work = HadoopPath(root_path, f"_rewrite/{self.tag}/batch={batch_id}")
-        manifest = HadoopPath(work, "manifest.txt")
-        removed = 0
-        if not fs.exists(manifest):
-            pattern = HadoopPath(root_path, "patient_id=*/*.jsonl")
-            if not fs.globStatus(pattern):
-                return 0
-            file_name = F.input_file_name()
-            # This batch's own files (written by an earlier attempt of it) hold new versions.
-            own = file_name.contains("/" + self._own_prefix(batch_id)) | file_name.endswith("/" + self._rewrite_name(batch_id))
-            lines_df = (self.spark.read.text(pattern.toString()).where(~own)
-                        .select("value", file_name.alias("file"),
-                                F.regexp_extract(file_name, r"/patient_id=([^/]+)/[^/]+$", 1).alias("patient_id")))
-            stale = _observation_id(F.col("value")).isin(*sorted(ids))
-            affected = lines_df.where(stale).groupBy("file", "patient_id").count().collect()
-            if not affected:
-                return 0
-            removed = sum(row["count"] for row in affected)
-            files = sorted({(row.patient_id, row.file) for row in affected})
-            kept_df = (self.spark.read.text([file for _, file in files])
-                       .select("value", F.regexp_extract(F.input_file_name(), r"/patient_id=([^/]+)/[^/]+$", 1)
-                               .alias("patient_id"))
-                       .where(~stale))
-            kept_df.repartition("patient_id").write.mode("overwrite").partitionBy("patient_id").text(
-                HadoopPath(work, "data").toString())
-            self._write_text(fs, manifest, "\n".join(f"{patient}\t{file}" for patient, file in files))
-        self._finish_rewrite(fs, work, manifest, root_path, batch_id)
+        self.roller.recover()
+        index = self.config.elasticsearch.archive_index
+        where = self.elasticsearch.documents(index, ids, f"batch {batch_id}: asking the archive index") \
+            if self.elasticsearch is not None else {}
+        own = staged_batch(self.tag, batch_id) + "/"  # this batch's own readings (an earlier attempt's)
+        files = []
+        for doc in where.values():
+            patient = f"{PATIENT_PREFIX}{self.partition_name(doc.get('patient_id'))}"
+            files += [path for path in self.roller.files_of(patient, doc.get("period") or UNDATED)
+                      if not path.startswith(own)]
+        files += self.legacy_files()
+        removed = self.roller.remove(ids, sorted(set(files)))
+        if where:
+            self.elasticsearch.forget(index, sorted(where), batch_id)
         return removed
 
-    def _write_text(self, fs, path, text: str) -> None:
-        stream = fs.create(path, True)
-        try:
-            stream.write(bytearray(text.encode()))
-        finally:
-            stream.close()
-
-    def _read_lines(self, fs, path) -> list[str]:
-        """The non-empty lines of a small text file on ``fs``."""
-        reader = self.spark._jvm.java.io.BufferedReader(self.spark._jvm.java.io.InputStreamReader(fs.open(path)))
-        try:
-            return [line for line in iter(reader.readLine, None) if line]
-        finally:
-            reader.close()
-
-    def _finish_rewrite(self, fs, work, manifest, root_path, batch_id: int) -> None:
-        HadoopPath = self.spark._jvm.org.apache.hadoop.fs.Path
-        entries = [line.split("\t", 1) for line in self._read_lines(fs, manifest)]
-        for patient_id in sorted({patient for patient, _ in entries}):
-            patient_dir = HadoopPath(root_path, f"patient_id={patient_id}")
-            target = HadoopPath(patient_dir, self._rewrite_name(batch_id))
-            for part in fs.globStatus(HadoopPath(work, f"data/patient_id={patient_id}/part-*")) or []:
-                if fs.exists(target):
-                    fs.delete(target, False)
-                fs.rename(part.getPath(), target)
-        for _, name in entries:
-            fs.delete(HadoopPath(name), False)
-        fs.delete(work, True)
+    def legacy_files(self) -> list[str]:
+        """Files of the layout before periods (one per patient and batch), if the archive still
+        holds any: they are not in the archive index, so a correction reads them all (docs/operations.md)."""
+        if self._legacy is None:
+            self._legacy = [f"{patient}/{name}" for patient in self.files.names("")
+                            if patient.startswith(PATIENT_PREFIX)
+                            for name in self.files.names(patient) if LEGACY.match(name)]
+            if self._legacy:
+                log.warning("the archive holds %d files of the layout before periods: corrections read them all "
+                            "until they are migrated (docs/operations.md#upgrading)", len(self._legacy))
+        return self._legacy

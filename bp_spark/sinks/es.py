@@ -298,6 +298,14 @@ class ElasticsearchSink:
             return {r["_id"] for r in results if r.get("status") == 200 and r.get("_index") == e.anomalies_index}
         return self._retry(run, f"batch {batch_id}: removing {len(ids)} superseded observations")
 
+    def forget(self, index: str, ids: Iterable[str], batch_id: int) -> None:
+        """Delete these documents of ``index`` (absent ones are fine)."""
+        operations = [{"delete": {"_index": index, "_id": doc_id}} for doc_id in ids]
+        if operations:
+            self._retry(lambda: self._bulk_all_taken(operations, "deletes not done", refresh=False,
+                                                     accepted=(200, 404)),
+                        f"batch {batch_id}: removing {len(operations)} documents from {index}")
+
     def _found(self, index: str, ids: Iterable[str], **options) -> list[dict]:
         """The documents of ``ids`` that ``index`` holds (none if the index does not exist), by
         multi-get, :data:`MGET_CHUNK` ids a request; ``options`` go to each request (``source``,

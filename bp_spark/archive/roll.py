@@ -1,0 +1,197 @@
+"""The roll: staged batches into the published files, one per patient and period; and removals.
+
+A roll is safe under ``kill -9`` at any step because it is written down before it is done:
+
+1. list the staged batches (whole ones: ``batch=<n>``) and group their files by patient and period;
+2. choose each group's target, the last part of that patient and period (or a new part once it
+   holds ``max_bytes``), and note its size now (``-1``: absent);
+3. write the manifest (``_rolls/manifest.json``): the batches, and per target its sources and
+   size before;
+4. per target whose size is still the one noted: write ``old content + staged lines`` beside it
+   and rename it onto it (a target a crashed attempt already replaced has grown, and is left);
+5. record, per tag, the last batch rolled (``_rolls/<tag>/rolled_through``): a replay of such a
+   batch has nothing more to archive;
+6. delete the staged batches, then the manifest.
+
+A manifest found at the next start (or before the next write) is finished from step 4.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections import defaultdict
+from dataclasses import dataclass
+
+import orjson
+
+from bp_spark.archive.files import Files
+from bp_spark.archive.layout import (MANIFEST, PATIENT_PREFIX, PERIOD_PREFIX, PUBLISHED, STAGED_BATCH, STAGING,
+                                     line_id, published_name, rolled_through_path)
+
+log = logging.getLogger("bp_spark.sinks")
+
+
+@dataclass
+class RollResult:
+    """What one roll did."""
+
+    batches: int = 0
+    files: int = 0
+    bytes: int = 0
+    seconds: float = 0.0
+
+
+def _with_newline(data: bytes) -> bytes:
+    return data if not data or data.endswith(b"\n") else data + b"\n"
+
+
+class Roller:
+    """Rolls and rewrites one archive (``files``); ``max_bytes``: a part's size that starts the next."""
+
+    def __init__(self, files: Files, max_bytes: int) -> None:
+        self.files = files
+        self.max_bytes = max_bytes
+
+    # ------------------------------------------------------------------ what is staged
+
+    def staged_batches(self) -> list[tuple[str, int]]:
+        """(tag, batch id) of every whole staged batch, of every job that wrote here."""
+        found = []
+        for tag in self.files.names(STAGING):
+            for name in self.files.names(f"{STAGING}/{tag}"):
+                match = STAGED_BATCH.match(name)
+                if match:
+                    found.append((tag, int(match.group(1))))
+        return sorted(found)
+
+    def staged_sources(self, tag: str, batch_id: int) -> dict[tuple[str, str], list[str]]:
+        """``{(patient folder, period): [staged files]}`` of one staged batch."""
+        folder = f"{STAGING}/{tag}/batch={batch_id:012d}"
+        groups: dict[tuple[str, str], list[str]] = {}
+        for patient in self.files.names(folder):
+            if not patient.startswith(PATIENT_PREFIX):
+                continue
+            for period in self.files.names(f"{folder}/{patient}"):
+                if not period.startswith(PERIOD_PREFIX):
+                    continue
+                parts = [f"{folder}/{patient}/{period}/{name}" for name in self.files.names(f"{folder}/{patient}/{period}")
+                         if not name.startswith((".", "_"))]
+                if parts:
+                    groups[(patient, period[len(PERIOD_PREFIX):])] = parts
+        return groups
+
+    def rolled_through(self, tag: str) -> int:
+        """The last batch of ``tag`` the roll published (-1: none)."""
+        data = self.files.read(rolled_through_path(tag))
+        return int(data.decode().strip()) if data and data.strip() else -1
+
+    def parts(self, patient: str, period: str) -> list[tuple[int, str]]:
+        """(part number, path) of the published files of one patient and period."""
+        found = []
+        for name in self.files.names(patient):
+            match = PUBLISHED.match(name)
+            if match and match.group("period") == period:
+                found.append((int(match.group("part")), f"{patient}/{name}"))
+        return sorted(found)
+
+    # ------------------------------------------------------------------ the roll
+
+    def roll(self) -> RollResult:
+        """Publish every staged batch (finishing an interrupted roll first)."""
+        started = time.monotonic()
+        self.recover()
+        for tag in self.files.names(STAGING):  # batches that broke off while staged: their replay stages them again
+            for name in self.files.names(f"{STAGING}/{tag}"):
+                if name.endswith(".tmp"):
+                    self.files.delete(f"{STAGING}/{tag}/{name}")
+        batches = self.staged_batches()
+        if not batches:
+            return RollResult()
+        groups: dict[tuple[str, str], list[str]] = defaultdict(list)
+        for tag, batch_id in batches:
+            for key, sources in self.staged_sources(tag, batch_id).items():
+                groups[key].extend(sources)
+        targets = []
+        for (patient, period), sources in sorted(groups.items()):
+            parts = self.parts(patient, period)
+            incoming = sum(self.files.size(source) or 0 for source in sources)
+            if parts:
+                number, last = parts[-1]
+                size = self.files.size(last) or 0
+                if size and size + incoming > self.max_bytes:
+                    number, last, size = number + 1, f"{patient}/{published_name(period, number + 1)}", -1
+            else:
+                last, size = f"{patient}/{published_name(period, 0)}", -1
+            targets.append({"target": last, "size_before": size, "sources": sources})
+        manifest = {"batches": [[tag, batch_id] for tag, batch_id in batches], "targets": targets}
+        self.files.write(MANIFEST, [orjson.dumps(manifest)])
+        result = self._finish(manifest)
+        result.seconds = time.monotonic() - started
+        return result
+
+    def recover(self) -> bool:
+        """Finish a roll a crash interrupted; return whether there was one."""
+        data = self.files.read(MANIFEST)
+        if data is None:
+            return False
+        log.warning("finishing an archive roll that was interrupted (its manifest lists %d files)",
+                    len(orjson.loads(data)["targets"]))
+        self._finish(orjson.loads(data))
+        return True
+
+    def _finish(self, manifest: dict) -> RollResult:
+        result = RollResult(batches=len(manifest["batches"]))
+        for entry in manifest["targets"]:
+            target, before = entry["target"], entry["size_before"]
+            now = self.files.size(target)
+            if (now if now is not None else -1) != before:
+                continue  # replaced by an earlier attempt of this roll
+            chunks = [_with_newline(self.files.read(target) or b"") if before >= 0 else b""]
+            for source in entry["sources"]:
+                data = self.files.read(source)
+                if data is None:
+                    raise FileNotFoundError(f"the archive's staged file {source} is missing; the roll cannot finish")
+                chunks.append(_with_newline(data))
+            self.files.write(target, chunks)
+            result.files += 1
+            result.bytes += sum(len(chunk) for chunk in chunks)
+        last: dict[str, int] = {}
+        for tag, batch_id in manifest["batches"]:
+            last[tag] = max(batch_id, last.get(tag, -1))
+        for tag, batch_id in last.items():
+            if batch_id > self.rolled_through(tag):
+                self.files.write(rolled_through_path(tag), [f"{batch_id}\n".encode()])
+        for tag, batch_id in manifest["batches"]:
+            self.files.delete(f"{STAGING}/{tag}/batch={batch_id:012d}")
+        self.files.delete(MANIFEST)
+        return result
+
+    # ------------------------------------------------------------------ removals
+
+    def files_of(self, patient: str, period: str) -> list[str]:
+        """Every file that may hold a reading of this patient and period: published and staged."""
+        found = [path for _, path in self.parts(patient, period)]
+        for tag, batch_id in self.staged_batches():
+            folder = f"{STAGING}/{tag}/batch={batch_id:012d}/{patient}/{PERIOD_PREFIX}{period}"
+            found += [f"{folder}/{name}" for name in self.files.names(folder) if not name.startswith((".", "_"))]
+        return found
+
+    def remove(self, ids: set[str], files: list[str]) -> int:
+        """Drop the lines of ``ids`` from ``files`` (each rewritten whole, or deleted once empty);
+        return the lines removed."""
+        removed = 0
+        for path in files:
+            data = self.files.read(path)
+            if data is None:
+                continue
+            lines = data.splitlines()
+            kept = [line for line in lines if line_id(line) not in ids]
+            if len(kept) == len(lines):
+                continue
+            removed += len(lines) - len(kept)
+            if kept:
+                self.files.write(path, [b"\n".join(kept) + b"\n"])
+            else:
+                self.files.delete(path)
+        return removed
