@@ -4,7 +4,8 @@ structured record, logs it as a JSON line and indexes it into ``fhir_observation
 A record holds: input rows, input and processed rows per second, the batch duration, the rows
 each sink received and the seconds it waited for each (from the query's foreachBatch router),
 the offsets Kafka removed before they were read, the watermark, the rows dropped as
-later than the watermark, and the Kafka lag (latest offsets minus processed offsets, per
+later than the watermark, each state operator's rows and the time its eviction and commit
+took, and the Kafka lag (latest offsets minus processed offsets, per
 partition and in total). Monitoring never stops the pipeline: a record that cannot be indexed
 is logged and dropped.
 """
@@ -88,6 +89,16 @@ def lost_offsets(progress: dict[str, Any]) -> dict[tuple[str, int], tuple[int, i
     return lost
 
 
+def state_operators(progress: dict[str, Any]) -> list[dict[str, Any]]:
+    """Each state operator's own figures of the batch: rows held, updated and removed, the
+    milliseconds its updates, removals (eviction) and commit took, and its memory."""
+    return [{"operator": op.get("operatorName", ""), "rows": op.get("numRowsTotal", 0),
+             "rows_updated": op.get("numRowsUpdated", 0), "rows_removed": op.get("numRowsRemoved", 0),
+             "updates_ms": op.get("allUpdatesTimeMs", 0), "removals_ms": op.get("allRemovalsTimeMs", 0),
+             "commit_ms": op.get("commitTimeMs", 0), "memory_bytes": op.get("memoryUsedBytes", 0)}
+            for op in progress.get("stateOperators", [])]
+
+
 def progress_record(progress: dict[str, Any], sinks: dict[str, int] | None) -> dict[str, Any]:
     """The health record of one micro-batch, from Spark's progress and the router's counts."""
     watermark = progress.get("eventTime", {}).get("watermark")
@@ -109,6 +120,7 @@ def progress_record(progress: dict[str, Any], sinks: dict[str, int] | None) -> d
         "watermark": None if watermark in (None, EPOCH) else watermark,
         "late_rows": late_rows(progress),
         "state_rows": sum(op.get("numRowsTotal", 0) for op in progress.get("stateOperators", [])),
+        "state_operators": state_operators(progress),
         "kafka_lag": sum(p["lag"] for p in partitions),
         "kafka_partitions": partitions,
         "lost_offsets": sum(missing for _, _, missing in lost.values()),

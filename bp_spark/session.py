@@ -29,6 +29,20 @@ METRICS_CONF = {
 }
 
 
+# A job that runs for months keeps bounded history: the UI's live store of jobs, stages, tasks
+# and SQL executions (each micro-batch adds several; Spark's defaults keep 1,000 jobs and stages,
+# 100,000 tasks and 1,000 executions on the driver's heap), and the checkpoints' offset and
+# commit logs and state versions (minBatchesToRetain, Spark's default, said here on purpose).
+RETENTION_CONF = {
+    "spark.ui.retainedJobs": "200",
+    "spark.ui.retainedStages": "200",
+    "spark.ui.retainedTasks": "20000",
+    "spark.sql.ui.retainedExecutions": "100",
+    "spark.sql.streaming.ui.retainedProgressUpdates": "100",
+    "spark.sql.streaming.minBatchesToRetain": "100",
+}
+
+
 # Secrets kept out of the Spark UI, its event logs and the plans it shows. Spark's default
 # redaction pattern, (?i)secret|password|token|access[.]key, misses the connectors' keys:
 # es.net.http.auth.pass, es.net.ssl.truststore.pass, kafka.sasl.jaas.config. Options of reads and
@@ -118,7 +132,7 @@ def build_session(app_name: str, extra_conf: Mapping[str, str] | None = None) ->
     builder = builder.config("spark.ui.showConsoleProgress", "false")
     for key, value in SCHEDULER_CONF.items():
         builder = builder.config(key, value)
-    for key, value in {**METRICS_CONF, **REDACTION_CONF}.items():
+    for key, value in {**METRICS_CONF, **REDACTION_CONF, **RETENTION_CONF}.items():
         builder = builder.config(key, value)
     for key, value in {**local_files_conf(), **log_conf(), **(extra_conf or {})}.items():
         builder = builder.config(key, value)

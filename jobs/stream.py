@@ -35,7 +35,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 from bp_spark.logs import configure_logging
 from bp_spark.config import ConfigError, add_config_flags, load_config_from_args
 from bp_spark.connections import check_kafka
-from bp_spark.elastic import ElasticsearchUnavailable, expire_dead_letters, make_client
+from bp_spark.elastic import ElasticsearchUnavailable, expire_dead_letters, expire_health_records, make_client
 from bp_spark.ownership import OwnershipError
 from bp_spark.pipeline import CheckpointLayoutError, PipelineStopped, start_pipeline
 from bp_spark.session import connectors_problem, job_session, stop_session
@@ -60,7 +60,7 @@ def main(argv: list[str] | None = None) -> int:
     try:
         config = load_config_from_args(args)
         es = make_client(config)
-        prepare_indices(es, config, then=lambda: _expire_dead_letters(es, config))
+        prepare_indices(es, config, then=lambda: _apply_retention(es, config))
         check_kafka(config)  # a refused login stops the job here; a broker down is waited for later
     except (ConfigError, ElasticsearchUnavailable, SinkUnavailable) as exc:
         print(f"stream: {exc}", file=sys.stderr)
@@ -78,17 +78,22 @@ def main(argv: list[str] | None = None) -> int:
         stop_session(spark)
 
 
-def _expire_dead_letters(es, config) -> None:
-    """Apply elasticsearch.deadletter_retention now, and again every hour while the job runs."""
+def _apply_retention(es, config) -> None:
+    """Apply elasticsearch.deadletter_retention and metrics_retention now, and again every hour."""
     try:
         deleted = expire_dead_letters(es, config)
         if deleted:
             log.info("deleted %d dead letters and finished halves of split readings older than %s "
                      "(elasticsearch.deadletter_retention)", deleted,
                      config.elasticsearch.deadletter_retention)
+        deleted = expire_health_records(es, config)
+        if deleted:
+            log.info("deleted %d health records older than %s (elasticsearch.metrics_retention)", deleted,
+                     config.elasticsearch.metrics_retention)
     except Exception as exc:  # retention is housekeeping: an outage here must not stop the monitor
-        log.warning("could not apply the dead-letter retention (%s); trying again in an hour", summarise(exc))
-    timer = threading.Timer(3600, _expire_dead_letters, (es, config))
+        log.warning("could not apply the retention of dead letters and health records (%s); trying again in "
+                    "an hour", summarise(exc))
+    timer = threading.Timer(3600, _apply_retention, (es, config))
     timer.daemon = True
     timer.start()
 
