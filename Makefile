@@ -9,7 +9,7 @@ FHIR_VALIDATOR := build/fhir-validator/classpath
 # The hostname may resolve to another interface; Spark binds to loopback here.
 export SPARK_LOCAL_IP ?= 127.0.0.1
 
-.PHONY: demo test chaos install system-deps fhir-validator up down status clean dist
+.PHONY: demo test chaos soak install system-deps fhir-validator up down status clean dist
 
 ## demo: install, start the local stack, run the pipeline end to end, print a summary
 demo: install up
@@ -22,6 +22,10 @@ test: install fhir-validator up
 ## chaos: the full fault-injection scenario (kill -9, Elasticsearch hung and killed, broker killed), reconciled by id
 chaos: install up
 	$(PY) jobs/chaos.py
+
+## soak: the stream job for 60 minutes on a remote-monitoring feed (1,000 patients, 200 readings/s), figures every 5 minutes, reconciled by id
+soak: install up
+	$(PY) jobs/soak.py
 
 ## install: OS packages where missing, then a virtualenv with the project and its dev extras
 install: system-deps $(VENV)/.installed $(JVM_JAR)

@@ -32,6 +32,7 @@ import threading
 import time
 from collections import Counter
 from dataclasses import dataclass, field
+from datetime import datetime, timezone
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -42,6 +43,7 @@ from confluent_kafka import Producer  # noqa: E402
 from confluent_kafka.admin import AdminClient, NewTopic  # noqa: E402
 from elasticsearch.helpers import scan  # noqa: E402
 
+from bp_spark.archive.layout import archived_lines, file_count  # noqa: E402
 from bp_spark.config import Config, env_name, load_config  # noqa: E402
 from bp_spark.connections import kafka_settings  # noqa: E402
 from bp_spark.elastic import INDEX_KINDS, make_client, pipeline_indices  # noqa: E402
@@ -290,11 +292,12 @@ def job_env(config: Config) -> dict[str, str]:
 # --------------------------------------------------------------------------- reconciliation
 
 
-def archive_by_id(config: Config) -> dict[str, list[bytes]]:
+def archive_by_id(config: Config, exact: bool = False) -> dict[str, list[bytes]]:
+    """Each archived line by observation id, staged ones too; ``exact``: every line as it lies
+    (for an archive no job writes to: a line in two places is then a reading archived twice)."""
     lines: dict[str, list[bytes]] = {}
-    for path in Path(config.paths.archive_dir).glob("patient_id=*/*.jsonl"):
-        for line in path.read_bytes().splitlines():
-            lines.setdefault(orjson.loads(line)["id"], []).append(line)
+    for line in archived_lines(Path(config.paths.archive_dir), exact=exact):
+        lines.setdefault(orjson.loads(line)["id"], []).append(line)
     return lines
 
 
@@ -305,8 +308,9 @@ def index_docs(es, index: str) -> dict[str, dict]:
     return {hit["_id"]: hit["_source"] for hit in scan(es, index=index, query={"query": {"match_all": {}}}, size=5000)}
 
 
-def reconcile(config: Config, feed: Feed, bad: set[str]) -> dict[str, Counter]:
-    """Per sink: expected, stored, lost, doubled, stale, unexpected."""
+def reconcile(config: Config, feed: Feed, bad: set[str], exact: bool = False) -> dict[str, Counter]:
+    """Per sink: expected, stored, lost, doubled, stale, unexpected. ``exact``: the job has
+    stopped, and every archived line counts as it lies."""
     es = make_client(config)
     e = config.elasticsearch
     anomalies, archive, alerts = expected_sinks(feed, config)
@@ -329,7 +333,7 @@ def reconcile(config: Config, feed: Feed, bad: set[str]) -> dict[str, Counter]:
     table["alerts"] = Counter(expected=len(alerts), stored=len(stored_alerts), lost=len(alerts - stored_alerts),
                               unexpected=len(stored_alerts - alerts))
 
-    lines = archive_by_id(config)
+    lines = archive_by_id(config, exact)
     row = table["archive"] = Counter(expected=len(archive), stored=sum(len(v) for v in lines.values()))
     for obs_id, value in archive.items():
         found = lines.get(obs_id, [])
@@ -342,6 +346,17 @@ def reconcile(config: Config, feed: Feed, bad: set[str]) -> dict[str, Counter]:
     dead = set(index_docs(es, e.deadletter_index))
     table["dead letter"] = Counter(expected=len(bad), stored=len(dead), lost=len(bad - dead), unexpected=len(dead - bad))
     return table
+
+
+def archive_bound(feed: Feed, config: Config) -> int:
+    """The archive's file bound: one file per patient and day its normal readings fall on."""
+    _, archive, _ = expected_sinks(feed, config)
+    days = set()
+    for value in archive.values():
+        obs = orjson.loads(value)
+        when = datetime.fromisoformat(obs["effectiveDateTime"]).astimezone(timezone.utc)
+        days.add((obs["subject"]["reference"], when.strftime("%Y-%m-%d")))
+    return len(days)
 
 
 PROBLEMS = ("lost", "doubled", "stale", "unexpected")
@@ -431,9 +446,12 @@ def run_scenario(scenario: Scenario, config: Config, feed: Feed, job: Job, folde
     status = job.stop()
     say(f"the job stopped on SIGTERM with status {status}; it was started {job.starts} times "
         f"({len(scenario.job_kills)} after a kill -9), and exited by itself {len(job.exits)} times")
-    table = reconcile(config, feed, publisher.bad_coordinates)
+    table = reconcile(config, feed, publisher.bad_coordinates, exact=True)
     print_table(table)
-    ok = clean(table) and not job.exits and status == 0
+    published, staged, _ = file_count(Path(config.paths.archive_dir))
+    bound = archive_bound(feed, config)
+    print(f"\narchive files {published:,} for {bound:,} patient-days, {staged:,} staged")
+    ok = clean(table) and not job.exits and status == 0 and published <= bound and not staged
     print(f"\n{'OK' if ok else 'FAILED'}: {sum(row['expected'] for row in table.values()):,} expected entries; "
           f"job log: {folder}/job-*.log")
     if ok:  # a failed run keeps its topic, indices and folders to look into

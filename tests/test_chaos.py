@@ -1,7 +1,8 @@
 """The short fault-injection scenario (jobs/chaos.py --short) on the real stack: the stream job is
 killed with kill -9 twice, Elasticsearch hangs then is killed, the broker is killed, while a feed
 with duplicates, corrections, retractions and fuzzed input is published; every sink must then
-hold exactly the last version of each observation, and the job must never have stopped by itself.
+hold exactly the last version of each observation, the archive at most one file per patient and
+day, and the job must never have stopped by itself.
 
 It kills and restarts the local stack's services, so it runs after every other test (conftest.py).
 """
@@ -31,3 +32,7 @@ def test_short_chaos_run_loses_doubles_and_leaves_stale_nothing(kafka_admin, es)
         assert problems[-4:] == ["0", "0", "0", "0"], (sink, problems)  # lost, doubled, stale, unexpected
     assert int(table["dead"][1].replace(",", "")) > 0 and int(table["anomalies"][0].replace(",", "")) > 0
     assert "exited by itself 0 times" in result.stdout
+    # the archive's files follow patients and days, not the job's hundreds of batches and restarts
+    files, days, staged = map(int, re.search(r"archive files ([\d,]+) for ([\d,]+) patient-days, ([\d,]+) staged",
+                                            result.stdout.replace(",", "")).groups())
+    assert files <= days and staged == 0, (files, days, staged)
