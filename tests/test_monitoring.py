@@ -12,7 +12,9 @@ PROGRESS = {
     "durationMs": {"addBatch": 1100, "triggerExecution": 1215},
     "eventTime": {"watermark": "2026-01-04T00:00:00.000Z"},
     "stateOperators": [
-        {"operatorName": "dedupeWithinWatermark", "numRowsTotal": 900, "numRowsDroppedByWatermark": 11},
+        {"operatorName": "dedupeWithinWatermark", "numRowsTotal": 900, "numRowsDroppedByWatermark": 11,
+         "numRowsUpdated": 40, "numRowsRemoved": 35, "allUpdatesTimeMs": 12, "allRemovalsTimeMs": 230,
+         "commitTimeMs": 18, "memoryUsedBytes": 524288},
         {"operatorName": "stateStoreSave", "numRowsTotal": 100, "numRowsDroppedByWatermark": 0},
     ],
     "sources": [{
@@ -50,6 +52,12 @@ def test_record_of_a_batch() -> None:
         "batch_duration_ms": 1215, "sinks": {"trend_windows": 40, "alerts": 1},
         "watermark": "2026-01-04T00:00:00.000Z", "late_rows": 11, "state_rows": 1000, "kafka_lag": 300,
         "kafka_partitions": [{**p, "lost_offsets": 0} for p in kafka_lag(PROGRESS)], "lost_offsets": 0,
+        # each operator's own figures: its eviction (removals) is what grows with a state's size
+        "state_operators": [
+            {"operator": "dedupeWithinWatermark", "rows": 900, "rows_updated": 40, "rows_removed": 35,
+             "updates_ms": 12, "removals_ms": 230, "commit_ms": 18, "memory_bytes": 524288},
+            {"operator": "stateStoreSave", "rows": 100, "rows_updated": 0, "rows_removed": 0, "updates_ms": 0,
+             "removals_ms": 0, "commit_ms": 0, "memory_bytes": 0}],
     }
 
 
