@@ -184,6 +184,7 @@ class StreamConfig:
 
     trigger: str
     app_name: str
+    dedup_horizon: str
     state_partitions: int
     driver_memory: str
     max_future_skew: str
@@ -449,6 +450,7 @@ VALIDATORS: dict[str, Callable[[Any], str | None]] = {
     "outages.backoff_s": _non_negative,
     "outages.max_backoff_s": _non_negative,
     "outages.give_up_after": _never_or_duration,
+    "stream.dedup_horizon": _duration,
     "archive.period": _period,
     "archive.roll_every": _duration,
     "archive.max_file_mb": _positive,

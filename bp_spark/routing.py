@@ -56,6 +56,12 @@ def readings_stream(source_df: DataFrame, config: Config) -> DataFrame:
         source_df.transform(lambda df: parsed(df, config))
         .transform(lambda df: with_classification(df, config.thresholds))
         .transform(with_dedup_key)
+        # A repeat of an earlier version delivered after its correction must not bring it back:
+        # the state knows every (id, content) seen within the horizon, on the job's clock.
+        .withColumn("_seen_at", F.current_timestamp())
+        .withWatermark("_seen_at", config.stream.dedup_horizon)
+        .dropDuplicatesWithinWatermark(["dedup_key"])
+        .drop("_seen_at")
     )
 
 
