@@ -48,10 +48,7 @@ def with_dedup_key(df: DataFrame) -> DataFrame:
 
 
 def readings_stream(source_df: DataFrame, config: Config) -> DataFrame:
-    """Parse and classify the Kafka stream, each row with its de-duplication key (pure: the same
-    plan serves tests on static data). The routing query keeps no state: a repeat is dropped
-    within its batch (:func:`without_repeats`) and known by the sinks across batches, at a cost
-    that follows the batch, not the history."""
+    """Parse, classify and de-duplicate the Kafka stream (pure: the same plan serves tests on static data)."""
     return (
         source_df.transform(lambda df: parsed(df, config))
         .transform(lambda df: with_classification(df, config.thresholds))
@@ -63,17 +60,6 @@ def readings_stream(source_df: DataFrame, config: Config) -> DataFrame:
         .dropDuplicatesWithinWatermark(["dedup_key"])
         .drop("_seen_at")
     )
-
-
-def without_repeats(batch_df: DataFrame) -> DataFrame:
-    """One row per ``dedup_key`` of a batch (the first to arrive), with how many copies it had
-    (``_copies``). Repeats in later batches are known by the sinks: anomaly documents are
-    overwritten by id, alerts created once, and the archive asks its index (id and content)."""
-    first = Window.partitionBy("dedup_key").orderBy("kafka_topic", "kafka_partition", "kafka_offset",
-                                                    F.col("bundle_entry").asc_nulls_first())
-    return (batch_df.withColumn("_rank", F.row_number().over(first))
-            .withColumn("_copies", F.count(F.lit(1)).over(Window.partitionBy("dedup_key")))
-            .where(F.col("_rank") == 1).drop("_rank"))
 
 
 def latest_versions(ok_df: DataFrame) -> DataFrame:
@@ -147,8 +133,6 @@ class BatchRouter:
             self.sinks.waits.clear()
         cached_here = not batch_df.is_cached  # a backfill's chunk comes cached (bp_spark.backfill)
         if cached_here:
-            if "_copies" not in batch_df.columns:  # a backfill's chunk comes without repeats
-                batch_df = without_repeats(batch_df)
             batch_df = batch_df.persist()
         try:
             stats = self._route(batch_df, batch_id)

@@ -27,7 +27,7 @@ import orjson
 
 from bp_spark.archive.files import Files
 from bp_spark.archive.layout import (MANIFEST, PATIENT_PREFIX, PERIOD_PREFIX, PUBLISHED, STAGED_BATCH, STAGING,
-                                     line_id, published_name, rolled_through_path)
+                                     line_id, published_name, rolled_through_path, staged_batch)
 
 log = logging.getLogger("bp_spark.sinks")
 
@@ -65,9 +65,13 @@ class Roller:
                     found.append((tag, int(match.group(1))))
         return sorted(found)
 
+    def _parts_in(self, folder: str) -> list[str]:
+        """The data files of a staged patient-and-period folder (not Hadoop's checksums and markers)."""
+        return [f"{folder}/{name}" for name in self.files.names(folder) if not name.startswith((".", "_"))]
+
     def staged_sources(self, tag: str, batch_id: int) -> dict[tuple[str, str], list[str]]:
         """``{(patient folder, period): [staged files]}`` of one staged batch."""
-        folder = f"{STAGING}/{tag}/batch={batch_id:012d}"
+        folder = staged_batch(tag, batch_id)
         groups: dict[tuple[str, str], list[str]] = {}
         for patient in self.files.names(folder):
             if not patient.startswith(PATIENT_PREFIX):
@@ -75,8 +79,7 @@ class Roller:
             for period in self.files.names(f"{folder}/{patient}"):
                 if not period.startswith(PERIOD_PREFIX):
                     continue
-                parts = [f"{folder}/{patient}/{period}/{name}" for name in self.files.names(f"{folder}/{patient}/{period}")
-                         if not name.startswith((".", "_"))]
+                parts = self._parts_in(f"{folder}/{patient}/{period}")
                 if parts:
                     groups[(patient, period[len(PERIOD_PREFIX):])] = parts
         return groups
@@ -163,7 +166,7 @@ class Roller:
             if batch_id > self.rolled_through(tag):
                 self.files.write(rolled_through_path(tag), [f"{batch_id}\n".encode()])
         for tag, batch_id in manifest["batches"]:
-            self.files.delete(f"{STAGING}/{tag}/batch={batch_id:012d}")
+            self.files.delete(staged_batch(tag, batch_id))
         self.files.delete(MANIFEST)
         return result
 
@@ -173,8 +176,7 @@ class Roller:
         """Every file that may hold a reading of this patient and period: published and staged."""
         found = [path for _, path in self.parts(patient, period)]
         for tag, batch_id in self.staged_batches():
-            folder = f"{STAGING}/{tag}/batch={batch_id:012d}/{patient}/{PERIOD_PREFIX}{period}"
-            found += [f"{folder}/{name}" for name in self.files.names(folder) if not name.startswith((".", "_"))]
+            found += self._parts_in(f"{staged_batch(tag, batch_id)}/{patient}/{PERIOD_PREFIX}{period}")
         return found
 
     def remove(self, ids: set[str], files: list[str]) -> int:

@@ -68,14 +68,7 @@ def archive_tag(spark: SparkSession, config: Config) -> str:
     """Eight hex digits naming the stream job's staged batches: a hash of the checkpoint's location,
     the topic and the routing query's id (a checkpoint made anew numbers its batches from 0 again)."""
     fs, checkpoint = hadoop_fs(spark, config.paths.checkpoint_dir)
-    metadata = spark._jvm.org.apache.hadoop.fs.Path(checkpoint, f"{ROUTING_CHECKPOINT}/metadata")
-    query_id = ""
-    if fs.exists(metadata):
-        stream = fs.open(metadata)
-        try:
-            query_id = bytes(spark._jvm.org.apache.commons.io.IOUtils.toByteArray(stream)).decode().strip()
-        finally:
-            stream.close()
+    query_id = (HadoopFiles(spark, fs, checkpoint).read(f"{ROUTING_CHECKPOINT}/metadata") or b"").decode().strip()
     return hashlib.sha256(f"{checkpoint.toString()}|{config.kafka.topic}|{query_id}".encode()).hexdigest()[:8]
 
 
@@ -166,36 +159,34 @@ class ArchiveSink:
         lines_df = new_df.select("patient_id", period_of(self.config.archive.period).alias("period"),
                                  one_line(F.col("raw")).alias("value"))
         folder = staged_batch(self.tag, batch_id)
+        working = f"{folder}.tmp"  # renamed to the batch's folder once whole
         if self.local_root is not None and rows <= DRIVER_WRITE_MAX_ROWS:
-            self._retry(lambda: self._stage_from_driver(lines_df, folder), f"batch {batch_id}: staging normal readings")
+            write = self._stage_from_driver
         else:
-            self._retry(lambda: self._stage_with_spark(lines_df, folder), f"batch {batch_id}: staging normal readings")
+            write = self._stage_with_spark
+
+        def staged() -> None:
+            self.files.delete(working)
+            write(lines_df, working)
+            self.files.delete(folder)  # an earlier attempt of this batch, not rolled: the same readings
+            self.files.rename(working, folder)
+        self._retry(staged, f"batch {batch_id}: staging normal readings")
         return rows
 
-    def _stage_from_driver(self, lines_df: DataFrame, folder: str) -> None:
+    def _stage_from_driver(self, lines_df: DataFrame, working: str) -> None:
         """A live batch's few thousand readings are collected and written by the driver: the
         partitioned write's shuffle and task per patient cost more than the bytes
         (``bench/archive_bench.py``). Folder names are escaped as Spark escapes partition values."""
         groups: dict[tuple[str, str], list[bytes]] = defaultdict(list)
         for row in lines_df.select("patient_id", "period", F.col("value").cast("binary").alias("line")).collect():
             groups[(row.patient_id, row.period)].append(bytes(row.line))
-        working = f"{folder}.tmp"
-        self.files.delete(working)
         for (patient_id, period), lines in groups.items():
             self.files.write(f"{working}/{PATIENT_PREFIX}{self.partition_name(patient_id)}/{PERIOD_PREFIX}{period}/"
                              "part-00000.jsonl", [b"\n".join(lines) + b"\n"])
-        self._publish_stage(working, folder)
 
-    def _stage_with_spark(self, lines_df: DataFrame, folder: str) -> None:
-        working = f"{folder}.tmp"
-        self.files.delete(working)
+    def _stage_with_spark(self, lines_df: DataFrame, working: str) -> None:
         (lines_df.repartition("patient_id", "period").write.mode("overwrite").partitionBy("patient_id", "period")
          .text(f"{self.root}/{working}"))
-        self._publish_stage(working, folder)
-
-    def _publish_stage(self, working: str, folder: str) -> None:
-        self.files.delete(folder)  # an earlier attempt of this batch, not rolled: the same readings
-        self.files.rename(working, folder)
 
     def roll_if_due(self, force: bool = False) -> RollResult | None:
         """Publish the staged batches when ``archive.roll_every`` has passed since the last roll
