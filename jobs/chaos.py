@@ -450,7 +450,7 @@ def run_scenario(scenario: Scenario, config: Config, feed: Feed, job: Job, folde
     print_table(table)
     published, staged, _ = file_count(Path(config.paths.archive_dir))
     bound = archive_bound(feed, config)
-    print(f"\narchive files {published:,} for {bound:,} patient-days, {staged:,} staged")
+    print(f"\nfiles in the archive: {published:,} for {bound:,} patient-days, {staged:,} staged")
     ok = clean(table) and not job.exits and status == 0 and published <= bound and not staged
     print(f"\n{'OK' if ok else 'FAILED'}: {sum(row['expected'] for row in table.values()):,} expected entries; "
           f"job log: {folder}/job-*.log")
