@@ -33,6 +33,6 @@ def test_short_chaos_run_loses_doubles_and_leaves_stale_nothing(kafka_admin, es)
     assert int(table["dead"][1].replace(",", "")) > 0 and int(table["anomalies"][0].replace(",", "")) > 0
     assert "exited by itself 0 times" in result.stdout
     # the archive's files follow patients and days, not the job's hundreds of batches and restarts
-    files, days, staged = map(int, re.search(r"files in the archive: ([\d,]+) for ([\d,]+) patient-days, ([\d,]+) staged",
-                                            result.stdout.replace(",", "")).groups())
+    found = re.search(r"files in the archive: ([\d,]+) for ([\d,]+) patient-days, ([\d,]+) staged", result.stdout)
+    files, days, staged = (int(n.replace(",", "")) for n in found.groups())
     assert files <= days and staged == 0, (files, days, staged)
