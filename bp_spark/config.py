@@ -108,6 +108,7 @@ class ElasticsearchConfig:
     metrics_index: str
     pending_index: str
     archive_index: str
+    versions_index: str
     number_of_replicas: int
     username: str
     password_file: str
@@ -456,6 +457,7 @@ VALIDATORS: dict[str, Callable[[Any], str | None]] = {
     "archive.max_file_mb": _positive,
     "elasticsearch.metrics_retention": _never_or_duration,
     "elasticsearch.archive_index": _index,
+    "elasticsearch.versions_index": _index,
     "stream.max_future_skew": _duration,
     "stream.max_bundle_entries": _positive,
     "stream.pair_horizon": _duration,

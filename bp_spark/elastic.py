@@ -12,7 +12,7 @@ from elasticsearch import Elasticsearch
 from elasticsearch import exceptions as es_exceptions
 from elastic_transport import TlsError, TransportError
 
-from bp_spark.config import Config, env_name
+from bp_spark.config import Config, duration_seconds, env_name
 from bp_spark.connections import AccessRefused
 from bp_spark.versions import elasticsearch_version
 
@@ -168,6 +168,15 @@ def expire_health_records(client: Elasticsearch, config: Config, page: int = 500
                             {"range": {"timestamp": {"lt": f"now-{retention_s}s"}}}, page)
 
 
+def expire_versions(client: Elasticsearch, config: Config, page: int = 5000) -> int:
+    """Forget the versions seen of observations with no new version for ``stream.dedup_horizon``
+    (:mod:`bp_spark.sinks.repeats`); return how many. The range query on ``seen_at`` finds only
+    those: the cost follows what expires, not the history kept."""
+    horizon_s = duration_seconds(config.stream.dedup_horizon)
+    return _delete_matching(client, config.elasticsearch.versions_index,
+                            {"range": {"seen_at": {"lt": f"now-{horizon_s}s"}}}, page)
+
+
 def _delete_matching(client: Elasticsearch, index: str, query: dict, page: int) -> int:
     if not client.indices.exists(index=index):
         return 0
@@ -201,7 +210,7 @@ def index_time(value: int | float | str | None) -> datetime | None:
 
 
 # Every index the jobs write, by template kind (conf/elasticsearch/<kind>.json, elasticsearch.<kind>_index).
-INDEX_KINDS = ("anomalies", "alerts", "deadletter", "trends", "metrics", "pending", "archive")
+INDEX_KINDS = ("anomalies", "alerts", "deadletter", "trends", "metrics", "pending", "archive", "versions")
 
 
 def pipeline_indices(config: Config) -> dict[str, str]:

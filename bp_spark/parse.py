@@ -50,7 +50,7 @@ _PATIENT_PATH = r"^(?:.*/)?Patient/([A-Za-z0-9\-\.]{1,64})(?:/_history/[^/]+)?$"
 _URN_UUID = r"^urn:uuid:([0-9A-Fa-f]{8}-[0-9A-Fa-f]{4}-[0-9A-Fa-f]{4}-[0-9A-Fa-f]{4}-[0-9A-Fa-f]{12})$"
 _MMHG_UNITS = ("mm[Hg]", "mmHg", "mm Hg")
 # FHIR R4 ``id``: letters, digits, '-' and '.', 1 to 64 of them.
-_FHIR_ID = r"^[A-Za-z0-9\-\.]{1,64}$"
+FHIR_ID = r"^[A-Za-z0-9\-\.]{1,64}$"
 # How much of a bad value a dead-letter reason quotes: enough to recognise it, never enough
 # to make the reason itself unstorable (a keyword term) or to carry a payload.
 QUOTE_LIMIT = 40
@@ -202,7 +202,7 @@ def _bundle_patient(entries: Column, subject: Column) -> Column:
     FHIR way to resolve ``urn:uuid:`` references inside a Bundle), when it is a FHIR id; else null."""
     patient = F.element_at(F.filter(entries, lambda e: (e["obs"]["resourceType"] == "Patient")
                                     & (e["full_url"] == subject)), 1)["obs"]["id"]
-    return F.when(subject.isNotNull() & patient.rlike(_FHIR_ID), patient)
+    return F.when(subject.isNotNull() & patient.rlike(FHIR_ID), patient)
 
 
 def _bundle_problem(message: Column, raw: Column, entries: Column, readings: Column, max_entries: int) -> Column:
@@ -331,7 +331,7 @@ def parse_observations(kafka_df: DataFrame, max_future_s: int = DEFAULT_MAX_FUTU
         .when(F.col("_resource_type") != "Observation",
               F.concat(F.lit("not an Observation: resourceType "), quoted(F.col("_resource_type"))))
         .when(F.coalesce(F.length("observation_id"), F.lit(0)) == 0, F.lit("Observation has no id"))
-        .when(~F.col("observation_id").rlike(_FHIR_ID),
+        .when(~F.col("observation_id").rlike(FHIR_ID),
               F.concat(F.lit("Observation id '"), quoted(F.col("observation_id")),
                        F.lit("' is not a FHIR id (1-64 letters, digits, '-' or '.')")))
         .when(status.isNull(), F.lit("Observation has no status"))

@@ -177,7 +177,7 @@ def start_pipeline(spark: SparkSession, config: Config, sinks: Sinks | None) -> 
             if held is not None:
                 held.release()
         raise
-    router = BatchRouter(config, sinks)
+    router = BatchRouter(config, sinks, sinks.repeats if sinks is not None else None)
     trend_router = TrendRouter(config, sinks) if sinks is not None and config.trends.enabled else None
     routers = {ROUTING_QUERY: router, TRENDS_QUERY: trend_router}
 

@@ -3,13 +3,15 @@
 Every consumed message ends in exactly one of: the anomaly index, the archive, the dead-letter
 index. Corrections (``amended``/``corrected``) replace the earlier version under the same id
 wherever it was stored, under any patient; ``entered-in-error`` removes it, also when it
-carries nothing but its id. The same message delivered twice (same id, same bytes) is dropped
-by a de-duplication state kept in the checkpoint.
+carries nothing but its id. The same observation delivered twice (same id, same content), or a
+late repeat of a version corrected since, is dropped by asking the versions index
+(:mod:`bp_spark.sinks.repeats`).
 """
 
 from __future__ import annotations
 
 import logging
+import re
 import time
 from dataclasses import dataclass, field
 
@@ -25,6 +27,7 @@ from bp_spark.pairing import ARCHIVE_COLUMNS, Pairing, archive_rows
 from bp_spark.parse import RETRACTED_STATUS, is_update
 from bp_spark.sinks import Sinks, SinkUnavailable
 from bp_spark.sinks.es import Refused
+from bp_spark.sinks.repeats import VersionLedger, version_hash
 from bp_spark.streaming import (checkpointed, configure_state, kafka_source, parsed, per_step, remember, start_in_pool,
                                 timed)
 
@@ -34,31 +37,23 @@ ROUTING_CHECKPOINT = "routing"
 
 
 def with_dedup_key(df: DataFrame) -> DataFrame:
-    """A key equal for the same observation delivered twice: its id and a hash of its content as
-    read (a correction reads otherwise, so it is kept), whether it came alone or in a Bundle;
-    Kafka coordinates (and the Bundle entry) where there is no id. An unusable message is known
-    by its bytes: two that read alike (the same object, then garbage after one of them) are two
-    dead letters."""
+    """A key equal for the same observation delivered twice: its id and its version's hash
+    (:func:`~bp_spark.sinks.repeats.version_hash`: a correction reads otherwise, so it is kept),
+    whether it came alone or in a Bundle; Kafka coordinates (and the Bundle entry) where there is
+    no id. The backfill groups its chunk's repeats by it; the stream job asks its versions index."""
     identity = F.coalesce(
         F.col("observation_id"),
         F.concat_ws(":", F.lit("kafka"), "kafka_topic", "kafka_partition", "kafka_offset", "bundle_entry"),
     )
-    content = F.when(F.col("error").isNull(), F.col("content_hash")).otherwise(F.xxhash64("raw"))
-    return df.withColumn("dedup_key", F.concat_ws("|", identity, content.cast("string")))
+    return df.withColumn("dedup_key", F.concat_ws("|", identity, version_hash().cast("string")))
 
 
 def readings_stream(source_df: DataFrame, config: Config) -> DataFrame:
-    """Parse, classify and de-duplicate the Kafka stream (pure: the same plan serves tests on static data)."""
+    """Parse and classify the Kafka stream (pure: the same plan serves tests on static data). It
+    keeps no state: repeats are left out per batch (:mod:`bp_spark.sinks.repeats`)."""
     return (
         source_df.transform(lambda df: parsed(df, config))
         .transform(lambda df: with_classification(df, config.thresholds))
-        .transform(with_dedup_key)
-        # A repeat of an earlier version delivered after its correction must not bring it back:
-        # the state knows every (id, content) seen within the horizon, on the job's clock.
-        .withColumn("_seen_at", F.current_timestamp())
-        .withWatermark("_seen_at", config.stream.dedup_horizon)
-        .dropDuplicatesWithinWatermark(["dedup_key"])
-        .drop("_seen_at")
     )
 
 
@@ -88,7 +83,7 @@ class BatchStats:
     refused: int = 0
     ignored_entries: int = 0
     already_archived: int = 0
-    repeats: int = 0  # readings left out before the batch as repeats of one of its rows (a backfill's)
+    repeats: int = 0  # rows left out as repeats: of an earlier batch's (the versions index), or of the batch's own
     paired: int = 0  # pairs of separate systolic and diastolic Observations routed as readings
     halves_waiting: int = 0  # halves left waiting for their partner
     halves_expired: int = 0  # halves whose partner did not come within stream.pair_horizon (dead letters)
@@ -119,9 +114,12 @@ class BatchStats:
 class BatchRouter:
     """The foreachBatch function: route each reading of a micro-batch to its sink."""
 
-    def __init__(self, config: Config, sinks: Sinks | None) -> None:
+    def __init__(self, config: Config, sinks: Sinks | None, ledger: VersionLedger | None = None) -> None:
+        """``ledger``: the stream job's versions seen, whose repeats are dropped (a backfill's
+        chunks leave out their own repeats, and its sinks take a reading again as the same one)."""
         self.config = config
         self.sinks = sinks  # None: parse and classify only (the benchmark's ceiling)
+        self.ledger = ledger
         self.last: BatchStats | None = None
         self.counts: dict[int, dict] = {}  # rows per sink of recent batches, for monitoring
         self.fatal: SinkUnavailable | None = None
@@ -131,17 +129,29 @@ class BatchRouter:
         started = time.monotonic()
         if self.sinks is not None:
             self.sinks.waits.clear()
-        cached_here = not batch_df.is_cached  # a backfill's chunk comes cached (bp_spark.backfill)
-        if cached_here:
-            batch_df = batch_df.persist()
+        cached = [] if batch_df.is_cached else [batch_df.persist()]  # a backfill's chunk comes cached
+        batch_df = cached[0] if cached else batch_df
         try:
+            seen, looked_up = None, 0.0
+            if self.ledger is not None and self.sinks is not None:
+                looked_up = time.monotonic()
+                routed_df, seen = self.ledger.drop_repeats(batch_df, batch_id)
+                looked_up = time.monotonic() - looked_up
+                if seen.repeats:
+                    batch_df = routed_df.persist()
+                    cached.append(batch_df)
             stats = self._route(batch_df, batch_id)
+            if seen is not None:
+                stats.repeats += seen.repeats
+                stats.steps = {"repeats": looked_up, **stats.steps}
+                with timed(stats.steps, "versions"):  # last: every sink has the batch's rows
+                    self.ledger.record(seen)
         except SinkUnavailable as exc:  # outages.give_up_after passed: the job is told to stop
             self.fatal = exc
             raise
         finally:
-            if cached_here:
-                batch_df.unpersist()
+            for df in cached:
+                df.unpersist()
         stats.seconds = time.monotonic() - started
         self.last = stats
         self.counts = remember(self.counts, batch_id, {
@@ -151,7 +161,9 @@ class BatchRouter:
             "paired": stats.paired, "halves_waiting": stats.halves_waiting, "halves_expired": stats.halves_expired,
             "repeats": stats.repeats, "archive_rolled_batches": stats.rolled_batches,
             "archive_rolled_files": stats.rolled_files,
-            "waited_s": dict(self.sinks.waits)} if self.sinks is not None else {})
+            "waited_s": dict(self.sinks.waits),
+            "steps_s": {re.sub(r"\W+", "_", step): round(took, 3) for step, took in stats.steps.items()},
+        } if self.sinks is not None else {})
         log.info(stats.line())
 
     def _clear_earlier_versions(self, ok_df: DataFrame, batch_id: int) -> DataFrame:

@@ -35,7 +35,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 from bp_spark.logs import configure_logging
 from bp_spark.config import ConfigError, add_config_flags, load_config_from_args
 from bp_spark.connections import check_kafka
-from bp_spark.elastic import ElasticsearchUnavailable, expire_dead_letters, expire_health_records, make_client
+from bp_spark.elastic import (ElasticsearchUnavailable, expire_dead_letters, expire_health_records, expire_versions,
+                              make_client)
 from bp_spark.ownership import OwnershipError
 from bp_spark.pipeline import CheckpointLayoutError, PipelineStopped, start_pipeline
 from bp_spark.session import connectors_problem, job_session, stop_session
@@ -79,7 +80,8 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def _apply_retention(es, config) -> None:
-    """Apply elasticsearch.deadletter_retention and metrics_retention now, and again every hour."""
+    """Apply elasticsearch.deadletter_retention, metrics_retention and stream.dedup_horizon now, and
+    again every hour."""
     try:
         deleted = expire_dead_letters(es, config)
         if deleted:
@@ -90,8 +92,12 @@ def _apply_retention(es, config) -> None:
         if deleted:
             log.info("deleted %d health records older than %s (elasticsearch.metrics_retention)", deleted,
                      config.elasticsearch.metrics_retention)
+        deleted = expire_versions(es, config)
+        if deleted:
+            log.info("forgot the versions seen of %d observations with none new for %s (stream.dedup_horizon)",
+                     deleted, config.stream.dedup_horizon)
     except Exception as exc:  # retention is housekeeping: an outage here must not stop the monitor
-        log.warning("could not apply the retention of dead letters and health records (%s); trying again in "
+        log.warning("could not apply the retention of dead letters, health records and versions seen (%s); trying again in "
                     "an hour", summarise(exc))
     timer = threading.Timer(3600, _apply_retention, (es, config))
     timer.daemon = True

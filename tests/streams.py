@@ -36,6 +36,7 @@ def stream_config(name: str, tmp_path: Path, **extra) -> Config:
         "elasticsearch.metrics_index": f"{name}_metrics",
         "elasticsearch.pending_index": f"{name}_pending",
         "elasticsearch.archive_index": f"{name}_archive",
+        "elasticsearch.versions_index": f"{name}_versions",
         "outages.backoff_s": 0.2,
         "outages.max_backoff_s": 2.0,
         "paths.archive_dir": str(tmp_path / "archive"),

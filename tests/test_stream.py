@@ -122,6 +122,15 @@ def test_corrections_move_observations_and_retractions_remove_them(
     assert archive_lines(config) == [corrected_down]  # the old normal version is gone from the archive
     assert not list(Path(config.paths.archive_dir).glob("_rewrite/*/batch=*"))
 
+    # The first versions delivered again, late (a device's sync, a replayed feed): they do not
+    # undo their corrections, nor bring back the retracted reading; nor do the corrections, again.
+    publish(config, [(key, normal_then_crisis), (good[1][0], crisis_then_normal), (good[2][0], high_then_retracted),
+                     (key, corrected_up)])
+    assert run_once(spark, config, es).last.repeats == 4
+    assert set(ids_in(es, config.elasticsearch.anomalies_index)) == {ids[0]}
+    assert set(ids_in(es, config.elasticsearch.alerts_index)) == {ids[0]}
+    assert archive_lines(config) == [corrected_down]
+
 
 def test_kill_minus_nine_mid_stream_then_restart_gives_each_observation_once(
     es: Elasticsearch, kafka_admin, unique_name: str, tmp_path: Path
@@ -335,6 +344,9 @@ def test_health_metrics_are_logged_and_indexed_per_batch(
     assert routing[0]["kafka_lag"] == len(good) + 1 - routing[0]["input_rows"] > 0
     assert routing[-1]["kafka_lag"] == 0  # the lag reaches zero
     assert all(r["batch_duration_ms"] > 0 and r["processed_rows_per_second"] > 0 for r in routing)
+    # each step's seconds, the versions index's lookup and record among them; the routing query holds no state
+    assert all({"read_parse", "repeats", "elasticsearch", "versions"} <= set(r["sinks"]["steps_s"]) for r in routing)
+    assert all(r["state_operators"] == [] for r in routing)
     trends = [r for r in logged if r["query"] == TRENDS_QUERY and r["input_rows"]]
     assert sum(r["input_rows"] for r in trends) == len(good) + 1 and trends[-1]["watermark"]
     assert all(r["sinks"]["trend_windows"] > 0 for r in trends)

@@ -3,6 +3,7 @@
 - :mod:`bp_spark.sinks.es`: the Elasticsearch indices (anomalies, alerts, trends, dead letter);
 - :mod:`bp_spark.sinks.archive`: the normal-reading archive, files per patient and period (:mod:`bp_spark.archive`);
 - :mod:`bp_spark.sinks.alert_topic`: alerts on a Kafka topic for downstream systems;
+- :mod:`bp_spark.sinks.repeats`: the versions of each observation seen, so that repeats are dropped;
 - :mod:`bp_spark.sinks.retry`: how each of them rides out an outage.
 
 The documents themselves are built in :mod:`bp_spark.documents`.
@@ -20,6 +21,7 @@ from bp_spark.sinks.alert_topic import AlertTopic
 from bp_spark.sinks.archive import ArchiveSink, hadoop_fs
 from bp_spark.sinks.es import ElasticsearchSink
 from bp_spark.sinks.retry import SinkUnavailable
+from bp_spark.sinks.repeats import VersionLedger
 
 __all__ = ["Sinks", "SinkUnavailable", "hadoop_fs"]
 
@@ -39,3 +41,4 @@ class Sinks:
         self.elasticsearch = ElasticsearchSink(self.config, self.es, self.waits)
         self.archive = ArchiveSink(self.spark, self.config, self.waits, self.elasticsearch, self.archive_tag)
         self.alert_topic = AlertTopic(self.config, self.waits)
+        self.repeats = VersionLedger(self.spark, self.config, self.elasticsearch, lambda: self.archive.tag)

@@ -334,14 +334,15 @@ class ElasticsearchSink:
             return {hit["_id"]: hit["_source"] for hit in hits}
         return self._retry(run, what)
 
-    def put(self, index: str, docs: dict[str, dict], what: str) -> None:
-        """Index a few documents built by the driver (``{id: source}``), searchable at once (refreshed).
+    def put(self, index: str, docs: dict[str, dict], what: str, refresh: bool = True) -> None:
+        """Index a few documents built by the driver (``{id: source}``), searchable at once
+        (``refresh``; a multi-get finds them either way).
         Every item must be taken; a refused one (a 400) is a bug of ours, not an outage: it stops the batch."""
         if not docs:
             return
         operations = [op for doc_id, source in docs.items() for op in ({"index": {"_index": index, "_id": doc_id}}, source)]
 
-        self._retry(lambda: self._bulk_all_taken(operations, f"{index}: documents not written", refresh=True,
+        self._retry(lambda: self._bulk_all_taken(operations, f"{index}: documents not written", refresh=refresh,
                                                  accepted=(200, 201)), what)
 
     def _bulk_all_taken(self, operations: list[dict], failure: str, refresh: bool,
