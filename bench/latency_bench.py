@@ -1,6 +1,7 @@
 """Latency of the stream job on a live feed: from publication to the anomaly being searchable.
 
     .venv/bin/python bench/latency_bench.py [--rate 1000] [--seconds 120] [--warmup-seconds 30] [--trigger T]
+                                            [--seed-versions N]
 
 On the local stack (`make up` first), over its TLS and authentication:
 
@@ -12,7 +13,11 @@ On the local stack (`make up` first), over its TLS and authentication:
    latency is the moment it was first found minus its Kafka timestamp (the producer's clock:
    publication); the first --warmup-seconds of the feed are not counted (Spark's start-up);
 4. prints p50, p95 and max of the anomalies' latency, how many came, and whether each critical
-   alert was searchable no later than its anomaly.
+   alert was searchable no later than its anomaly; and, from the routing query's health records
+   after the warm-up, its batch duration and the seconds of its repeats lookup and versions record.
+
+``--seed-versions N`` fills the versions index with N observations seen before the job starts
+(what a week of a feed leaves there): the repeats lookup must cost the same with a million.
 
 Figures go in docs, not in tests: the machine is shared and noisy.
 """
@@ -38,7 +43,8 @@ sys.path.insert(0, str(ROOT))
 
 from bp_spark.config import env_name, load_config  # noqa: E402
 from bp_spark.connections import kafka_settings  # noqa: E402
-from bp_spark.elastic import make_client, pipeline_indices  # noqa: E402
+from bp_spark.elastic import install_templates, make_client, pipeline_indices  # noqa: E402
+from bp_spark.monitoring import ROUTING_QUERY  # noqa: E402
 
 
 def percentile(values: list[float], q: float) -> float:
@@ -78,12 +84,41 @@ def _epoch_ms(value) -> int:
     return int(datetime.fromisoformat(str(value).replace("Z", "+00:00")).timestamp() * 1000)
 
 
+def seed_versions(es, index: str, count: int) -> None:
+    """``count`` observations seen in the last hours, as the stream job records them."""
+    from elasticsearch.helpers import streaming_bulk
+    now_ms = int(time.time() * 1000)
+    actions = ({"_index": index, "_id": f"seed-{i}", "_source": {
+        "hashes": [i * 7919], "added": [i * 7919], "tag": "seed", "batch_id": i // 1000,
+        "seen_at": now_ms - (count - i) * 10}} for i in range(count))
+    started = time.monotonic()
+    for done, (ok, item) in enumerate(streaming_bulk(es, actions, chunk_size=5000, raise_on_error=True), 1):
+        if done % 200_000 == 0:
+            print(f"seeded {done:,} versions ({time.monotonic() - started:.0f} s)", flush=True)
+    es.indices.refresh(index=index)
+    print(f"versions index seeded with {count:,} observations in {time.monotonic() - started:.0f} s", flush=True)
+
+
+def routing_health(es, index: str, since_ms: float) -> list[dict]:
+    """The routing query's health records of batches with rows, started after ``since_ms``."""
+    try:
+        es.indices.refresh(index=index)
+        hits = es.search(index=index, size=10_000, query={"bool": {"filter": [
+            {"term": {"query": ROUTING_QUERY}}, {"range": {"input_rows": {"gt": 0}}},
+            {"range": {"timestamp": {"gte": int(since_ms)}}}]}})["hits"]["hits"]
+    except ApiError:
+        return []
+    return [hit["_source"] for hit in hits]
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--rate", type=int, default=1000, help="observations per second (default 1000)")
     parser.add_argument("--seconds", type=float, default=120, help="how long the feed runs (default 120)")
     parser.add_argument("--warmup-seconds", type=float, default=30, help="feed not counted at first (default 30)")
     parser.add_argument("--trigger", default=None, help="the job's --trigger (default: its configuration's)")
+    parser.add_argument("--seed-versions", type=int, default=0,
+                        help="observations in the versions index before the job starts (default 0)")
     args = parser.parse_args()
 
     name = f"bench_latency_{uuid.uuid4().hex[:8]}"
@@ -98,6 +133,9 @@ def main() -> int:
     admin.create_topics([NewTopic(name, 3, 1)])[name].result(30)
     es = make_client(config)
     anomalies, alerts = Watcher(es, indices["anomalies"]), Watcher(es, indices["alerts"])
+    if args.seed_versions:
+        install_templates(es, {"versions": indices["versions"]}, 0)
+        seed_versions(es, indices["versions"], args.seed_versions)
     job_log = workdir / "job.log"
     command = [sys.executable, str(ROOT / "jobs" / "stream.py")] + (["--trigger", args.trigger] if args.trigger else [])
     job = subprocess.Popen(command, env=env, stdout=open(job_log, "wb"), stderr=subprocess.STDOUT)
@@ -128,6 +166,8 @@ def main() -> int:
             feed.kill()
         job.terminate()
         job.wait(120)
+        health = routing_health(es, indices["metrics"], (feed_started + args.warmup_seconds) * 1000
+                                if feed is not None else 0)
         admin.delete_topics([name])
         for index in es.indices.get(index=f"{name}_*", allow_no_indices=True):
             es.indices.delete(index=index)
@@ -149,6 +189,14 @@ def main() -> int:
     print(f"publication -> anomaly searchable: p50 {percentile(latency, 0.5):.2f} s, "
           f"p95 {percentile(latency, 0.95):.2f} s, max {max(latency):.2f} s, mean {statistics.mean(latency):.2f} s")
     print(f"critical alerts: {len(alerts.first_seen):,}; searchable after their anomaly (>0.15 s): {len(late_alerts)}")
+    if health:
+        durations = [h["batch_duration_ms"] / 1000 for h in health]
+        steps = {step: [h["sinks"].get("steps_s", {}).get(step, 0.0) for h in health] for step in ("repeats", "versions")}
+        print(f"routing batches after the warm-up: {len(health)}, duration p50 {percentile(durations, 0.5):.2f} s, "
+              f"p95 {percentile(durations, 0.95):.2f} s; repeats lookup p50 {percentile(steps['repeats'], 0.5):.3f} s, "
+              f"p95 {percentile(steps['repeats'], 0.95):.3f} s; versions record p50 "
+              f"{percentile(steps['versions'], 0.5):.3f} s, p95 {percentile(steps['versions'], 0.95):.3f} s "
+              f"(versions index seeded with {args.seed_versions:,})")
     print("last batches of the job:")
     for line in batch_lines[-6:]:
         print("  " + line.split(" - ")[-1][:220])
