@@ -9,9 +9,9 @@ every default kept) and publishes a feed as home devices send it: each patient's
 now and then and sends its readings since the last sync in a burst; 5% of readings arrive late
 (one hour to three days); about 1% of messages are corrections of an earlier reading, 0.5%
 retract one (``entered-in-error``) and 2% repeat an earlier message byte for byte. Every
-``--report-every`` seconds it prints the routing batches' duration (p50/p95 of the period), the
-state operators' rows and eviction time, the archive's files and bytes, the documents of each
-index and the job's resident memory. At the end it stops the feed, lets the job catch up,
+``--report-every`` seconds it prints the routing batches' duration (p50/p95 of the period) and
+their lookup of repeats in the versions index (p95), the trend query's state rows and eviction
+time, the archive's files and bytes, the documents of each index and the job's resident memory. At the end it stops the feed, lets the job catch up,
 stops it with SIGTERM, reconciles every sink by id (lost, doubled, stale, unexpected), and
 prints the table and the checks:
 
@@ -211,17 +211,19 @@ def report(es, config: Config, job: subprocess.Popen, since: datetime, elapsed_s
     routing = [r for r in records(es, config, ROUTING_QUERY, since) if r["input_rows"]]
     trends = records(es, config, TRENDS_QUERY, since)
     seconds = [r["batch_duration_ms"] / 1000 for r in routing]
+    lookups = [r["sinks"].get("steps_s", {}).get("repeats", 0.0) for r in routing]
     state = (trends[-1].get("state_operators") or []) if trends else []
     published_files, staged_files, size = file_count(Path(config.paths.archive_dir))
     docs = {kind: count_documents(es, getattr(config.elasticsearch, f"{kind}_index"))
-            for kind in ("anomalies", "alerts", "archive", "deadletter", "metrics")}
+            for kind in ("anomalies", "alerts", "archive", "deadletter", "metrics", "versions")}
     figures = {"elapsed_min": elapsed_s / 60, "published": published, "batches": len(seconds),
                "p50": statistics.median(seconds) if seconds else 0.0, "p95": percentile(seconds, 0.95),
+               "lookup_ms": percentile(lookups, 0.95) * 1000,
                "state_rows": sum(op["rows"] for op in state), "removals_ms": sum(op["removals_ms"] for op in state),
                "files": published_files, "staged": staged_files, "mb": size / 1e6, "docs": docs,
                "rss_mb": job_rss_mb(job.pid)}
     say(f"{figures['elapsed_min']:5.1f} min, {published:,} published; routing batches {len(seconds)}: "
-        f"p50 {figures['p50']:.2f} s, p95 {figures['p95']:.2f} s; trend state {figures['state_rows']:,} rows, "
+        f"p50 {figures['p50']:.2f} s, p95 {figures['p95']:.2f} s, repeats lookup p95 {figures['lookup_ms']:.0f} ms; trend state {figures['state_rows']:,} rows, "
         f"eviction {figures['removals_ms']} ms; archive {published_files:,} files + {staged_files:,} staged, "
         f"{figures['mb']:.1f} MB; " + ", ".join(f"{k} {n:,}" for k, n in docs.items())
         + f"; job RSS {figures['rss_mb']:,.0f} MB")
@@ -244,7 +246,8 @@ def main(argv: list[str] | None = None) -> int:
     config = load_config(overrides={
         "kafka.topic": run, "paths.archive_dir": str(folder / "archive"), "paths.checkpoint_dir": str(folder / "checkpoint"),
         **{f"elasticsearch.{kind}_index": f"{run}_{kind}" for kind in INDEX_KINDS}})
-    AdminClient(kafka_settings(config)).create_topics([NewTopic(run, num_partitions=3, replication_factor=1)])[run].result(30)
+    admin = AdminClient(kafka_settings(config))  # held: a client destroyed at once fails its futures
+    admin.create_topics([NewTopic(run, num_partitions=3, replication_factor=1)])[run].result(30)
     es = make_client(config)
     env = job_env(config)
     for key in ("BP_OUTAGES_BACKOFF_S", "BP_OUTAGES_MAX_BACKOFF_S"):  # chaos's shorter waits: every default kept
@@ -302,10 +305,11 @@ def soak(args, config: Config, es, job: subprocess.Popen, feed: RemoteFeed, fold
     published_files, staged_files, size = file_count(Path(config.paths.archive_dir))
     bound = archive_bound(feed.feed, config)
     print("\nfigures every period")
-    print(f"{'minutes':>7} {'batches':>7} {'p50 s':>6} {'p95 s':>6} {'state rows':>10} {'evict ms':>8} "
-          f"{'files':>7} {'staged':>6} {'MB':>7} {'RSS MB':>7}")
+    print(f"{'minutes':>7} {'batches':>7} {'p50 s':>6} {'p95 s':>6} {'lookup ms':>9} {'versions':>9} "
+          f"{'trend rows':>10} {'evict ms':>8} {'files':>7} {'staged':>6} {'MB':>7} {'RSS MB':>7}")
     for p in periods:
-        print(f"{p['elapsed_min']:>7.1f} {p['batches']:>7} {p['p50']:>6.2f} {p['p95']:>6.2f} {p['state_rows']:>10,} "
+        print(f"{p['elapsed_min']:>7.1f} {p['batches']:>7} {p['p50']:>6.2f} {p['p95']:>6.2f} {p['lookup_ms']:>9.0f} "
+              f"{p['docs']['versions']:>9,} {p['state_rows']:>10,} "
               f"{p['removals_ms']:>8} {p['files']:>7,} {p['staged']:>6} {p['mb']:>7.1f} {p['rss_mb']:>7.0f}")
     print_table(table)
     checks = {"every sink reconciled by id": clean(table),

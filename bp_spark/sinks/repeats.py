@@ -54,6 +54,7 @@ class Seen:
     keys: dict[str, list[int]] = field(default_factory=dict)  # id -> the batch's new hashes, in topic order
     stored: dict[str, dict] = field(default_factory=dict)  # id -> its document before this batch
     repeats: int = 0  # rows left out: seen in an earlier batch, or earlier in this one
+    lookup_s: float = 0.0  # the versions index's answer (the rest is reading the batch's ids)
 
 
 class VersionLedger:
@@ -83,8 +84,10 @@ class VersionLedger:
             return batch_df, seen
         rows.sort(key=lambda r: (r.kafka_topic, r.kafka_partition, r.kafka_offset,
                                  -1 if r.bundle_entry is None else r.bundle_entry))
+        started = time.monotonic()
         seen.stored = self.elasticsearch.documents(self.index, {r.observation_id for r in rows},
                                                    f"batch {batch_id}: asking which versions were seen")
+        seen.lookup_s = time.monotonic() - started
         dropped = []
         for row in rows:
             hashes = seen.keys.setdefault(row.observation_id, [])
