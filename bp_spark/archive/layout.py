@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import fnmatch
+import os
 import re
 from collections.abc import Iterator
 from pathlib import Path
@@ -64,15 +66,33 @@ def _lines(path: Path) -> list[bytes]:
         return []
 
 
+def _names(folder: Path, pattern: str = "*") -> list[str]:
+    """The names in ``folder`` matching ``pattern``; none if it is gone (a job renames and deletes
+    staged folders while we read: ``Path.glob`` raises on a folder that vanishes under it)."""
+    try:
+        return fnmatch.filter(os.listdir(folder), pattern)
+    except (FileNotFoundError, NotADirectoryError):
+        return []
+
+
+def staged_batches(root: Path) -> list[Path]:
+    """Every whole staged batch folder, of any job (not one still being written, ``batch=<n>.tmp``)."""
+    return [root / STAGING / tag / name for tag in _names(root / STAGING)
+            for name in _names(root / STAGING / tag, "batch=*") if STAGED_BATCH.match(name)]
+
+
 def staged_files(root: Path, patient_folder: str = "*") -> list[Path]:
     """Every staged file (of any job) for one patient folder, or for all."""
-    return sorted(path for path in root.glob(f"{STAGING}/*/batch=*/{patient_folder}/{PERIOD_PREFIX}*/*")
-                  if STAGED_BATCH.match(path.parent.parent.parent.name) and not path.name.startswith("."))
+    return sorted(batch / patient / period / name for batch in staged_batches(root)
+                  for patient in _names(batch, patient_folder)
+                  for period in _names(batch / patient, f"{PERIOD_PREFIX}*")
+                  for name in _names(batch / patient / period) if not name.startswith("."))
 
 
 def published_files(root: Path, patient_folder: str = "*") -> list[Path]:
     """Every published file (and any of the earlier layout) for one patient folder, or for all."""
-    return sorted(path for path in root.glob(f"{patient_folder}/*.jsonl") if not path.name.startswith("."))
+    return sorted(root / patient / name for patient in _names(root, patient_folder)
+                  for name in _names(root / patient, "*.jsonl") if not name.startswith("."))
 
 
 def archived_lines(root: Path, patient_folder: str = f"{PATIENT_PREFIX}*", exact: bool = False) -> Iterator[bytes]:
@@ -95,8 +115,8 @@ def archived_lines(root: Path, patient_folder: str = f"{PATIENT_PREFIX}*", exact
 
 def patient_ids(root: Path) -> list[str]:
     """The patients the archive has a folder for (published or staged)."""
-    names = {path.name for path in root.glob(f"{PATIENT_PREFIX}*")}
-    names |= {path.name for path in root.glob(f"{STAGING}/*/batch=*/{PATIENT_PREFIX}*")}
+    names = set(_names(root, f"{PATIENT_PREFIX}*"))
+    names |= {name for batch in staged_batches(root) for name in _names(batch, f"{PATIENT_PREFIX}*")}
     return sorted(name.split("=", 1)[1] for name in names)
 
 
