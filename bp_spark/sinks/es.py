@@ -132,10 +132,16 @@ class ElasticsearchSink:
             # One quick retry of a 429 inside the connector; outages are waited out by the careful path.
             "es.batch.write.retry.count": "1",
             "es.batch.write.retry.wait": "1s",
+            # Not a refresh after each task's bulk (of every index of the cluster, under "{_target}"):
+            # one refresh of the indices the batch wrote, once it has written them all (write()).
+            "es.batch.write.refresh": "false",
             "es.spark.dataframe.write.null": "false",
             "es.mapping.id": "_doc_id",
             "es.mapping.exclude": ",".join(ROUTING_COLUMNS),
         }
+        e = config.elasticsearch
+        self._written = [e.alerts_index, e.anomalies_index, e.deadletter_index, e.pending_index, e.archive_index,
+                         e.trends_index]
 
     def _retry(self, action, what: str):
         return with_retries(action, what, SINK, self.config.outages, self.waits)
@@ -149,6 +155,14 @@ class ElasticsearchSink:
         if not docs:
             return Refused()
         what = f"batch {batch_id}: writing {', '.join(docs)}"
+        refused = self._write(docs, batch_id, what)
+        # Searchable now, together: an alert no later than its anomaly, a half's new state before
+        # the next batch searches the pending index.
+        self._retry(lambda: self.es.indices.refresh(index=",".join(self._written), ignore_unavailable=True,
+                                                    allow_no_indices=True), f"{what}: refreshing")
+        return refused
+
+    def _write(self, docs: dict[str, DataFrame], batch_id: int, what: str) -> Refused:
         try:
             # Two passes at most: alerts to create, less those a replayed batch finds there already
             # (they stay as they were), and documents to index (a replay overwrites them). Alerts
