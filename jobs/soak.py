@@ -188,6 +188,21 @@ def job_rss_mb(pid: int) -> float:
     return total / 1024
 
 
+def job_driver_pid(pid: int) -> int:
+    """The Python process running jobs/stream.py under spark-submit's JVM ``pid`` (``pid`` itself if none)."""
+    todo = [pid]
+    while todo:
+        current = todo.pop()
+        try:
+            argv = Path(f"/proc/{current}/cmdline").read_bytes().split(b"\0")
+            if Path(argv[0].decode()).name.startswith("python") and any(a.endswith(b"jobs/stream.py") for a in argv):
+                return current
+            todo += [int(child) for child in Path(f"/proc/{current}/task/{current}/children").read_text().split()]
+        except (OSError, IndexError, ValueError):
+            continue
+    return pid
+
+
 def records(es, config: Config, query: str, since: datetime, until: datetime | None = None) -> list[dict]:
     """The job's health records of one query between two moments."""
     index = config.elasticsearch.metrics_index
@@ -299,7 +314,9 @@ def soak(args, config: Config, es, job: subprocess.Popen, feed: RemoteFeed, fold
     last = [r["batch_duration_ms"] / 1000 for r in records(
         es, config, ROUTING_QUERY, ended_at - timedelta(seconds=PERIOD_S), ended_at) if r["input_rows"]]
     rss_end = job_rss_mb(job.pid)
-    job.send_signal(signal.SIGTERM)
+    # The job's own Python process, not spark-submit's JVM above it: a SIGTERM to the JVM ends both
+    # at once (status 143, the first soak) before the job's stop can roll what is staged.
+    os.kill(job_driver_pid(job.pid), signal.SIGTERM)
     status = job.wait(180)
     table = reconcile(config, feed.feed, set(), exact=True)
     published_files, staged_files, size = file_count(Path(config.paths.archive_dir))
