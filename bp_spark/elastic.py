@@ -138,9 +138,11 @@ def distinct_count(client: Elasticsearch, index: str, field: str, query: dict | 
     return result["aggregations"]["n"]["value"]
 
 
-def refresh_indices(client: Elasticsearch, config: Config) -> None:
-    """Make everything the stream job wrote searchable now (indices refresh every 5 s otherwise)."""
-    client.indices.refresh(index=",".join(pipeline_indices(config).values()), ignore_unavailable=True,
+def refresh_indices(client: Elasticsearch, config: Config, kinds: tuple[str, ...] = ()) -> None:
+    """Make what the stream job wrote searchable now (indices refresh every 1-30 s otherwise): in
+    the indices of ``kinds`` (default: all of them)."""
+    indices = pipeline_indices(config)
+    client.indices.refresh(index=",".join(indices[kind] for kind in kinds or indices), ignore_unavailable=True,
                            allow_no_indices=True)
 
 

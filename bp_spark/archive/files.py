@@ -28,6 +28,15 @@ class Files(Protocol):
     def delete(self, path: str) -> None: ...
 
 
+def names_in(folder: Path) -> list[str]:
+    """The names in a local ``folder``; none if it is gone (a job renames and deletes staged
+    folders while others read: ``Path.glob`` raises on a folder that vanishes under it)."""
+    try:
+        return os.listdir(folder)
+    except (FileNotFoundError, NotADirectoryError):
+        return []
+
+
 class LocalFiles:
     """The archive on this machine's disk: plain system calls (no JVM round trip per file)."""
 
@@ -39,10 +48,7 @@ class LocalFiles:
         return self.root / path if path else self.root
 
     def names(self, folder: str) -> list[str]:
-        try:
-            return sorted(os.listdir(self._path(folder)))
-        except (FileNotFoundError, NotADirectoryError):
-            return []
+        return sorted(names_in(self._path(folder)))
 
     def exists(self, path: str) -> bool:
         return self._path(path).exists()

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import fnmatch
-import os
 import re
 from collections.abc import Iterator
 from pathlib import Path
@@ -11,6 +10,8 @@ from pathlib import Path
 import orjson
 from pyspark.sql import Column
 from pyspark.sql import functions as F
+
+from bp_spark.archive.files import names_in
 
 STAGING = "_staging"
 ROLLS = "_rolls"
@@ -67,12 +68,8 @@ def _lines(path: Path) -> list[bytes]:
 
 
 def _names(folder: Path, pattern: str = "*") -> list[str]:
-    """The names in ``folder`` matching ``pattern``; none if it is gone (a job renames and deletes
-    staged folders while we read: ``Path.glob`` raises on a folder that vanishes under it)."""
-    try:
-        return fnmatch.filter(os.listdir(folder), pattern)
-    except (FileNotFoundError, NotADirectoryError):
-        return []
+    """The names in ``folder`` matching ``pattern`` (none if it is gone)."""
+    return fnmatch.filter(names_in(folder), pattern)
 
 
 def staged_batches(root: Path) -> list[Path]:

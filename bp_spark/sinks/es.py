@@ -27,13 +27,16 @@ from pyspark.sql import functions as F
 from bp_spark.config import Config
 from bp_spark.documents import CREATE, ROUTING_COLUMNS
 from bp_spark.elastic import (ElasticsearchUnreachable, connector_options, install_templates, pipeline_indices,
-                              probe_cluster)
+                              probe_cluster, refresh_indices)
 from bp_spark.parse import QUOTE_LIMIT
 from bp_spark.sinks.retry import SinkFailure, summarise, with_retries
 
 log = logging.getLogger("bp_spark.sinks")
 
 ES_FORMAT = "org.elasticsearch.spark.sql"
+# The indices a batch writes through write(), refreshed once it has written them all (not the
+# health records, nor the versions index, which a multi-get reads without a refresh).
+WRITTEN_KINDS = ("alerts", "anomalies", "deadletter", "pending", "archive", "trends")
 SINK = "elasticsearch"
 # Documents per _bulk request of the careful path, and its byte budget.
 CAREFUL_CHUNK_DOCS = 2000
@@ -139,9 +142,6 @@ class ElasticsearchSink:
             "es.mapping.id": "_doc_id",
             "es.mapping.exclude": ",".join(ROUTING_COLUMNS),
         }
-        e = config.elasticsearch
-        self._written = [e.alerts_index, e.anomalies_index, e.deadletter_index, e.pending_index, e.archive_index,
-                         e.trends_index]
 
     def _retry(self, action, what: str):
         return with_retries(action, what, SINK, self.config.outages, self.waits)
@@ -158,8 +158,7 @@ class ElasticsearchSink:
         refused = self._write(docs, batch_id, what)
         # Searchable now, together: an alert no later than its anomaly, a half's new state before
         # the next batch searches the pending index.
-        self._retry(lambda: self.es.indices.refresh(index=",".join(self._written), ignore_unavailable=True,
-                                                    allow_no_indices=True), f"{what}: refreshing")
+        self._retry(lambda: refresh_indices(self.es, self.config, WRITTEN_KINDS), f"{what}: refreshing")
         return refused
 
     def _write(self, docs: dict[str, DataFrame], batch_id: int, what: str) -> Refused:
