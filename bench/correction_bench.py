@@ -26,7 +26,7 @@ sys.path.insert(0, str(ROOT))
 
 from elasticsearch.helpers import bulk  # noqa: E402
 
-from bp_spark.archive.files import LocalFiles  # noqa: E402
+from bp_spark.files import LocalFiles  # noqa: E402
 from bp_spark.archive.layout import published_name  # noqa: E402
 from bp_spark.config import load_config  # noqa: E402
 from bp_spark.elastic import install_templates, make_client  # noqa: E402

@@ -10,12 +10,13 @@ dead letter's id names the line to look at (``backfill:Observation.ndjson-0-17``
 same when the backfill runs again.
 
 The input is routed in chunks of whole file blocks (``--chunk-lines``), each one micro-batch of
-the routing query's :class:`~bp_spark.routing.BatchRouter`: abnormal readings, alerts and dead
-letters are written under their ids (a second run overwrites them with themselves, and alerts
-are created once), and the archive leaves out what its index says it holds (same id, same
-content), so that a backfill run twice, or followed by the stream job on a feed that replays it,
-stores each observation once (:mod:`bp_spark.sinks.archive`). Then the trend windows of the whole input are
-aggregated as the trend query aggregates a batch, and written under the same ids.
+the routing query's :class:`~bp_spark.routing.BatchRouter`, with the stream job's memory of the
+versions it routed (:mod:`bp_spark.sinks.repeats`): a reading routed before, by an earlier
+backfill or by the stream job, is a repeat and is left out, so that a backfill run twice, or
+followed by the stream job on a feed that replays it, stores and counts each observation once.
+Abnormal readings, alerts and dead letters are written under their ids, and the archive leaves
+out what its index says it holds (same id, same content: :mod:`bp_spark.sinks.archive`). Each
+chunk's trend windows are merged into the trends index after it (:mod:`bp_spark.trends.step`).
 """
 
 from __future__ import annotations
@@ -23,20 +24,19 @@ from __future__ import annotations
 import hashlib
 import logging
 import time
-from functools import reduce
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
 
-from pyspark.sql import DataFrame, SparkSession, Window
+from pyspark.sql import DataFrame, SparkSession
 from pyspark.sql import functions as F
 
 from bp_spark.classify import with_classification
 from bp_spark.config import Config
 from bp_spark.routing import BatchRouter, BatchStats, with_dedup_key
-from bp_spark.sinks import Sinks, hadoop_fs
+from bp_spark.files import hadoop_fs
+from bp_spark.sinks import Sinks
 from bp_spark.streaming import parsed
-from bp_spark.trend_query import TREND_READING_COLUMNS, TrendRouter, counts_in_trends
-from bp_spark.trends import aggregate_windows, with_windows
+from bp_spark.trends.step import TrendStep
 
 log = logging.getLogger("bp_spark.backfill")
 
@@ -97,6 +97,8 @@ class BackfillSummary:
         self.already_archived += stats.already_archived
         self.dead_letters += stats.dead_letters
         self.ignored_entries += stats.ignored_entries
+        self.trend_windows += stats.trends_merged
+        self.onsets += stats.trend_onsets
 
     @property
     def other(self) -> int:
@@ -119,7 +121,8 @@ class BackfillSummary:
             f"  {e.trends_index:<32} {self.trend_windows:>10,}  trend windows ({self.onsets:,} sustained-hypertension onsets)",
             f"  reconciliation: {self.anomalies:,} + {self.archived + self.already_archived:,} + {self.dead_letters:,}"
             f" = {self.anomalies + self.archived + self.already_archived + self.dead_letters:,} stored for "
-            f"{self.readings:,} readings; {self.duplicates:,} repeats within the input, {self.other:,} retractions or "
+            f"{self.readings:,} readings; {self.duplicates:,} repeats (within the input, or routed before), "
+            f"{self.other:,} retractions or "
             "superseded versions",
             f"  elapsed {self.seconds:.0f} s",
         ]
@@ -233,31 +236,6 @@ def chunk_readings(records_df: DataFrame, config: Config) -> DataFrame:
     return deduplicated
 
 
-# A reading's place in the input: of two lines holding one observation, the first counts in trends.
-POSITION_COLUMNS = ("kafka_topic", "kafka_offset", "bundle_entry")
-
-
-def trend_readings(batch_df: DataFrame) -> DataFrame:
-    """The readings of a routed chunk that count in trends, in the few columns trends need and
-    their place in the input: kept, cached, while the next chunks are routed, so that the input
-    is parsed once. (Filtered on the cached chunk, not above the parser: see ``keep_rows``.)"""
-    return batch_df.where(counts_in_trends()).select(*TREND_READING_COLUMNS, *POSITION_COLUMNS)
-
-
-def trend_windows(readings_df: DataFrame, config: Config) -> DataFrame:
-    """The trend windows of the whole input, as the trend query aggregates them
-    (:func:`bp_spark.trend_query.trends_stream` on a static frame): each observation once (its
-    first line), then its tumbling windows, then one aggregation. The stream's watermark has no
-    counterpart: a batch holds every reading at once, as the stream's first batch over a topic does.
-    ``readings_df``: :func:`trend_readings` of every chunk."""
-    t = config.trends
-    first = Window.partitionBy("observation_id").orderBy("kafka_topic", "kafka_offset",
-                                                          F.col("bundle_entry").asc_nulls_first())
-    readings = (readings_df.withColumn("_rank", F.row_number().over(first)).where(F.col("_rank") == 1)
-                .drop("_rank", *POSITION_COLUMNS))
-    return aggregate_windows(with_windows(readings, t), t)
-
-
 def archive_tag_for(uri: str, started: datetime) -> str:
     """A backfill's name for its staged batches: its own per run (a second run stages only what
     the first did not archive)."""
@@ -266,7 +244,7 @@ def archive_tag_for(uri: str, started: datetime) -> str:
 
 def run_backfill(spark: SparkSession, config: Config, sinks: Sinks, uri: str,
                  chunk_lines: int = DEFAULT_CHUNK_LINES, progress=print) -> BackfillSummary:
-    """Route every line of the export at ``uri``, chunk by chunk, then its trend windows; return
+    """Route every line of the export at ``uri``, chunk by chunk, each with its trend windows; return
     what was done. ``sinks``: the backfill's (``Sinks(..., archive_tag=...)``)."""
     started, arrived = time.monotonic(), datetime.now(timezone.utc)
     # Each chunk is shuffled once (its repeats); few partitions of it, as the stream's batches
@@ -281,17 +259,16 @@ def run_backfill(spark: SparkSession, config: Config, sinks: Sinks, uri: str,
     chunks = max((b.chunk for b in blocks), default=-1) + 1
     progress(f"backfill: {summary.files:,} files, {summary.lines:,} lines, in {chunks} chunk{'s' * (chunks != 1)}")
     records_df = records(spark, files, blocks, arrived)
-    router = BatchRouter(config, sinks)
-    done, for_trends = 0, []
+    trends = TrendStep(spark, config, sinks, lambda: sinks.archive.tag, None) if config.trends.enabled else None
+    router = BatchRouter(config, sinks, sinks.repeats, trends)
+    done = 0
     for chunk in range(chunks):
         lines, chunk_started = sum(b.lines for b in blocks if b.chunk == chunk), time.monotonic()
         batch_df = chunk_readings(records_df.where(F.col("_chunk") == chunk).drop("_chunk"), config)
         try:
-            router(batch_df, chunk)
-            if config.trends.enabled:
-                kept = trend_readings(batch_df).persist()
-                kept.count()
-                for_trends.append(kept)
+            router(batch_df, chunk)  # its trend windows merged after it (trends.trigger is for the stream)
+            if trends is not None and trends.pending():
+                router.merge_trends(router.last)
         finally:
             batch_df.unpersist()
         summary.add(router.last)
@@ -305,15 +282,5 @@ def run_backfill(spark: SparkSession, config: Config, sinks: Sinks, uri: str,
     if rolled is not None and rolled.batches:
         progress(f"backfill: archive rolled: {rolled.batches} staged chunks into {rolled.files:,} files "
                  f"in {rolled.seconds:.1f} s")
-    if for_trends:
-        progress("backfill: trend windows of the whole input")
-        trend_router = TrendRouter(config, sinks)
-        try:
-            trend_router(trend_windows(reduce(DataFrame.unionByName, for_trends), config), chunks)
-        finally:
-            for kept in for_trends:
-                kept.unpersist()
-        counts = trend_router.counts.get(chunks, {})
-        summary.trend_windows, summary.onsets = counts.get("trend_windows", 0), counts.get("alerts", 0)
     summary.seconds = time.monotonic() - started
     return summary

@@ -14,6 +14,7 @@ environment itself.
 from __future__ import annotations
 
 import dataclasses
+import logging
 import os
 import re
 import tomllib
@@ -27,6 +28,8 @@ from typing import Any
 PROJECT_ROOT = Path(__file__).resolve().parent.parent
 DEFAULT_CONFIG_PATH = PROJECT_ROOT / "conf" / "pipeline.toml"
 ENV_PREFIX = "BP_"
+
+log = logging.getLogger("bp_spark.config")
 
 
 def default_stack_env() -> Path:
@@ -195,12 +198,11 @@ class StreamConfig:
 
 @dataclass(frozen=True)
 class TrendsConfig:
-    """The trend query: windowed aggregations on event time, and sustained hypertension."""
+    """Trend windows on event time, merged from the routing batches' readings, and sustained hypertension."""
 
     enabled: bool
     trigger: str
     windows: str
-    watermark: str
     patient_windows: str
     sustained_window: str
     sustained_slide: str
@@ -470,7 +472,6 @@ VALIDATORS: dict[str, Callable[[Any], str | None]] = {
     "trends.windows": _windows,
     "trends.patient_windows": _windows,
     "trends.trigger": _interval_or_empty,
-    "trends.watermark": _duration,
     "trends.sustained_window": _duration,
     "trends.sustained_slide": _duration,
     "trends.sustained_systolic": _mmhg,
@@ -491,6 +492,12 @@ VALIDATORS: dict[str, Callable[[Any], str | None]] = {
     "generator.mix_hypotensive": _weight,
     "generator.crisis_rate": _probability,
     "generator.hypotension_rate": _probability,
+}
+
+# Keys earlier versions read, and why they are ignored now (a configuration naming one still loads).
+RETIRED_KEYS: dict[str, str] = {
+    "trends.watermark": "trends are merged from the routing query's readings, and a late reading joins its "
+                        "windows whenever it arrives (there is no watermark to drop it)",
 }
 
 # Flags the jobs offer, and the key each sets.
@@ -599,6 +606,11 @@ def load_config(
     except tomllib.TOMLDecodeError as exc:
         raise ConfigError(f"{path} is not valid TOML: {exc}") from exc
 
+    for key, why in RETIRED_KEYS.items():
+        section, name = key.split(".")
+        if name in (data.get(section) or {}):
+            log.warning("%s in %s is no longer read: %s", key, path, why)
+            del data[section][name]
     sections = _sections()
     known = {f"{s}.{f.name}" for s, cls in sections.items() for f in dataclasses.fields(cls)}
     secret_keys = {f"{s}.{f.name}" for s, cls in sections.items()

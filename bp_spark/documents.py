@@ -99,14 +99,6 @@ def archive_docs(archived_df: DataFrame, config: Config, tag: str, batch_id: int
         F.lit(batch_id).cast("long").alias("batch_id"))
 
 
-def trend_docs(trends_df: DataFrame, config: Config, batch_id: int) -> DataFrame:
-    """Trend windows, ``_id`` = ``trend_id``: a window updated by a later batch overwrites its document."""
-    fields = [c for c in trends_df.columns if c != "previous_trend_id"]
-    return trends_df.select(
-        F.lit(config.elasticsearch.trends_index).alias("_target"), F.col("trend_id").alias("_doc_id"),
-        *fields, *written(batch_id))
-
-
 def sustained_alert_docs(onset_df: DataFrame, config: Config, batch_id: int) -> DataFrame:
     """Onsets of sustained hypertension as alerts, ``_id`` = the window's ``trend_id``."""
     t = config.trends

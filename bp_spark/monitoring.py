@@ -25,7 +25,6 @@ log = logging.getLogger("bp_spark.monitoring")
 metrics_log = logging.getLogger("bp_spark.metrics")
 
 ROUTING_QUERY = "bp_monitor"
-TRENDS_QUERY = "bp_monitor_trends"
 # The routing query's observed metric: Kafka records read per partition in a batch (bp_spark/routing.py).
 RECORDS_READ = "kafka_records_read"
 EPOCH = "1970-01-01T00:00:00.000Z"
@@ -152,10 +151,6 @@ class ProgressLog(StreamingQueryListener):
                       "read: Kafka removed them (retention, or the topic was deleted and recreated) before they "
                       "were processed, and those messages were lost", record["query"], record["batch_id"], missing,
                       topic, partition, first, last)
-        if record["late_rows"] and record["query"] == TRENDS_QUERY:
-            log.warning("trends batch %s: %d readings arrived later than the watermark (%s) and were left out of "
-                        "those trend windows; they are still in the anomaly index or the archive",
-                        record["batch_id"], record["late_rows"], record["watermark"])
         if self.es is not None and self.index:
             try:
                 self.es.index(index=self.index, id=f"{record['run_id']}|{record['batch_id']}|{record['timestamp']}",

@@ -15,7 +15,7 @@ from pathlib import Path
 
 from pyspark.sql import SparkSession
 
-from bp_spark.sinks import hadoop_fs
+from bp_spark.files import hadoop_fs
 
 log = logging.getLogger("bp_spark.ownership")
 

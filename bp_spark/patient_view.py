@@ -28,7 +28,7 @@ from bp_spark.archive.layout import PATIENT_PREFIX, archived_lines, patient_ids
 from bp_spark.classify import ELEVATED_SYSTOLIC, STAGE_1_SYSTOLIC
 from bp_spark.config import Config
 from bp_spark.parse import DIASTOLIC_CODINGS, PANEL_CODINGS, SYSTOLIC_CODINGS
-from bp_spark.trends import SUSTAINED
+from bp_spark.trends.windows import SUSTAINED
 
 DEFAULT_PATIENTS = 200
 # The latest readings of a patient the page holds, at most.

@@ -1,11 +1,11 @@
-"""The stream job's wiring and supervision: start both queries, keep them running, stop them.
+"""The stream job's wiring and supervision: start the routing query, keep it running, stop it.
 
-- :mod:`bp_spark.routing`: the routing query (every reading to its sink);
-- :mod:`bp_spark.trend_query`: the trend query (windows, sustained-hypertension onsets);
+- :mod:`bp_spark.routing`: the routing query (every reading to its sink, and its trend windows
+  kept, then merged: :mod:`bp_spark.trends.step`);
 - here: the checks before the start (checkpoint layout, one job per checkpoint and archive, the
-  topic), the progress listener, and the supervisor that restarts a query that failed (Kafka
-  down, a deleted topic, a trend batch that failed) after a capped backoff, so that a failure
-  of one never stops the other, and nothing stops the job unless ``outages.give_up_after`` says so.
+  topic), the progress listener, and the supervisor that restarts the query when it failed (Kafka
+  down, a deleted topic) after a capped backoff, so that nothing stops the job unless
+  ``outages.give_up_after`` says so.
 """
 
 from __future__ import annotations
@@ -21,15 +21,20 @@ from pyspark.sql import SparkSession
 from pyspark.sql.streaming import StreamingQuery
 
 from bp_spark.config import Config
-from bp_spark.monitoring import ROUTING_QUERY, TRENDS_QUERY, ProgressLog
+from bp_spark.monitoring import ROUTING_QUERY, ProgressLog
 from bp_spark.ownership import Claim, claim
 from bp_spark.routing import BatchRouter, start_routing_query
-from bp_spark.sinks import Sinks, hadoop_fs
+from bp_spark.files import hadoop_fs
+from bp_spark.sinks import Sinks
 from bp_spark.sinks.retry import backoff_s, summarise
 from bp_spark.streaming import wait_for_topic
-from bp_spark.trend_query import EARLIER_TRENDS_CHECKPOINTS, TRENDS_CHECKPOINT, TrendRouter, start_trends_query
+from bp_spark.trends.step import PENDING_FOLDER, TrendStep
 
 log = logging.getLogger("bp_spark.pipeline")
+
+
+# The checkpoints of the trend query that earlier versions ran beside the routing query.
+EARLIER_TRENDS_CHECKPOINTS = ("trends", "trends-v2", "trends-v3", "trends-v4")
 
 
 class CheckpointLayoutError(RuntimeError):
@@ -39,22 +44,18 @@ class CheckpointLayoutError(RuntimeError):
 def check_checkpoint_layout(spark: SparkSession, config: Config) -> None:
     """Refuse a checkpoint of the one-query layout (offsets directly under the directory), which
     this version would silently ignore, re-reading the topic from the start; say so when the
-    trend query's state of an earlier version is left behind."""
+    trend query of an earlier version left its checkpoint behind."""
     root = config.paths.checkpoint_dir.rstrip("/")
     if _exists(spark, f"{root}/offsets"):
         raise CheckpointLayoutError(
             f"{root} holds a checkpoint of an earlier bp-monitor, which ran one query. Each query now "
             f"has its own folder: move its contents into {root}/routing (mkdir {root}/routing, then move "
             f"commits, metadata, offsets, sources and state there) to resume where it stopped.")
-    if not config.trends.enabled or _exists(spark, f"{root}/{TRENDS_CHECKPOINT}"):
-        return
-    earlier = next((f"{root}/{name}" for name in reversed(EARLIER_TRENDS_CHECKPOINTS) if _exists(spark, f"{root}/{name}")),
-                   None)
+    earlier = [f"{root}/{name}" for name in EARLIER_TRENDS_CHECKPOINTS if _exists(spark, f"{root}/{name}")]
     if earlier:
-        log.warning("%s holds the trend query's state of an earlier bp-monitor, which this version cannot read: "
-                    "trends are rebuilt from the topic (kafka.starting_offsets) into %s/%s, overwriting each "
-                    "window's document by id. Delete %s once the rebuild has caught up.",
-                    earlier, root, TRENDS_CHECKPOINT, earlier)
+        log.warning("%s: the checkpoint of the trend query of an earlier bp-monitor, which this version does not "
+                    "run (trends are merged from the routing query's readings into the same documents, from "
+                    "this start on). Delete it.", ", ".join(earlier))
 
 
 def _exists(spark: SparkSession, uri: str) -> bool:
@@ -68,12 +69,11 @@ class PipelineStopped(RuntimeError):
 
 @dataclass
 class Pipeline:
-    """The running stream job: its queries, their routers, the progress listener and the claims."""
+    """The running stream job: its query, its router, the progress listener and the claims."""
 
     spark: SparkSession
     config: Config
     router: BatchRouter
-    trend_router: TrendRouter | None
     listener: ProgressLog
     queries: list[StreamingQuery] = field(default_factory=list)
     starters: dict[str, Callable[[], StreamingQuery]] = field(default_factory=dict)
@@ -122,9 +122,7 @@ class Pipeline:
 
     def _check_fatal(self, query: StreamingQuery, failing_s: float) -> None:
         give_up_s = self.config.outages.give_up_after_s
-        routers = {ROUTING_QUERY: self.router, TRENDS_QUERY: self.trend_router}
-        router = routers.get(query.name)
-        fatal = getattr(router, "fatal", None)
+        fatal = self.router.fatal if query.name == ROUTING_QUERY else None
         if fatal is not None or (give_up_s and failing_s >= give_up_s):
             self.stop_queries()
             reason = str(fatal) if fatal is not None else (
@@ -149,10 +147,13 @@ class Pipeline:
                         summarise(exc))
 
     def stop(self) -> None:
-        """Stop the queries, roll the archive, let the listener record their last batches, remove it, release the claims."""
+        """Stop the queries, roll the archive, merge the kept trend windows, let the listener record
+        their last batches, remove it, release the claims."""
         try:
             self.stop_queries()
             self._roll_archive()
+            if self.router.trends is not None:
+                self.router.merge_trends()
             if not self.listener.wait_for([query.lastProgress for query in self.queries]):
                 log.warning("the last progress reports did not reach the monitoring listener in time")
             self.spark.streams.removeListener(self.listener)
@@ -164,8 +165,8 @@ class Pipeline:
 
 
 def start_pipeline(spark: SparkSession, config: Config, sinks: Sinks | None) -> Pipeline:
-    """Claim the checkpoint and archive, wait for the topic, then start the routing query and,
-    when trends are on and there are sinks, the trend query, with a listener that logs (and,
+    """Claim the checkpoint and archive, wait for the topic, then start the routing query (with
+    its trend step when trends are on and there are sinks), with a listener that logs (and,
     with sinks, indexes) each batch's health record."""
     check_checkpoint_layout(spark, config)
     claims = [claim(spark, config.paths.checkpoint_dir, "checkpoint", "--checkpoint-dir")]
@@ -177,23 +178,18 @@ def start_pipeline(spark: SparkSession, config: Config, sinks: Sinks | None) -> 
             if held is not None:
                 held.release()
         raise
-    router = BatchRouter(config, sinks, sinks.repeats if sinks is not None else None)
-    trend_router = TrendRouter(config, sinks) if sinks is not None and config.trends.enabled else None
-    routers = {ROUTING_QUERY: router, TRENDS_QUERY: trend_router}
+    trends = None
+    if sinks is not None and config.trends.enabled:
+        trends = TrendStep(spark, config, sinks, lambda: sinks.archive.tag,
+                           f"{config.paths.checkpoint_dir.rstrip('/')}/{PENDING_FOLDER}")
+    router = BatchRouter(config, sinks, sinks.repeats if sinks is not None else None, trends)
 
     def sink_counts(query: str, batch_id: int) -> dict | None:
-        query_router = routers.get(query)
-        return None if query_router is None else query_router.counts.get(batch_id)
+        return router.counts.get(batch_id) if query == ROUTING_QUERY else None
 
     listener = ProgressLog(sink_counts, sinks.es if sinks else None, config.elasticsearch.metrics_index)
-    pipeline = Pipeline(spark, config, router, trend_router, listener,
-                        claims=[held for held in claims if held is not None])
+    pipeline = Pipeline(spark, config, router, listener, claims=[held for held in claims if held is not None])
     pipeline.starters[ROUTING_QUERY] = lambda: start_routing_query(spark, config, router, wait_for_topic(config))
-    if trend_router is not None:
-        def start_trends() -> StreamingQuery:
-            wait_for_topic(config)
-            return start_trends_query(spark, config, trend_router)
-        pipeline.starters[TRENDS_QUERY] = start_trends
     spark.streams.addListener(listener)
     try:
         for name in pipeline.starters:

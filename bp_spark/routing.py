@@ -27,9 +27,12 @@ from bp_spark.pairing import ARCHIVE_COLUMNS, Pairing, archive_rows
 from bp_spark.parse import RETRACTED_STATUS, is_update
 from bp_spark.sinks import Sinks, SinkUnavailable
 from bp_spark.sinks.es import Refused
-from bp_spark.sinks.repeats import VersionLedger, version_hash
+from bp_spark.sinks.repeats import Seen, VersionLedger, version_hash
+from bp_spark.sinks.retry import summarise
 from bp_spark.streaming import (checkpointed, configure_state, kafka_source, parsed, per_step, remember, start_in_pool,
                                 timed)
+from bp_spark.trends.step import TrendStep
+from bp_spark.trends.windows import counts_in_trends
 
 log = logging.getLogger("bp_spark.pipeline")
 
@@ -89,6 +92,10 @@ class BatchStats:
     halves_expired: int = 0  # halves whose partner did not come within stream.pair_horizon (dead letters)
     rolled_batches: int = 0  # staged batches the archive's roll published in this batch
     rolled_files: int = 0
+    trend_windows: int = 0  # partial windows the batch's readings touched (kept until merged)
+    trends_merged: int = 0  # windows (tumbling and sustained) a merge of kept partials wrote in this batch
+    trend_onsets: int = 0  # sustained-hypertension alerts that merge raised
+    trend_failures: int = 0  # 1 when that merge failed (its partials wait for the next)
     seconds: float = 0.0
     steps: dict[str, float] = field(default_factory=dict)
 
@@ -102,6 +109,9 @@ class BatchStats:
             ignored += f", repeats {self.repeats}"
         if self.rolled_batches:
             ignored += f", archive roll of {self.rolled_batches} batches into {self.rolled_files} files"
+        if self.trends_merged or self.trend_failures:
+            ignored += (f", trends merged: {self.trends_merged} windows, {self.trend_onsets} sustained-hypertension "
+                        f"onsets" if not self.trend_failures else ", trends merge failed (kept for the next)")
         if self.paired or self.halves_waiting or self.halves_expired:
             ignored += (f", halves paired {self.paired}, waiting {self.halves_waiting}, "
                         f"expired {self.halves_expired}")
@@ -114,12 +124,15 @@ class BatchStats:
 class BatchRouter:
     """The foreachBatch function: route each reading of a micro-batch to its sink."""
 
-    def __init__(self, config: Config, sinks: Sinks | None, ledger: VersionLedger | None = None) -> None:
-        """``ledger``: the stream job's versions seen, whose repeats are dropped (a backfill's
-        chunks leave out their own repeats, and its sinks take a reading again as the same one)."""
+    def __init__(self, config: Config, sinks: Sinks | None, ledger: VersionLedger | None = None,
+                 trends: TrendStep | None = None) -> None:
+        """``ledger``: the versions seen, whose repeats are dropped; ``trends``: the step that keeps
+        each batch's partial trend windows and merges them when due (needs ``ledger``: a reading
+        counts in trends in the batch that routes its first version)."""
         self.config = config
         self.sinks = sinks  # None: parse and classify only (the benchmark's ceiling)
         self.ledger = ledger
+        self.trends = trends if ledger is not None else None
         self.last: BatchStats | None = None
         self.counts: dict[int, dict] = {}  # rows per sink of recent batches, for monitoring
         self.fatal: SinkUnavailable | None = None
@@ -140,7 +153,7 @@ class BatchRouter:
                 if seen.repeats:
                     batch_df = routed_df.persist()
                     cached.append(batch_df)
-            stats = self._route(batch_df, batch_id)
+            stats = self._route(batch_df, batch_id, seen)
             if seen is not None:
                 stats.repeats += seen.repeats
                 # Reading the batch's ids reads and parses it (the first action on its cache).
@@ -148,6 +161,8 @@ class BatchRouter:
                                "repeats": seen.lookup_s, **{k: v for k, v in stats.steps.items() if k != "read+parse"}}
                 with timed(stats.steps, "versions"):  # last: every sink has the batch's rows
                     self.ledger.record(seen)
+            if self.trends is not None and self.trends.due():
+                self.merge_trends(stats)
         except SinkUnavailable as exc:  # outages.give_up_after passed: the job is told to stop
             self.fatal = exc
             raise
@@ -163,10 +178,44 @@ class BatchRouter:
             "paired": stats.paired, "halves_waiting": stats.halves_waiting, "halves_expired": stats.halves_expired,
             "repeats": stats.repeats, "archive_rolled_batches": stats.rolled_batches,
             "archive_rolled_files": stats.rolled_files,
+            "trend_windows": stats.trend_windows, "trends_merged": stats.trends_merged,
+            "trend_onsets": stats.trend_onsets, "trend_failures": stats.trend_failures,
             "waited_s": dict(self.sinks.waits),
             "steps_s": {re.sub(r"\W+", "_", step): round(took, 3) for step, took in stats.steps.items()},
         } if self.sinks is not None else {})
         log.info(stats.line())
+
+    def merge_trends(self, stats: BatchStats | None = None) -> None:
+        """Merge the kept partial trend windows into the trends index. A failure is logged and
+        counted, never raised: the partials wait for the next merge, and routing goes on."""
+        stats = stats or BatchStats(-1)
+        try:
+            with timed(stats.steps, "trends merge"):
+                merged = self.trends.merge()
+        except Exception as exc:  # noqa: BLE001 -- trends must not stop routing and critical alerts
+            stats.trend_failures = 1
+            log.error("trends: merging the kept partial windows failed (%s); they are kept and merged at the "
+                      "next try, routing goes on", summarise(exc))
+            return
+        if merged is not None:
+            stats.trends_merged, stats.trend_onsets = merged.windows + merged.sustained, merged.onsets
+            log.info("trends: merged the partial windows of %d batches: %d windows, %d sustained windows, %d "
+                     "sustained-hypertension onsets; %.2f s", merged.batches, merged.windows, merged.sustained,
+                     merged.onsets, stats.steps.get("trends merge", 0.0))
+
+    def _trend_readings(self, current_df: DataFrame, seen: Seen) -> DataFrame:
+        """The batch's readings that count in trends: each observation once, in the batch that
+        routes its first version (a correction is not counted again, nor subtracted)."""
+        readings_df = current_df.where(counts_in_trends())
+        earlier = self.ledger.routed_before(seen)
+        if earlier:
+            earlier_df = self.sinks.spark.createDataFrame([(doc_id,) for doc_id in earlier], "observation_id string")
+            readings_df = readings_df.join(F.broadcast(earlier_df), "observation_id", "left_anti")
+        if any(len(hashes) > 1 for hashes in seen.keys.values()):  # several new versions of one id
+            with_id = F.col("observation_id").isNotNull()
+            readings_df = (readings_df.where(with_id).dropDuplicates(["observation_id"])
+                           .unionByName(readings_df.where(~with_id)))
+        return readings_df
 
     def _clear_earlier_versions(self, ok_df: DataFrame, batch_id: int) -> DataFrame:
         """Corrections and retractions: keep each id's last version in this batch, and clear the
@@ -182,7 +231,7 @@ class BatchRouter:
             self.sinks.archive.remove(ids - in_anomalies, batch_id)
         return latest_df
 
-    def _route(self, batch_df: DataFrame, batch_id: int) -> BatchStats:
+    def _route(self, batch_df: DataFrame, batch_id: int, seen: Seen | None = None) -> BatchStats:
         usable = F.col("error").isNull()
         live = usable & (F.col("status") != RETRACTED_STATUS)
         panel = live & F.col("half").isNull()  # a half is routed once paired (bp_spark/pairing.py)
@@ -260,6 +309,9 @@ class BatchRouter:
                 rolled = archive.roll_if_due()
             if rolled is not None:
                 stats.rolled_batches, stats.rolled_files = rolled.batches, rolled.files
+            if self.trends is not None and seen is not None:
+                with timed(stats.steps, "trends"):
+                    stats.trend_windows = self.trends.add(self._trend_readings(current_df, seen), batch_id)
             if paired is not None:
                 # Last: a batch that fails before this point is replayed against the same waiting halves.
                 self.pairing.save(paired, batch_id)

@@ -44,7 +44,7 @@ from bp_spark.patient_view import archived_readings
 JOBS = Path(__file__).resolve().parent
 LOG = Path("var/demo.log")
 # The lines of the jobs' output shown as progress: the generator's count, each batch of each query.
-PROGRESS = re.compile(r"(observations [\d,]+ in .*|batch \d+: \d+ rows in [\d.]+ s|trends batch \d+: \d+ windows)")
+PROGRESS = re.compile(r"(observations [\d,]+ in .*|batch \d+: \d+ rows in [\d.]+ s|trends: merged the partial windows of \d+ batches)")
 UNREADABLE = [
     b'{"resourceType": "Observation", "id": "demo-broken", "status": "final"',
     b'{"resourceType": "Observation", "id": "demo-preliminary", "status": "preliminary"}',

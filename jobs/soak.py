@@ -10,8 +10,8 @@ now and then and sends its readings since the last sync in a burst; 5% of readin
 (one hour to three days); about 1% of messages are corrections of an earlier reading, 0.5%
 retract one (``entered-in-error``) and 2% repeat an earlier message byte for byte. Every
 ``--report-every`` seconds it prints the routing batches' duration (p50/p95 of the period) and
-their lookup of repeats in the versions index (p95), the trend query's state rows and eviction
-time, the archive's files and bytes, the documents of each index and the job's resident memory. At the end it stops the feed, lets the job catch up,
+their lookup of repeats in the versions index (p95), the trend step's partial windows and its
+merges into the trends index (p95 ms), the archive's files and bytes, the documents of each index and the job's resident memory. At the end it stops the feed, lets the job catch up,
 stops it with SIGTERM, reconciles every sink by id (lost, doubled, stale, unexpected), and
 prints the table and the checks:
 
@@ -35,7 +35,6 @@ import subprocess
 import sys
 import threading
 import time
-from collections import Counter
 from datetime import datetime, timedelta, timezone
 from pathlib import Path
 
@@ -51,8 +50,8 @@ from bp_spark.archive.layout import file_count  # noqa: E402
 from bp_spark.config import Config, load_config  # noqa: E402
 from bp_spark.connections import kafka_settings  # noqa: E402
 from bp_spark.elastic import INDEX_KINDS, count_documents, make_client  # noqa: E402
-from bp_spark.generator import Reading, _reading, encode, make_patients  # noqa: E402
-from bp_spark.monitoring import ROUTING_QUERY, TRENDS_QUERY  # noqa: E402
+from bp_spark.generator import _reading, encode, make_patients  # noqa: E402
+from bp_spark.monitoring import ROUTING_QUERY  # noqa: E402
 from bp_spark.versions import submit_args  # noqa: E402
 from chaos import (QUIET, RETRACTED, Feed, _versioned, archive_bound, clean, job_env, print_table, reconcile,  # noqa: E402
                    remove_run)
@@ -224,22 +223,23 @@ def percentile(values: list[float], q: float) -> float:
 def report(es, config: Config, job: subprocess.Popen, since: datetime, elapsed_s: float, published: int) -> dict:
     """One line of figures for the period since ``since``; returns them."""
     routing = [r for r in records(es, config, ROUTING_QUERY, since) if r["input_rows"]]
-    trends = records(es, config, TRENDS_QUERY, since)
     seconds = [r["batch_duration_ms"] / 1000 for r in routing]
     lookups = [r["sinks"].get("steps_s", {}).get("repeats", 0.0) for r in routing]
-    state = (trends[-1].get("state_operators") or []) if trends else []
+    steps = [r["sinks"].get("steps_s", {}) for r in routing]
+    merges = [step["trends_merge"] for step in steps if "trends_merge" in step]
     published_files, staged_files, size = file_count(Path(config.paths.archive_dir))
     docs = {kind: count_documents(es, getattr(config.elasticsearch, f"{kind}_index"))
             for kind in ("anomalies", "alerts", "archive", "deadletter", "metrics", "versions")}
     figures = {"elapsed_min": elapsed_s / 60, "published": published, "batches": len(seconds),
                "p50": statistics.median(seconds) if seconds else 0.0, "p95": percentile(seconds, 0.95),
                "lookup_ms": percentile(lookups, 0.95) * 1000,
-               "state_rows": sum(op["rows"] for op in state), "removals_ms": sum(op["removals_ms"] for op in state),
+               "trends_ms": percentile([step.get("trends", 0.0) for step in steps], 0.95) * 1000,
+               "merge_ms": percentile(merges, 0.95) * 1000,
                "files": published_files, "staged": staged_files, "mb": size / 1e6, "docs": docs,
                "rss_mb": job_rss_mb(job.pid)}
     say(f"{figures['elapsed_min']:5.1f} min, {published:,} published; routing batches {len(seconds)}: "
-        f"p50 {figures['p50']:.2f} s, p95 {figures['p95']:.2f} s, repeats lookup p95 {figures['lookup_ms']:.0f} ms; trend state {figures['state_rows']:,} rows, "
-        f"eviction {figures['removals_ms']} ms; archive {published_files:,} files + {staged_files:,} staged, "
+        f"p50 {figures['p50']:.2f} s, p95 {figures['p95']:.2f} s, repeats lookup p95 {figures['lookup_ms']:.0f} ms; trends step p95 {figures['trends_ms']:.0f} ms, "
+        f"merge p95 {figures['merge_ms']:.0f} ms; archive {published_files:,} files + {staged_files:,} staged, "
         f"{figures['mb']:.1f} MB; " + ", ".join(f"{k} {n:,}" for k, n in docs.items())
         + f"; job RSS {figures['rss_mb']:,.0f} MB")
     return figures
@@ -323,11 +323,11 @@ def soak(args, config: Config, es, job: subprocess.Popen, feed: RemoteFeed, fold
     bound = archive_bound(feed.feed, config)
     print("\nfigures every period")
     print(f"{'minutes':>7} {'batches':>7} {'p50 s':>6} {'p95 s':>6} {'lookup ms':>9} {'versions':>9} "
-          f"{'trend rows':>10} {'evict ms':>8} {'files':>7} {'staged':>6} {'MB':>7} {'RSS MB':>7}")
+          f"{'trends ms':>9} {'merge ms':>8} {'files':>7} {'staged':>6} {'MB':>7} {'RSS MB':>7}")
     for p in periods:
         print(f"{p['elapsed_min']:>7.1f} {p['batches']:>7} {p['p50']:>6.2f} {p['p95']:>6.2f} {p['lookup_ms']:>9.0f} "
-              f"{p['docs']['versions']:>9,} {p['state_rows']:>10,} "
-              f"{p['removals_ms']:>8} {p['files']:>7,} {p['staged']:>6} {p['mb']:>7.1f} {p['rss_mb']:>7.0f}")
+              f"{p['docs']['versions']:>9,} {p['trends_ms']:>9.0f} "
+              f"{p['merge_ms']:>8.0f} {p['files']:>7,} {p['staged']:>6} {p['mb']:>7.1f} {p['rss_mb']:>7.0f}")
     print_table(table)
     checks = {"every sink reconciled by id": clean(table),
               f"archive files {published_files:,} <= {bound:,} patient-days, none staged ({staged_files})":

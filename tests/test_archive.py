@@ -15,7 +15,7 @@ import pytest
 from pyspark.sql import SparkSession
 from pyspark.sql import functions as F
 
-from bp_spark.archive.files import LocalFiles
+from bp_spark.files import LocalFiles
 from bp_spark.archive.layout import archived_lines, file_count, line_id
 from bp_spark.archive.roll import Roller
 from bp_spark.config import load_config
@@ -112,7 +112,7 @@ KILLER = r"""
 import os, signal, sys
 from pathlib import Path
 sys.path.insert(0, sys.argv[3])
-from bp_spark.archive.files import LocalFiles
+from bp_spark.files import LocalFiles
 from bp_spark.archive.roll import Roller
 
 class Dying(LocalFiles):

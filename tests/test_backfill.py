@@ -79,7 +79,7 @@ def test_a_backfill_routes_an_export_as_the_stream_would_and_nothing_is_stored_t
     abnormal, critical, normal = expectations(config, plain)
     assert abnormal and critical and normal
 
-    # In two chunks (one file each): a normal reading repeated in the second is found in the archive.
+    # In two chunks (one file each): a normal reading repeated in the second is a repeat of the first's.
     summary = backfill(spark, config, es, folder, chunk_lines=1)
     assert len(summary.batches) == 2 and summary.files == 2 and summary.lines == len(plain) + 4
     assert ids_in(es, config.elasticsearch.anomalies_index).keys() == abnormal | {crisis_entry["id"]}
@@ -96,32 +96,32 @@ def test_a_backfill_routes_an_export_as_the_stream_would_and_nothing_is_stored_t
         f"backfill:{garbage_file}-0-{garbage_line}": "not a JSON object"}
     assert orjson.loads(dead[f"backfill:{file}-0-{line}-entry-3"]["raw"]) == broken_entry
     stored = summary.anomalies + summary.archived + summary.already_archived + summary.dead_letters
-    # Each plain reading, the repeat, the Bundle's three readings and the garbage line.
-    assert (stored, summary.readings, summary.other) == (len(plain) + 5, len(plain) + 5, 0)
-    assert (summary.duplicates, summary.already_archived) == (0, 1)
+    # Each plain reading, the Bundle's three readings and the garbage line; the repeat left out.
+    assert (stored, summary.readings, summary.other) == (len(plain) + 4, len(plain) + 5, 0)
+    assert (summary.duplicates, summary.already_archived) == (1, 0)
     assert summary.trend_windows and summary.onsets
     trends = trend_docs(es, config.elasticsearch.trends_index)
     archive_before = sorted(archive_lines(config))
 
-    # Again, in one chunk: the repeat is dropped as such, every normal reading is already archived,
-    # the rest overwrites itself.
+    # Again, in one chunk: every reading was routed before (the versions index says so), nothing is
+    # written again, and trends count nothing twice.
     again = backfill(spark, config, es, folder)
-    assert (again.archived, again.already_archived, again.duplicates) == (0, len(normal) + 1, 1)
+    assert (again.archived, again.already_archived, again.anomalies, again.duplicates) == (0, 0, 0, again.readings - 1)
+    assert again.dead_letters == 1  # the garbage line: known by its place, not by an id
     assert sorted(archive_lines(config)) == archive_before
     assert ids_in(es, config.elasticsearch.anomalies_index).keys() == abnormal | {crisis_entry["id"]}
     assert len(ids_in(es, config.elasticsearch.deadletter_index)) == 2
     assert trend_docs(es, config.elasticsearch.trends_index) == trends
 
-    # The stream job on the same sinks, over a topic that replays the export: the normal readings
-    # are found in the archive (none written twice), and its trend windows are the backfill's.
+    # The stream job on the same sinks, over a topic that replays the export: every reading is a
+    # repeat of the backfill's, and its trend windows are the backfill's.
     bundle, *_ = export_bundle()
     publish(config, [(b"k", value) for value in [*plain, bundle]])
     router = run_pipeline(spark, config, es).router
     counts = router.counts.values()
-    assert sum(c["already_archived"] for c in counts) == len(normal) + 1 and sum(c["archive"] for c in counts) == 0
+    assert sum(c["repeats"] for c in counts) == len(plain) + 3 and sum(c["archive"] for c in counts) == 0
     assert sorted(archive_lines(config)) == archive_before
     assert ids_in(es, config.elasticsearch.anomalies_index).keys() == abnormal | {crisis_entry["id"]}
-    assert {doc["batch_id"] for doc in ids_in(es, config.elasticsearch.trends_index).values()} == {0}  # rewritten
     assert trend_docs(es, config.elasticsearch.trends_index) == trends
 
 

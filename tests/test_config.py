@@ -62,7 +62,7 @@ def test_env_name() -> None:
         ({"BP_PATHS_ARCHIVE_DIR": "  "}, "paths.archive_dir", "non-empty"),
         ({"BP_TRENDS_WINDOWS": "hourly=1 hour, daily"}, "trends.windows", "label=duration"),
         ({"BP_TRENDS_WINDOWS": "h=1 hour, h=2 hours"}, "trends.windows", "each window label once"),
-        ({"BP_TRENDS_WATERMARK": "soon"}, "trends.watermark", "duration"),
+        ({"BP_TRENDS_SUSTAINED_WINDOW": "soon"}, "trends.sustained_window", "duration"),
         ({"BP_TRENDS_ENABLED": "maybe"}, "trends.enabled", "expected bool"),
         ({"BP_KAFKA_ALERTS_TOPIC": "bad topic!"}, "kafka.alerts_topic", "letters, digits"),
         ({"BP_KAFKA_MIN_PARTITIONS": "-1"}, "kafka.min_partitions", ">= 0"),
@@ -91,6 +91,17 @@ def test_trend_settings() -> None:
     assert config.trends.enabled is False
     with pytest.raises(ConfigError, match=r"trends.sustained_window \(7 days\) must be a whole number of trends.sustained_slide \(5 days\)"):
         load_config(env={"BP_TRENDS_SUSTAINED_SLIDE": "5 days"})
+
+
+def test_a_retired_key_is_ignored_with_a_warning(tmp_path: Path, caplog) -> None:
+    earlier = tmp_path / "earlier.toml"
+    earlier.write_text(Path("conf/pipeline.toml").read_text().replace("[trends]\n", '[trends]\nwatermark = "1 day"\n'))
+    with caplog.at_level("WARNING", logger="bp_spark.config"):
+        config = load_config(earlier)
+    assert config.trends.enabled
+    assert [r.getMessage() for r in caplog.records] == [
+        f"trends.watermark in {earlier} is no longer read: trends are merged from the routing query's readings, and "
+        "a late reading joins its windows whenever it arrives (there is no watermark to drop it)"]
 
 
 def test_unknown_key_and_section_in_file_are_refused(tmp_path: Path) -> None:

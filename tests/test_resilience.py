@@ -28,7 +28,7 @@ from pyspark.sql import SparkSession
 
 from bp_spark.config import Config
 from bp_spark.elastic import install_templates, pipeline_indices
-from bp_spark.monitoring import ROUTING_QUERY, TRENDS_QUERY
+from bp_spark.monitoring import ROUTING_QUERY
 from bp_spark.ownership import OwnershipError
 from bp_spark.parse import NOT_ONE_VALUE
 from bp_spark.pipeline import start_pipeline
@@ -287,33 +287,38 @@ def test_a_replayed_batch_leaves_alerts_as_they_were_so_no_rule_fires_twice(
     assert alert_again == alert  # the alert was left as it was: same processed_at, a rule on it stays quiet
 
 
-def test_a_failing_trend_query_is_restarted_and_routing_goes_on(
+def test_a_failing_trend_merge_keeps_its_windows_and_routing_goes_on(
     spark: SparkSession, es: Elasticsearch, kafka_admin, unique_name: str, tmp_path: Path, caplog
 ) -> None:
-    config = stream_config(unique_name, tmp_path, **{"trends.enabled": True})
+    config = stream_config(unique_name, tmp_path, **{"trends.enabled": True, "trends.trigger": "",
+                                                     "kafka.max_offsets_per_trigger": 10})
     good = generated(patients=4, days=2, seed=24)
     publish(config, good)
     install_templates(es, pipeline_indices(config), 0)
     pipeline = start_pipeline(spark, config, Sinks(spark, config, es))
-    # The trend query's first batch fails (as a bug or a crash in it would); the second is real.
-    real_route, failures = pipeline.trend_router._route, []
+    # The first merge fails (as a bug, or a trends index that refuses its documents, would); the next are real.
+    step = pipeline.router.trends
+    real_merge, failures = step.merge, []
 
-    def fail_once(batch_df, batch_id, steps):
+    def fail_once():
         if not failures:
-            failures.append(batch_id)
-            raise RuntimeError("a trend batch failed")
-        return real_route(batch_df, batch_id, steps)
-    pipeline.trend_router._route = fail_once
+            failures.append(len(step.pending()))
+            raise RuntimeError("a trend merge failed")
+        return real_merge()
+    step.merge = fail_once
     try:
         with caplog.at_level("ERROR", logger="bp_spark.pipeline"):
             pipeline.await_termination(timeout_s=300)
     finally:
         pipeline.stop()
-    assert pipeline.restarts == {TRENDS_QUERY: 1}
-    assert any(r.getMessage().startswith(f"query {TRENDS_QUERY} stopped: ") and "restarting it in" in r.getMessage()
-               for r in caplog.records)
+    assert failures == [1] and pipeline.restarts == {}  # routing never stopped
+    assert any(r.getMessage().startswith("trends: merging the kept partial windows failed (") and
+               "a trend merge failed" in r.getMessage() for r in caplog.records)
+    assert sum(c["trend_failures"] for c in pipeline.router.counts.values()) == 1
     abnormal, _, normal = expectations(config, [v for _, v in good])
     assert set(ids_in(es, config.elasticsearch.anomalies_index)) == abnormal
     assert sorted(archive_lines(config)) == sorted(normal)
     cohort_days = ids_in(es, config.elasticsearch.trends_index, scope="cohort", period="daily")
-    assert sum(doc["readings"] for doc in cohort_days.values()) == len(good)  # the restarted query caught up
+    assert sum(doc["readings"] for doc in cohort_days.values()) == len(good)  # the failed batch's windows too
+    assert step.pending() == []  # nothing left kept
+

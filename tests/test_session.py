@@ -13,7 +13,7 @@ import pyspark
 from pyspark.sql import SparkSession
 
 from bp_spark.session import JVM_JAR
-from bp_spark.sinks import hadoop_fs
+from bp_spark.files import hadoop_fs
 
 
 def test_local_files_go_through_the_no_fork_file_system(spark: SparkSession, tmp_path: Path) -> None:

@@ -21,9 +21,8 @@ from elasticsearch import Elasticsearch
 from pyspark.sql import SparkSession
 
 from bp_spark.connections import kafka_settings
-from bp_spark.monitoring import ROUTING_QUERY, TRENDS_QUERY, late_rows
+from bp_spark.monitoring import ROUTING_QUERY
 from bp_spark.pipeline import CheckpointLayoutError, PipelineStopped, check_checkpoint_layout
-from bp_spark.trend_query import TRENDS_CHECKPOINT
 from streams import (ROOT, archive_lines, expectations, generated, ids_in, job_env, publish, reading, run_once,
                      run_pipeline, stream_config, version)
 
@@ -237,7 +236,7 @@ def test_trends_sustained_onsets_and_late_readings(
     spark: SparkSession, es: Elasticsearch, kafka_admin, unique_name: str, tmp_path: Path
 ) -> None:
     config = stream_config(unique_name, tmp_path, **{
-        "trends.enabled": True, "trends.watermark": "1 day", "trends.sustained_min_readings": 3,
+        "trends.enabled": True, "trends.sustained_min_readings": 3,
         "kafka.alerts_topic": f"{unique_name}_alerts"})
     hypertensive = [reading("pa", f"2026-01-0{d}T08:00:00Z", 150, 95) for d in range(1, 6)]
     normal = [reading("pb", f"2026-01-0{d}T08:30:00+01:00", 118, 76) for d in range(1, 6)]
@@ -246,7 +245,7 @@ def test_trends_sustained_onsets_and_late_readings(
     # none of its readings), and stays one by that rule when a later batch adds a reading to it
     first_day = [reading("pd", f"2026-01-05T0{h}:00:00Z", 150, 95) for h in (4, 5, 6)]
     publish(config, hypertensive + normal + crisis + first_day + normal[:1])  # and one duplicate
-    first = next(q for q in run_pipeline(spark, config, es).queries if q.name == TRENDS_QUERY)
+    first = run_pipeline(spark, config, es)
 
     trends = ids_in(es, config.elasticsearch.trends_index)
     day1 = trends["patient|daily|pa|2026-01-01 00:00:00"]
@@ -268,26 +267,24 @@ def test_trends_sustained_onsets_and_late_readings(
     assert alerts[onset]["alert_type"] == "sustained_hypertension" and alerts[onset]["systolic_mean"] == 150.0
     assert alerts[onset]["reason"] == "sustained hypertension: mean 150/95 mmHg over 3 readings in 7 days (limit 135/85)"
 
-    # Windows that end before the watermark (Jan 4, 08:00) are final and leave the state; readings
-    # older than it leave the de-duplication state.
-    state = {op["operatorName"]: op["numRowsTotal"] for op in first.lastProgress["stateOperators"]}
-    # 12 patient-days, 14 cohort hours, 5 cohort days, 11 + 11 + 7 + 7 sustained windows
-    assert len(trends) == 67 and state == {"stateStoreSave": 13, "dedupeWithinWatermark": 8}
+    # 12 patient-days, 14 cohort hours, 5 cohort days, 11 + 11 + 7 + 7 sustained windows; no state in Spark
+    assert len(trends) == 67
+    assert all(q.lastProgress["stateOperators"] == [] for q in first.queries)
 
-    inside = reading("pb", "2026-01-04T12:00:00Z", 121, 79)   # after the watermark
-    outside = reading("pa", "2025-12-20T08:00:00Z", 160, 100)  # before it
-    publish(config, [inside, outside, reading("pd", "2026-01-05T07:00:00Z", 150, 95)])
-    queries = run_pipeline(spark, config, es).queries
+    inside = reading("pb", "2026-01-04T12:00:00Z", 121, 79)
+    late = reading("pa", "2025-12-20T08:00:00Z", 160, 100)  # two weeks before pa's other readings
+    publish(config, [inside, late, reading("pd", "2026-01-05T07:00:00Z", 150, 95)])
+    run_pipeline(spark, config, es)
 
     trends = ids_in(es, config.elasticsearch.trends_index)
     assert trends["patient|daily|pb|2026-01-04 00:00:00"]["readings"] == 2
     # pb's week from Jan 1, summed from this run's Jan 4 and the days the first run wrote
     week = trends["sustained|7 days/1 day|pb|2026-01-01 00:00:00"]
     assert (week["readings"], week["systolic_sum"], week["systolic_mean"]) == (6, 711.0, 711.0 / 6)
-    assert "patient|daily|pa|2025-12-20 00:00:00" not in trends
-    trend_query = next(q for q in queries if q.name == TRENDS_QUERY)
-    assert sum(late_rows(p) for p in trend_query.recentProgress) == 1  # the reading, once
-    # the late reading still reached the anomaly index; the one inside the watermark the archive
+    # a late reading joins its windows whenever it comes (no watermark leaves it out)
+    assert trends["patient|daily|pa|2025-12-20 00:00:00"]["readings"] == 1
+    assert trends["sustained|7 days/1 day|pa|2025-12-14 00:00:00"]["readings"] == 1
+    assert not trends["sustained|7 days/1 day|pa|2025-12-20 00:00:00"]["is_sustained"]
     assert "pa-2025-12-20T08" in ids_in(es, config.elasticsearch.anomalies_index)
     assert inside[1] in archive_lines(config)
     assert trends[pd_onset]["readings"] == 4  # recomputed, still the first sustained week of pd: not alerted again
@@ -313,13 +310,13 @@ def test_trends_sustained_onsets_and_late_readings(
 def test_checkpoints_of_earlier_versions_are_refused_or_reported(spark: SparkSession, tmp_path: Path, caplog) -> None:
     config = stream_config("unused", tmp_path, **{"trends.enabled": True})
     root = Path(config.paths.checkpoint_dir)
-    (root / "trends" / "state").mkdir(parents=True)  # the trend query's state, per-window de-duplication
+    (root / "trends-v4" / "state").mkdir(parents=True)  # the trend query an earlier version ran
     with caplog.at_level("WARNING", logger="bp_spark.pipeline"):
         check_checkpoint_layout(spark, config)
     assert [r.message for r in caplog.records] == [
-        f"{root}/trends holds the trend query's state of an earlier bp-monitor, which this version cannot read: "
-        f"trends are rebuilt from the topic (kafka.starting_offsets) into {root}/{TRENDS_CHECKPOINT}, overwriting "
-        f"each window's document by id. Delete {root}/trends once the rebuild has caught up."]
+        f"{root}/trends-v4: the checkpoint of the trend query of an earlier bp-monitor, which this version does not "
+        "run (trends are merged from the routing query's readings into the same documents, from this start on). "
+        "Delete it."]
 
     (root / "offsets").mkdir()  # the one-query layout
     with pytest.raises(CheckpointLayoutError, match=f"move its contents into {root}/routing"):
@@ -347,9 +344,9 @@ def test_health_metrics_are_logged_and_indexed_per_batch(
     # each step's seconds, the versions index's lookup and record among them; the routing query holds no state
     assert all({"read_parse", "repeats", "elasticsearch", "versions"} <= set(r["sinks"]["steps_s"]) for r in routing)
     assert all(r["state_operators"] == [] for r in routing)
-    trends = [r for r in logged if r["query"] == TRENDS_QUERY and r["input_rows"]]
-    assert sum(r["input_rows"] for r in trends) == len(good) + 1 and trends[-1]["watermark"]
-    assert all(r["sinks"]["trend_windows"] > 0 for r in trends)
+    # each batch's partial trend windows (merged when the job stops: trends.trigger is a minute)
+    assert all(r["sinks"]["trend_windows"] > 0 and "trends" in r["sinks"]["steps_s"] for r in routing)
+    assert {r["query"] for r in logged} == {ROUTING_QUERY}
     assert logged == pipeline.listener.records
 
     es.indices.refresh(index=config.elasticsearch.metrics_index)

@@ -11,7 +11,7 @@ import orjson
 from pyspark.sql import Column
 from pyspark.sql import functions as F
 
-from bp_spark.archive.files import names_in
+from bp_spark.files import names_in
 
 STAGING = "_staging"
 ROLLS = "_rolls"

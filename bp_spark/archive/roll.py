@@ -25,7 +25,7 @@ from dataclasses import dataclass
 
 import orjson
 
-from bp_spark.archive.files import Files
+from bp_spark.files import Files
 from bp_spark.archive.layout import (MANIFEST, PATIENT_PREFIX, PERIOD_PREFIX, PUBLISHED, STAGED_BATCH, STAGING,
                                      line_id, published_name, rolled_through_path, staged_batch)
 

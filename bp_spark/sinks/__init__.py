@@ -18,12 +18,12 @@ from pyspark.sql import SparkSession
 
 from bp_spark.config import Config
 from bp_spark.sinks.alert_topic import AlertTopic
-from bp_spark.sinks.archive import ArchiveSink, hadoop_fs
+from bp_spark.sinks.archive import ArchiveSink
 from bp_spark.sinks.es import ElasticsearchSink
 from bp_spark.sinks.retry import SinkUnavailable
 from bp_spark.sinks.repeats import VersionLedger
 
-__all__ = ["Sinks", "SinkUnavailable", "hadoop_fs"]
+__all__ = ["Sinks", "SinkUnavailable"]
 
 
 @dataclass

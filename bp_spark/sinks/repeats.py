@@ -113,6 +113,11 @@ class VersionLedger:
             hashes -= set(doc.get("added") or ())
         return hashes
 
+    def routed_before(self, seen: Seen) -> set[str]:
+        """The ids of ``seen`` that an earlier batch routed a version of (this batch's are new
+        versions of them: corrections)."""
+        return {doc_id for doc_id in seen.keys if self._before(seen.stored.get(doc_id), seen.batch_id)}
+
     def record(self, seen: Seen) -> int:
         """Remember the batch's new versions (after every sink has its rows); return how many ids."""
         now_ms = int(time.time() * 1000)

@@ -1,6 +1,7 @@
-"""The few file operations the archive needs, on the local disk or any Hadoop file system.
+"""The few file operations the job needs (the archive, the trends' pending windows), on the
+local disk or any Hadoop file system.
 
-Paths are relative to the archive's root, with ``/`` between folders. Every write is whole:
+Paths are relative to a root folder, with ``/`` between folders. Every write is whole:
 written beside its target, then renamed onto it (atomic on a local disk and HDFS; on object
 stores such as S3 a rename is a copy, and a reader may briefly miss the file).
 """
@@ -16,8 +17,25 @@ from typing import Protocol
 from pyspark.sql import SparkSession
 
 
+def hadoop_fs(spark: SparkSession, uri: str):
+    """The Hadoop file system that holds ``uri`` (local, HDFS, S3A ...) and the qualified path."""
+    path = spark._jvm.org.apache.hadoop.fs.Path(uri)
+    fs = path.getFileSystem(spark._jsc.hadoopConfiguration())
+    return fs, fs.makeQualified(path)
+
+
+def files_at(spark: SparkSession, uri: str, umask: int) -> "LocalFiles | HadoopFiles":
+    """The files under the folder ``uri``, made if missing (its files masked with ``umask``)."""
+    fs, root = hadoop_fs(spark, uri)
+    if not fs.exists(root):
+        fs.mkdirs(root, spark._jvm.org.apache.hadoop.fs.permission.FsPermission(0o777 & ~umask))
+    if fs.getScheme() == "file":
+        return LocalFiles(Path(root.toUri().getPath()), umask)
+    return HadoopFiles(spark, fs, root)
+
+
 class Files(Protocol):
-    """What the archive does with files."""
+    """What the job does with files."""
 
     def names(self, folder: str) -> list[str]: ...
     def exists(self, path: str) -> bool: ...

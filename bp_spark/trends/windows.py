@@ -1,0 +1,147 @@
+"""A batch's readings as partial trend windows (Spark column functions; the merge is :mod:`.merge`).
+
+Every reading is placed in each tumbling window it belongs to, one row per window: per patient
+for each window of ``trends.patient_windows`` (daily by default) and for the cohort for each of
+``trends.windows`` (hourly and daily). One aggregation over (scope, period, key, window) then
+gives every window the batch touched, as a *partial*: counts, sums, extremes, the peak reading,
+the cohort's abnormal patients as a set. Every measure is mergeable, so a window's document is
+the merge of the partials of the batches that held its readings, whatever their order
+(:func:`bp_spark.trends.merge.merge`), and the sliding windows of sustained hypertension are
+sums of the daily ones (:func:`bp_spark.trends.merge.sustained`).
+
+Pure transformations over classified readings (:data:`TREND_READING_COLUMNS`): the same
+functions serve static frames in tests, the routing batch and the backfill. Every row carries
+``trend_id``, deterministic per key and window.
+"""
+
+from __future__ import annotations
+
+from datetime import datetime
+
+from pyspark.sql import Column, DataFrame
+from pyspark.sql import functions as F
+
+from bp_spark.classify import DIASTOLIC_HIGH, DIASTOLIC_LOW, SYSTOLIC_HIGH, SYSTOLIC_LOW
+from bp_spark.config import TrendsConfig
+from bp_spark.config import duration_seconds as seconds
+from bp_spark.parse import RETRACTED_STATUS
+
+ANOMALY_TYPES = (SYSTOLIC_HIGH, SYSTOLIC_LOW, DIASTOLIC_HIGH, DIASTOLIC_LOW)
+PATIENT, COHORT, SUSTAINED = "patient", "cohort", "sustained"
+
+# What the trend windows read of a reading.
+TREND_READING_COLUMNS = ("observation_id", "patient_id", "effective_time", "systolic", "diastolic", "is_anomaly",
+                         "anomaly_types")
+
+
+def counts_in_trends() -> Column:
+    """A reading the trend windows count: usable, not a retraction, not a half waiting for its
+    partner (a pair counts once paired, as the panel it makes)."""
+    return F.col("error").isNull() & (F.col("status") != RETRACTED_STATUS) & F.col("half").isNull()
+
+
+def sustained_period(config: TrendsConfig) -> str:
+    """The ``period`` of sustained-hypertension windows, e.g. ``"7 days/1 day"``."""
+    return f"{config.sustained_window}/{config.sustained_slide}"
+
+
+def slide_period(config: TrendsConfig) -> str:
+    """The label of the patient windows one slide long, which the sustained windows are summed
+    from (the configuration makes sure there is one)."""
+    slide = seconds(config.sustained_slide)
+    return next(label for label, duration in config.patient_window_list if seconds(duration) == slide)
+
+
+def _window(start_s: Column, length_s: int) -> Column:
+    return F.struct(F.timestamp_seconds(start_s).alias("window_start"),
+                    F.timestamp_seconds(start_s + length_s).alias("window_end"))
+
+
+def _slot(scope: str, period: str, patient: Column, window: Column) -> Column:
+    return F.struct(F.lit(scope).alias("scope"), F.lit(period).alias("period"), patient.alias("key"),
+                    window.alias("window"))
+
+
+def with_windows(readings_df: DataFrame, config: TrendsConfig) -> DataFrame:
+    """One row per reading and tumbling window it belongs to: ``scope``, ``period``, ``key`` (the
+    patient; null for the cohort), ``window_start``, ``window_end``. Windows are aligned to the
+    epoch in UTC, as Spark's ``window()`` aligns them."""
+    t = F.unix_seconds("effective_time")
+    slots = []
+    for scope, key, windows in ((PATIENT, F.col("patient_id"), config.patient_window_list),
+                                (COHORT, F.lit(None).cast("string"), config.window_list)):
+        for label, duration in windows:
+            length = seconds(duration)
+            slots.append(_slot(scope, label, key, _window(F.floor(t / length) * length, length)))
+    return (readings_df.withColumn("slot", F.explode(F.array(*slots)))
+            .select("*", "slot.scope", "slot.period", "slot.key", "slot.window.window_start",
+                    "slot.window.window_end")
+            .drop("slot"))
+
+
+def trend_id(*parts: Column | str) -> Column:
+    """``part|part|...`` (null parts left out): the same key and window give the same id."""
+    return F.concat_ws("|", *[(F.col(p) if isinstance(p, str) else p).cast("string") for p in parts])
+
+
+# What makes a reading the peak of a window: the highest systolic, then diastolic, then the latest.
+# The last key breaks ties, so that a window's peak does not depend on the order its readings came in.
+PEAK_ORDER = ("systolic", "diastolic", "effective_time", "observation_id")
+
+
+def _peak() -> Column:
+    """The peak reading of the group (:data:`PEAK_ORDER`)."""
+    reading = F.struct(
+        F.col("observation_id").alias("observation_id"), F.col("effective_time").alias("effective_time"),
+        F.col("systolic").alias("systolic"), F.col("diastolic").alias("diastolic"))
+    return F.max_by(reading, F.struct(*PEAK_ORDER))
+
+
+def aggregate_windows(windowed_df: DataFrame) -> DataFrame:
+    """The partial of each (scope, period, key, window): readings, sum/max/min systolic and
+    diastolic, the peak reading and its time, anomalies per type, abnormal readings, the last
+    reading's time; for the cohort the set of abnormal patients (``abnormal_patient_set``)."""
+    aggregated_df = windowed_df.groupBy("scope", "period", "key", "window_start", "window_end").agg(
+        F.count(F.lit(1)).alias("readings"),
+        F.sum("systolic").alias("systolic_sum"), F.max("systolic").alias("systolic_max"),
+        F.min("systolic").alias("systolic_min"),
+        F.sum("diastolic").alias("diastolic_sum"), F.max("diastolic").alias("diastolic_max"),
+        F.min("diastolic").alias("diastolic_min"),
+        _peak().alias("peak"),
+        F.struct(*[F.count(F.when(F.array_contains("anomaly_types", kind), 1)).alias(kind) for kind in ANOMALY_TYPES])
+        .alias("anomalies"),
+        F.count(F.when(F.col("is_anomaly"), 1)).alias("abnormal_readings"),
+        F.collect_set(F.when(F.col("is_anomaly") & (F.col("scope") == COHORT), F.col("patient_id")))
+        .alias("abnormal_patient_set"),  # the cohort's: a set, merged by union (exact)
+        F.max("effective_time").alias("last_reading_time"),
+    )
+    return aggregated_df.select(
+        trend_id("scope", "period", "key", "window_start").alias("trend_id"),
+        "scope", "period", F.col("key").alias("patient_id"), "window_start", "window_end",
+        *[c for c in aggregated_df.columns if c not in ("scope", "period", "key", "window_start", "window_end")])
+
+
+def partial_windows(readings_df: DataFrame, config: TrendsConfig) -> DataFrame:
+    """The partial window of every (scope, period, key, window) that ``readings_df`` touches."""
+    return aggregate_windows(with_windows(readings_df, config))
+
+
+def _epoch_ms(value: datetime | None) -> int | None:
+    # pyspark gives naive datetimes in the Python process's local zone, which timestamp() assumes.
+    return None if value is None else round(value.timestamp() * 1000)
+
+
+def collect_partials(partials_df: DataFrame) -> list[dict]:
+    """The rows of :func:`partial_windows` as the plain dicts the merge takes, times in epoch
+    milliseconds (as Elasticsearch returns them), the peak and anomalies as dicts."""
+    out = []
+    for row in partials_df.collect():
+        window = row.asDict(recursive=True)
+        for name in ("window_start", "window_end", "last_reading_time"):
+            window[name] = _epoch_ms(window[name])
+        window["peak"]["effective_time"] = _epoch_ms(window["peak"]["effective_time"])
+        ids = window.pop("abnormal_patient_set")
+        if window["scope"] == COHORT:
+            window["abnormal_patient_ids"] = sorted(ids)
+        out.append(window)
+    return out
