@@ -25,12 +25,23 @@ from bp_spark.versions import connector_conf
 os.environ.setdefault("SPARK_LOCAL_IP", "127.0.0.1")
 
 
+# What reaches the local stack: its fixtures, and the modules whose tests start a job (or a
+# client) that talks to Kafka or Elasticsearch themselves. `pytest -m "not integration"` runs the rest.
+STACK_FIXTURES = {"es", "es_cluster", "kafka_admin"}
+STACK_MODULES = set()
+
+
 def pytest_configure(config) -> None:
     config.addinivalue_line("markers", "chaos: kills and restarts the local stack's services; runs last")
+    config.addinivalue_line("markers", "integration: needs the local stack (make up); marked by conftest.py")
 
 
 def pytest_collection_modifyitems(config, items) -> None:
-    """Tests that kill the stack's services run after every other test."""
+    """Mark the tests that need the stack; tests that kill its services run after every other test."""
+    for item in items:
+        if STACK_FIXTURES & set(getattr(item, "fixturenames", ())) or item.module.__name__ in STACK_MODULES \
+                or item.get_closest_marker("chaos") is not None:
+            item.add_marker(pytest.mark.integration)
     items.sort(key=lambda item: item.get_closest_marker("chaos") is not None)
 
 
@@ -101,9 +112,12 @@ def unique_name() -> str:
 
 
 @pytest.fixture(scope="session", autouse=True)
-def _remove_test_topics_and_indices(config: Config) -> Iterator[None]:
-    """After the run, drop the bp_test_* topics and indices the tests made, so the stack stays tidy."""
+def _remove_test_topics_and_indices(config: Config, request) -> Iterator[None]:
+    """After the run, drop the bp_test_* topics and indices the tests made, so the stack stays tidy
+    (nothing to do when only tests without the stack ran)."""
     yield
+    if not any(item.get_closest_marker("integration") for item in request.session.items):
+        return
     try:
         admin = AdminClient(kafka_settings(config))
         leftovers = [t for t in admin.list_topics(timeout=5).topics if t.startswith("bp_test_")]

@@ -353,7 +353,10 @@ class ElasticsearchSink:
         Every item must be taken; a refused one (a 400) is a bug of ours, not an outage: it stops the batch."""
         if not docs:
             return
-        operations = [op for doc_id, source in docs.items() for op in ({"index": {"_index": index, "_id": doc_id}}, source)]
+        # Serialized here, with orjson (the client's json module takes ~5x as long for the trends'
+        # hundreds of thousands of windows after a backfill-sized batch).
+        operations = [orjson.dumps(op) for doc_id, source in docs.items()
+                      for op in ({"index": {"_index": index, "_id": doc_id}}, source)]
 
         self._retry(lambda: self._bulk_all_taken(operations, f"{index}: documents not written", refresh=refresh,
                                                  accepted=(200, 201)), what)

@@ -21,6 +21,7 @@ Times are epoch milliseconds throughout, as Elasticsearch returns the dates the 
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Iterable
 from datetime import datetime, timezone
 
@@ -36,11 +37,17 @@ _MINIMA = ("systolic_min", "diastolic_min")
 _SLOT = ("trend_id", "scope", "period", "patient_id", "window_start", "window_end")
 
 
+@functools.lru_cache(maxsize=65_536)
+def _start_text(start_ms: int) -> str:
+    return datetime.fromtimestamp(start_ms / 1000, tz=timezone.utc).strftime("%Y-%m-%d %H:%M:%S")
+
+
 def window_id(scope: str, period: str, patient_id: str | None, start_ms: int) -> str:
     """``scope|period|patient|start`` as :func:`bp_spark.trends.windows.trend_id` makes it in
     Spark (a timestamp cast to text in UTC; no patient for the cohort)."""
-    start = datetime.fromtimestamp(start_ms / 1000, tz=timezone.utc).strftime("%Y-%m-%d %H:%M:%S")
-    return "|".join(part for part in (scope, period, patient_id, start) if part is not None)
+    if patient_id is None:
+        return f"{scope}|{period}|{_start_text(start_ms)}"
+    return f"{scope}|{period}|{patient_id}|{_start_text(start_ms)}"
 
 
 def epoch_ms(value: int | float | str | None) -> int | None:
@@ -156,12 +163,24 @@ def is_daily(window: dict, config: TrendsConfig) -> bool:
     return window["scope"] == PATIENT and window["period"] == slide_period(config)
 
 
+def _total(days: list[dict], peak_keys: dict[int, tuple]) -> dict:
+    """The measures of ``days`` together (:func:`merge` of them all, in one pass per measure)."""
+    return {
+        **{name: sum(day[name] for day in days) for name in _SUMS},
+        **{name: max(day[name] for day in days) for name in _MAXIMA},
+        **{name: min(day[name] for day in days) for name in _MINIMA},
+        "peak": dict(max((day["peak"] for day in days), key=lambda peak: peak_keys[id(peak)])),
+        "anomalies": {kind: sum(day["anomalies"].get(kind, 0) for day in days) for kind in ANOMALY_TYPES},
+    }
+
+
 def sustained(daily: dict[str, dict], updated: Iterable[dict], config: TrendsConfig) -> list[dict]:
     """The sustained windows that hold a window of ``updated`` (daily windows), each the merge of
     the daily windows of ``daily`` (by id: the updated ones and their neighbours) inside it,
     finished, with ``previous_trend_id`` (the window one slide earlier)."""
     length, slide = seconds(config.sustained_window) * 1000, seconds(config.sustained_slide) * 1000
     period, label = slide_period(config), sustained_period(config)
+    peak_keys = {id(day["peak"]): _peak_key(day["peak"]) for day in daily.values()}
     out: dict[str, dict] = {}
     for day in updated:
         patient = day["patient_id"]
@@ -169,16 +188,10 @@ def sustained(daily: dict[str, dict], updated: Iterable[dict], config: TrendsCon
             trend_id = window_id(SUSTAINED, label, patient, start)
             if trend_id in out:
                 continue
-            total = None
-            for i in range(length // slide):
-                inside = daily.get(window_id(PATIENT, period, patient, start + i * slide))
-                if inside is not None:
-                    total = merge(total, {**inside, **dict.fromkeys(_SLOT)})
-            total.update(trend_id=trend_id, scope=SUSTAINED, period=label, patient_id=patient,
-                         window_start=start, window_end=start + length)
-            total.pop("abnormal_patient_ids", None)
-            total.pop("tag", None)
-            total.pop("batch_id", None)
+            inside = [daily[key] for key in (window_id(PATIENT, period, patient, start + i * slide)
+                                              for i in range(length // slide)) if key in daily]
+            total = {"trend_id": trend_id, "scope": SUSTAINED, "period": label, "patient_id": patient,
+                     "window_start": start, "window_end": start + length, **_total(inside, peak_keys)}
             out[trend_id] = {**finish(total, config),
                              "previous_trend_id": window_id(SUSTAINED, label, patient, start - slide)}
     return list(out.values())

@@ -134,7 +134,8 @@ class TrendStep:
         sustained_windows = sustained(daily, days.values(), t)
         merged = Merged(len(batches), len(windows), len(sustained_windows))
         now_ms = int(time.time() * 1000)
-        docs = {trend_id: {**finish(window, t), "processed_at": now_ms} for trend_id, window in windows.items()}
+        docs = {trend_id: {**{k: v for k, v in finish(window, t).items() if v is not None}, "processed_at": now_ms}
+                for trend_id, window in windows.items()}
         docs |= {w["trend_id"]: {k: v for k, v in w.items() if k != "previous_trend_id"} | {
             "batch_id": last, "processed_at": now_ms} for w in sustained_windows}
         items = list(docs.items())
