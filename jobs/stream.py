@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import argparse
 import logging
+import os
 import signal
 import threading
 import sys
@@ -58,17 +59,27 @@ def main(argv: list[str] | None = None) -> int:
     configure_logging()
     # SIGTERM (docker stop, systemd, kill) stops the job cleanly, as Ctrl-C does.
     signal.signal(signal.SIGTERM, _interrupt)
+    spark = None
     try:
         config = load_config_from_args(args)
+        if "PYSPARK_GATEWAY_PORT" in os.environ:  # spark-submit started the JVM: its class path is known now
+            spark = job_session(config, config.stream.app_name)
+            problem = connectors_problem(spark, "stream")
+            if problem:  # before waiting for any service: a launch without the connectors never works
+                print(problem, file=sys.stderr)
+                stop_session(spark)
+                return 2
         es = make_client(config)
         prepare_indices(es, config, then=lambda: _apply_retention(es, config))
         check_kafka(config)  # a refused login stops the job here; a broker down is waited for later
-    except (ConfigError, ElasticsearchUnavailable, SinkUnavailable) as exc:
+    except (ConfigError, ElasticsearchUnavailable, SinkUnavailable, KeyboardInterrupt) as exc:
+        if spark is not None:
+            stop_session(spark)
+        if isinstance(exc, KeyboardInterrupt):
+            return 0
         print(f"stream: {exc}", file=sys.stderr)
         return 2 if isinstance(exc, ConfigError) else 1
-    except KeyboardInterrupt:
-        return 0
-    spark = job_session(config, config.stream.app_name)
+    spark = spark or job_session(config, config.stream.app_name)
     try:
         problem = connectors_problem(spark, "stream")
         if problem:

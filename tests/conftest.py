@@ -28,7 +28,7 @@ os.environ.setdefault("SPARK_LOCAL_IP", "127.0.0.1")
 # What reaches the local stack: its fixtures, and the modules whose tests start a job (or a
 # client) that talks to Kafka or Elasticsearch themselves. `pytest -m "not integration"` runs the rest.
 STACK_FIXTURES = {"es", "es_cluster", "kafka_admin"}
-STACK_MODULES = set()
+STACK_MODULES = {"test_security"}
 
 
 def pytest_configure(config) -> None:

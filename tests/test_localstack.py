@@ -69,6 +69,7 @@ def test_service_that_never_answers_times_out_with_its_log(tmp_path: Path) -> No
         localstack.wait_until(lambda: False, 1, pid_file, log, "Elasticsearch")
 
 
+@pytest.mark.integration
 def test_status_reports_the_running_stack() -> None:
     result = subprocess.run([sys.executable, str(ROOT / "stack" / "localstack.py"), "status"],
                             capture_output=True, text=True)
