@@ -4,6 +4,8 @@ VENV := .venv
 PY := $(VENV)/bin/python
 # Java helpers for Spark's JVM (jvm/), compiled against the installed pyspark's jars.
 JVM_JAR := build/bp-monitor-jvm.jar
+# The Spark connectors (Kafka source, Elasticsearch connector), resolved once from Maven Central.
+CONNECTORS := build/connectors/.fetched
 # The HL7 FHIR validator (HAPI FHIR, from Maven Central) for the conformance test: its classpath.
 FHIR_VALIDATOR := build/fhir-validator/classpath
 # The hostname may resolve to another interface; Spark binds to loopback here.
@@ -28,7 +30,7 @@ soak: install up
 	$(PY) jobs/soak.py
 
 ## install: OS packages where missing, then a virtualenv with the project and its dev extras
-install: system-deps $(VENV)/.installed $(JVM_JAR)
+install: system-deps $(VENV)/.installed $(JVM_JAR) $(CONNECTORS)
 
 system-deps:
 	@bash stack/system-deps.sh
@@ -45,6 +47,11 @@ $(JVM_JAR): $(wildcard jvm/bpmonitor/*.java) $(VENV)/.installed
 	javac -nowarn -d build/jvm -cp "$$($(PY) -c 'import os, pyspark; print(os.path.dirname(pyspark.__file__))')/jars/*" \
 		jvm/bpmonitor/*.java
 	jar cf $@ -C build/jvm .
+
+$(CONNECTORS): .env jvm/connectors/pom.xml $(VENV)/.installed
+	@mkdir -p $(@D)
+	$(PY) -m bp_spark.versions --fetch
+	touch $@
 
 ## fhir-validator: fetch the HL7 FHIR validator (tests/test_conformance.py runs it, offline)
 fhir-validator: $(FHIR_VALIDATOR)

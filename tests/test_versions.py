@@ -8,7 +8,8 @@ from pathlib import Path
 import pyspark
 
 from bp_spark.config import load_config
-from bp_spark.versions import connector_conf, elasticsearch_version, read_env_file, spark_submit_args
+from bp_spark.versions import (connector_conf, connector_jars, elasticsearch_version, package_conf, read_env_file,
+                               spark_submit_args)
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -21,7 +22,7 @@ def test_python_client_shares_the_server_major_minor() -> None:
 def test_pyspark_matches_env_and_connectors_follow() -> None:
     env = read_env_file()
     assert pyspark.__version__ == env["SPARK_VERSION"]
-    packages = connector_conf()["spark.jars.packages"].split(",")
+    packages = package_conf()["spark.jars.packages"].split(",")
     assert packages == [
         f"org.apache.spark:spark-sql-kafka-0-10_2.12:{env['SPARK_VERSION']}",
         f"org.elasticsearch:elasticsearch-spark-30_2.12:{env['ES_VERSION']}",
@@ -39,8 +40,14 @@ def test_spark_submit_args_carry_what_the_job_sets_itself() -> None:
     args = spark_submit_args().split()
     pairs = dict(zip(args[0::2], args[1::2]))
     confs = dict(args[i + 1].split("=", 1) for i, a in enumerate(args) if a == "--conf")
-    assert {k: v for k, v in confs.items() if k.startswith("spark.jars.")} == connector_conf()
+    # The connectors make install fetched, resolved by nothing at start; and the project's own jar.
+    jars = pairs["--jars"].split(",")
+    assert jars == connector_jars() + [str(ROOT / "build" / "bp-monitor-jvm.jar")]
+    assert {Path(jar).name.rsplit("-", 1)[0] for jar in jars} >= {
+        "spark-sql-kafka-0-10_2.12", "elasticsearch-spark-30_2.12", "kafka-clients"}
+    assert not any(k.startswith("spark.jars.") for k in confs)  # no packages to resolve
+    assert connector_conf() == {"spark.jars": ",".join(connector_jars())}
     assert pairs["--driver-memory"] == load_config().stream.driver_memory  # not Spark's 1 GB
     assert pairs["--driver-java-options"] == f"-Dlog4j2.configurationFile=file://{ROOT}/conf/spark-log4j2.properties"
-    assert pairs["--driver-class-path"] == pairs["--jars"] == str(ROOT / "build" / "bp-monitor-jvm.jar")
+    assert pairs["--driver-class-path"] == str(ROOT / "build" / "bp-monitor-jvm.jar")
     assert confs["spark.hadoop.fs.file.impl"] == "bpmonitor.NoForkLocalFileSystem"
