@@ -10,7 +10,7 @@ dead letter's id names the line to look at (``backfill:Observation.ndjson-0-17``
 same when the backfill runs again.
 
 The input is routed in chunks of whole file blocks (``--chunk-lines``), each one micro-batch of
-the routing query's :class:`~bp_spark.routing.BatchRouter`, with the stream job's memory of the
+the routing query's :class:`~bp_spark.routing.query.BatchRouter`, with the stream job's memory of the
 versions it routed (:mod:`bp_spark.sinks.repeats`): a reading routed before, by an earlier
 backfill or by the stream job, is a repeat and is left out, so that a backfill run twice, or
 followed by the stream job on a feed that replays it, stores and counts each observation once.
@@ -32,7 +32,7 @@ from pyspark.sql import functions as F
 
 from bp_spark.classify import with_classification
 from bp_spark.config import Config
-from bp_spark.routing import BatchRouter, BatchStats, with_dedup_key
+from bp_spark.routing.query import BatchRouter, BatchStats, with_dedup_key
 from bp_spark.files import hadoop_fs
 from bp_spark.sinks import Sinks
 from bp_spark.streaming import parsed

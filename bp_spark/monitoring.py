@@ -25,7 +25,7 @@ log = logging.getLogger("bp_spark.monitoring")
 metrics_log = logging.getLogger("bp_spark.metrics")
 
 ROUTING_QUERY = "bp_monitor"
-# The routing query's observed metric: Kafka records read per partition in a batch (bp_spark/routing.py).
+# The routing query's observed metric: Kafka records read per partition in a batch (bp_spark/routing/query.py).
 RECORDS_READ = "kafka_records_read"
 EPOCH = "1970-01-01T00:00:00.000Z"
 

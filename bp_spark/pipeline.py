@@ -1,6 +1,6 @@
 """The stream job's wiring and supervision: start the routing query, keep it running, stop it.
 
-- :mod:`bp_spark.routing`: the routing query (every reading to its sink, and its trend windows
+- :mod:`bp_spark.routing.query`: the routing query (every reading to its sink, and its trend windows
   kept, then merged: :mod:`bp_spark.trends.step`);
 - here: the checks before the start (checkpoint layout, one job per checkpoint and archive, the
   topic), the progress listener, and the supervisor that restarts the query when it failed (Kafka
@@ -23,7 +23,7 @@ from pyspark.sql.streaming import StreamingQuery
 from bp_spark.config import Config
 from bp_spark.monitoring import ROUTING_QUERY, ProgressLog
 from bp_spark.ownership import Claim, claim
-from bp_spark.routing import BatchRouter, start_routing_query
+from bp_spark.routing.query import BatchRouter, start_routing_query
 from bp_spark.files import hadoop_fs
 from bp_spark.sinks import Sinks
 from bp_spark.sinks.retry import backoff_s, summarise

@@ -63,7 +63,7 @@ def kafka_source(spark: SparkSession, config: Config) -> DataFrame:
         .option("subscribe", config.kafka.topic)
         .option("startingOffsets", config.kafka.starting_offsets)
         # A topic recreated or trimmed by retention must not stop a monitor: the offsets it lost
-        # are counted and logged at ERROR by the routing query (bp_spark/routing.py).
+        # are counted and logged at ERROR by the routing query (bp_spark/routing/query.py).
         .option("failOnDataLoss", "false")
     )
     if config.kafka.max_offsets_per_trigger:

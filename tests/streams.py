@@ -18,7 +18,7 @@ from bp_spark.connections import kafka_settings
 from bp_spark.elastic import INDEX_KINDS, install_templates, pipeline_indices
 from bp_spark.generator import encode, make_patients, readings, window
 from bp_spark.pipeline import Pipeline, start_pipeline
-from bp_spark.routing import BatchRouter
+from bp_spark.routing.query import BatchRouter
 from bp_spark.sinks import Sinks
 
 ROOT = Path(__file__).resolve().parent.parent

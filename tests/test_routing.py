@@ -6,7 +6,7 @@ from datetime import datetime
 
 from pyspark.sql import SparkSession
 
-from bp_spark.routing import latest_versions
+from bp_spark.routing.query import latest_versions
 
 COLUMNS = "observation_id string, version_time timestamp, version_id string, kafka_timestamp timestamp, " \
           "kafka_partition int, kafka_offset long, bundle_entry int, systolic double"

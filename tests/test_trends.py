@@ -17,7 +17,7 @@ from pyspark.sql import types as T
 
 from bp_spark.classify import with_classification
 from bp_spark.config import Config, TrendsConfig, load_config
-from bp_spark.routing import readings_stream
+from bp_spark.routing.query import readings_stream
 from bp_spark.streaming import keep_rows
 from bp_spark.trends.merge import finish, is_daily, merge, merged_windows, sustained, sustained_onsets
 from bp_spark.trends.step import all_trends

@@ -20,11 +20,13 @@ from pyspark.sql import functions as F
 from pyspark.sql.streaming import StreamingQuery
 
 from bp_spark import documents
-from bp_spark.classify import CRITICAL, with_classification
+from bp_spark.classify import with_classification
 from bp_spark.config import Config
 from bp_spark.monitoring import RECORDS_READ, ROUTING_QUERY
-from bp_spark.pairing import ARCHIVE_COLUMNS, Pairing, archive_rows
-from bp_spark.parse import RETRACTED_STATUS, is_update
+from bp_spark.pairing import Paired, Pairing
+from bp_spark.parse import is_update
+from bp_spark.routing.plan import (BatchPlan, batch_counts, elasticsearch_documents, pair_counts, plan_batch,
+                                   usable, with_dead, with_pairs)
 from bp_spark.sinks import Sinks, SinkUnavailable
 from bp_spark.sinks.es import Refused
 from bp_spark.sinks.repeats import Seen, VersionLedger, version_hash
@@ -217,11 +219,12 @@ class BatchRouter:
                            .unionByName(readings_df.where(~with_id)))
         return readings_df
 
-    def _clear_earlier_versions(self, ok_df: DataFrame, batch_id: int) -> DataFrame:
+    def _clear_earlier_versions(self, batch_df: DataFrame, batch_id: int) -> DataFrame:
         """Corrections and retractions: keep each id's last version in this batch, and clear the
         earlier version from wherever it was stored, before the new one is written. A corrected
-        half of a pair unpairs both: their pair is cleared too (:meth:`Pairing.unpair`)."""
-        latest_df = latest_versions(ok_df)
+        half of a pair unpairs both: their pair is cleared too (:meth:`Pairing.unpair`). Returns
+        the usable rows, latest version of each id."""
+        latest_df = latest_versions(batch_df.where(usable()))
         ids = {r.observation_id for r in latest_df.where(is_update(F.col("status"))).select("observation_id").collect()}
         ids |= self.pairing.unpair(ids, batch_id)
         in_anomalies = self.sinks.elasticsearch.delete(sorted(ids), batch_id)
@@ -232,115 +235,77 @@ class BatchRouter:
         return latest_df
 
     def _route(self, batch_df: DataFrame, batch_id: int, seen: Seen | None = None) -> BatchStats:
-        usable = F.col("error").isNull()
-        live = usable & (F.col("status") != RETRACTED_STATUS)
-        panel = live & F.col("half").isNull()  # a half is routed once paired (bp_spark/pairing.py)
+        """Count the batch, clear what its corrections replace, pair its halves, then write its
+        plan (:mod:`bp_spark.routing.plan`): Elasticsearch, the alert topic, the archive, trends."""
         started = time.monotonic()
-        counts = batch_df.agg(
-            F.count(F.lit(1)).alias("rows"),
-            F.count(F.when(~usable, 1)).alias("dead"),
-            F.count(F.when(usable & is_update(F.col("status")), 1)).alias("updates"),
-            F.count(F.when(panel & F.col("is_anomaly"), 1)).alias("anomalies"),
-            F.count(F.when(panel & (F.col("severity") == CRITICAL), 1)).alias("alerts"),
-            F.count(F.when(panel & ~F.col("is_anomaly"), 1)).alias("normals"),
-            F.count(F.when(live & F.col("half").isNotNull(), 1)).alias("halves"),
-            F.sum("ignored_entries").alias("ignored"),
-            (F.sum(F.col("_copies") - 1) if "_copies" in batch_df.columns else F.lit(0)).alias("repeats"),
-            F.max(F.when(usable, F.unix_seconds("effective_time"))).alias("newest"),
-        ).first()
+        counts = batch_counts(batch_df).first()
         stats = BatchStats(batch_id, counts.rows, counts.anomalies, counts.alerts, counts.normals, counts.dead,
                            counts.updates, ignored_entries=counts.ignored or 0, repeats=counts.repeats or 0)
         stats.steps["read+parse"] = time.monotonic() - started
         if self.sinks is None or stats.rows == 0:
             return stats
 
-        ok_df = batch_df.where(usable)
+        latest_df = None
         if stats.updates:
             with timed(stats.steps, "corrections"):
-                ok_df = self._clear_earlier_versions(ok_df, batch_id)
-        current_df = ok_df.where(F.col("status") != RETRACTED_STATUS)
-        dead_df = batch_df.where(~usable) if stats.dead_letters else None
-        normal_df = current_df.where(F.col("half").isNull() & ~F.col("is_anomaly")).select(*ARCHIVE_COLUMNS)
+                latest_df = self._clear_earlier_versions(batch_df, batch_id)
+        plan = plan_batch(batch_df, latest_df)
         paired = None
         if counts.halves or self.pairing.active:
             with timed(stats.steps, "pairing"):
-                paired = self.pairing.pair(current_df.where(F.col("half").isNotNull()) if counts.halves else None,
-                                           counts.newest, batch_id)
-            current_df = current_df.where(F.col("half").isNull())
+                paired = self.pairing.pair(plan.halves if counts.halves else None, counts.newest, batch_id)
             if paired.readings_df is not None:
-                current_df, dead_df, normal_df = self._add_pairs(paired.readings_df, stats, current_df, dead_df,
-                                                                 normal_df)
+                plan = with_pairs(plan, paired.readings_df)
+                c = pair_counts(paired.readings_df).first()
+                stats.anomalies, stats.alerts, stats.dead_letters = (stats.anomalies + c.anomalies,
+                                                                      stats.alerts + c.alerts, stats.dead_letters + c.dead)
+                stats.normals += 2 * c.normals  # an archive line for each Observation of the pair
             if paired.dead_df is not None:
-                dead_df = paired.dead_df if dead_df is None else dead_df.unionByName(paired.dead_df,
-                                                                                    allowMissingColumns=True)
+                plan = with_dead(plan, paired.dead_df)
                 stats.dead_letters += paired.dead
             stats.paired, stats.halves_waiting, stats.halves_expired = paired.paired, paired.waiting, paired.expired
-
-        # Elasticsearch first (one pass for all its indices), the archive last: if Elasticsearch
-        # fails, the archive holds none of the batch, and the replay writes everything once.
-        docs = {}
-        archive = self.sinks.archive
-        new_normals = 0
-        if stats.normals and not archive.replayed(batch_id):
-            with timed(stats.steps, "archive index"):
-                normal_df, stats.already_archived = archive.new_readings(normal_df, batch_id)
-            new_normals = stats.normals - stats.already_archived
-            if new_normals:
-                docs["archive index"] = documents.archive_docs(normal_df, self.config, archive.tag, batch_id)
-        elif stats.normals:
-            stats.already_archived = stats.normals  # published by the roll before this replay
-        if stats.dead_letters:
-            docs["dead letters"] = documents.deadletter_docs(dead_df, self.config, batch_id)
-        if paired is not None and paired.paired_docs_df is not None:
-            docs["paired halves"] = paired.paired_docs_df
-        if stats.anomalies:
-            docs["anomalies"] = documents.anomaly_docs(current_df.where(F.col("is_anomaly")), self.config, batch_id)
-        if stats.alerts:
-            docs["alerts"] = documents.alert_docs(current_df.where(F.col("severity") == CRITICAL), self.config,
-                                                  batch_id)
         try:
-            with timed(stats.steps, "elasticsearch"):
-                refused = self.sinks.elasticsearch.write(docs, batch_id)
-            self._count_refusals(stats, refused)
-            if stats.alerts:
-                self.sinks.alert_topic.publish(docs["alerts"], batch_id)
-            with timed(stats.steps, "archive"):
-                stats.normals = archive.stage(normal_df, batch_id, new_normals)
-                rolled = archive.roll_if_due()
-            if rolled is not None:
-                stats.rolled_batches, stats.rolled_files = rolled.batches, rolled.files
-            if self.trends is not None and seen is not None:
-                with timed(stats.steps, "trends"):
-                    stats.trend_windows = self.trends.add(self._trend_readings(current_df, seen), batch_id)
-            if paired is not None:
-                # Last: a batch that fails before this point is replayed against the same waiting halves.
-                self.pairing.save(paired, batch_id)
+            self._write(plan, stats, paired, batch_id, seen)
         finally:
             if paired is not None and paired.readings_df is not None:
                 paired.readings_df.unpersist()
         return stats
 
-    @staticmethod
-    def _add_pairs(pairs_df: DataFrame, stats: BatchStats, current_df: DataFrame, dead_df: DataFrame | None,
-                   normal_df: DataFrame) -> tuple:
-        """The batch's frames and counts with its pairs routed as panels: a usable pair to the
-        anomaly or alert index, or its two Observations to the archive; one that is not, to the dead letter."""
-        usable = F.col("error").isNull()
-        normal = usable & ~F.col("is_anomaly")
-        c = pairs_df.agg(
-            F.count(F.when(usable & F.col("is_anomaly"), 1)).alias("anomalies"),
-            F.count(F.when(usable & (F.col("severity") == CRITICAL), 1)).alias("alerts"),
-            F.count(F.when(normal, 1)).alias("normals"), F.count(F.when(~usable, 1)).alias("dead")).first()
-        stats.anomalies += c.anomalies
-        stats.alerts += c.alerts
-        stats.normals += 2 * c.normals  # an archive line for each Observation of the pair
-        stats.dead_letters += c.dead
-        if c.dead:
-            bad = pairs_df.where(~usable)
-            dead_df = bad if dead_df is None else dead_df.unionByName(bad, allowMissingColumns=True)
-        current_df = current_df.unionByName(pairs_df.where(usable).drop("_halves"), allowMissingColumns=True)
-        normal_df = normal_df.unionByName(archive_rows(pairs_df.where(normal)))
-        return current_df, dead_df, normal_df
+    def _write(self, plan: BatchPlan, stats: BatchStats, paired: Paired | None, batch_id: int,
+               seen: Seen | None) -> None:
+        """Apply the plan. Elasticsearch first (one pass for all its indices), the archive last:
+        if Elasticsearch fails, the archive holds none of the batch, and the replay writes
+        everything once. The pairing's state is saved last of all: a batch that fails before is
+        replayed against the same waiting halves."""
+        archive = self.sinks.archive
+        normal_df, new_normals = plan.normals, 0
+        docs = elasticsearch_documents(plan, self.config, batch_id, dead_letters=bool(stats.dead_letters),
+                                       anomalies=bool(stats.anomalies), alerts=bool(stats.alerts))
+        if stats.normals and not archive.replayed(batch_id):
+            with timed(stats.steps, "archive index"):
+                normal_df, stats.already_archived = archive.new_readings(plan.normals, batch_id)
+            new_normals = stats.normals - stats.already_archived
+            if new_normals:
+                docs["archive index"] = documents.archive_docs(normal_df, self.config, archive.tag, batch_id)
+        elif stats.normals:
+            stats.already_archived = stats.normals  # published by the roll before this replay
+        if paired is not None and paired.paired_docs_df is not None:
+            docs["paired halves"] = paired.paired_docs_df
+        with timed(stats.steps, "elasticsearch"):
+            refused = self.sinks.elasticsearch.write(docs, batch_id)
+        self._count_refusals(stats, refused)
+        if stats.alerts:
+            self.sinks.alert_topic.publish(docs["alerts"], batch_id)
+        with timed(stats.steps, "archive"):
+            stats.normals = archive.stage(normal_df, batch_id, new_normals)
+            rolled = archive.roll_if_due()
+        if rolled is not None:
+            stats.rolled_batches, stats.rolled_files = rolled.batches, rolled.files
+        if self.trends is not None and seen is not None:
+            with timed(stats.steps, "trends"):
+                stats.trend_windows = self.trends.add(self._trend_readings(plan.readings, seen), batch_id)
+        if paired is not None:
+            self.pairing.save(paired, batch_id)
 
     def _count_refusals(self, stats: BatchStats, refused: Refused) -> None:
         """Observations Elasticsearch refused: their messages are dead letters now, their alerts gone."""
