@@ -26,7 +26,7 @@ from bp_spark.ownership import Claim, claim
 from bp_spark.routing.query import BatchRouter, start_routing_query
 from bp_spark.files import hadoop_fs
 from bp_spark.sinks import Sinks
-from bp_spark.sinks.retry import backoff_s, summarise
+from bp_spark.outages import backoff_s, summarise
 from bp_spark.streaming import wait_for_topic
 from bp_spark.trends.step import PENDING_FOLDER, TrendStep
 

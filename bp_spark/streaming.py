@@ -15,7 +15,7 @@ from bp_spark.config import Config
 from bp_spark.config import duration_seconds as seconds
 from bp_spark.connections import AccessRefused, KafkaAccess, spark_kafka_options
 from bp_spark.parse import parse_observations
-from bp_spark.sinks.retry import SinkFailure, with_retries
+from bp_spark.outages import SinkFailure, with_retries
 
 log = logging.getLogger("bp_spark.pipeline")
 

@@ -43,7 +43,7 @@ from bp_spark.pipeline import CheckpointLayoutError, PipelineStopped, start_pipe
 from bp_spark.session import connectors_problem, job_session, stop_session
 from bp_spark.sinks import Sinks, SinkUnavailable
 from bp_spark.sinks.es import prepare_indices
-from bp_spark.sinks.retry import summarise
+from bp_spark.outages import summarise
 
 log = logging.getLogger("stream")
 

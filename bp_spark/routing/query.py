@@ -30,7 +30,7 @@ from bp_spark.routing.plan import (BatchPlan, batch_counts, elasticsearch_docume
 from bp_spark.sinks import Sinks, SinkUnavailable
 from bp_spark.sinks.es import Refused
 from bp_spark.sinks.repeats import Seen, VersionLedger, version_hash
-from bp_spark.sinks.retry import summarise
+from bp_spark.outages import summarise
 from bp_spark.streaming import (checkpointed, configure_state, kafka_source, parsed, per_step, remember, start_in_pool,
                                 timed)
 from bp_spark.trends.step import TrendStep

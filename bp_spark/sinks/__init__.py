@@ -3,8 +3,9 @@
 - :mod:`bp_spark.sinks.es`: the Elasticsearch indices (anomalies, alerts, trends, dead letter);
 - :mod:`bp_spark.sinks.archive`: the normal-reading archive, files per patient and period (:mod:`bp_spark.archive`);
 - :mod:`bp_spark.sinks.alert_topic`: alerts on a Kafka topic for downstream systems;
-- :mod:`bp_spark.sinks.repeats`: the versions of each observation seen, so that repeats are dropped;
-- :mod:`bp_spark.sinks.retry`: how each of them rides out an outage.
+- :mod:`bp_spark.sinks.repeats`: the versions of each observation seen, so that repeats are dropped.
+
+Each rides out an outage the same way (:mod:`bp_spark.outages`).
 
 The documents themselves are built in :mod:`bp_spark.documents`.
 """
@@ -20,7 +21,7 @@ from bp_spark.config import Config
 from bp_spark.sinks.alert_topic import AlertTopic
 from bp_spark.sinks.archive import ArchiveSink
 from bp_spark.sinks.es import ElasticsearchSink
-from bp_spark.sinks.retry import SinkUnavailable
+from bp_spark.outages import SinkUnavailable
 from bp_spark.sinks.repeats import VersionLedger
 
 __all__ = ["Sinks", "SinkUnavailable"]

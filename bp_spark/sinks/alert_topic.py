@@ -8,7 +8,7 @@ from pyspark.sql import functions as F
 from bp_spark.config import Config
 from bp_spark.connections import spark_kafka_options
 from bp_spark.documents import ROUTING_COLUMNS
-from bp_spark.sinks.retry import with_retries
+from bp_spark.outages import with_retries
 
 
 class AlertTopic:

@@ -36,7 +36,7 @@ from bp_spark.archive.layout import LEGACY, PATIENT_PREFIX, PERIOD_PREFIX, UNDAT
 from bp_spark.archive.roll import Roller, RollResult
 from bp_spark.config import Config
 from bp_spark.config import duration_seconds as seconds
-from bp_spark.sinks.retry import with_retries
+from bp_spark.outages import with_retries
 
 log = logging.getLogger("bp_spark.sinks")
 

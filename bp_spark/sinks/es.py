@@ -7,7 +7,7 @@ item. An item refused for what it holds (HTTP 400: a mapping conflict, an immens
 too long) sends its Kafka message to the dead letter with Elasticsearch's reason, and the
 observation's other documents are removed, so the message still ends in exactly one sink; an
 item that failed for the sink's sake (429, 5xx, a write block) is tried again until it lands
-(:mod:`bp_spark.sinks.retry`). Every write has a deterministic id, so a replay overwrites.
+(:mod:`bp_spark.outages`). Every write has a deterministic id, so a replay overwrites.
 """
 
 from __future__ import annotations
@@ -29,7 +29,7 @@ from bp_spark.documents import CREATE, ROUTING_COLUMNS
 from bp_spark.elastic import (ElasticsearchUnreachable, connector_options, install_templates, pipeline_indices,
                               probe_cluster, refresh_indices)
 from bp_spark.parse import QUOTE_LIMIT
-from bp_spark.sinks.retry import SinkFailure, summarise, with_retries
+from bp_spark.outages import SinkFailure, summarise, with_retries
 
 log = logging.getLogger("bp_spark.sinks")
 
