@@ -8,7 +8,8 @@ A roll is safe under ``kill -9`` at any step because it is written down before i
 3. write the manifest (``_rolls/manifest.json``): the batches, and per target its sources and
    size before;
 4. per target whose size is still the one noted: write ``old content + staged lines`` beside it
-   and rename it onto it (a target a crashed attempt already replaced has grown, and is left);
+   and rename it onto it, or, for a new target from one staged file, rename that file onto it
+   (a target a crashed attempt already replaced has grown, and is left);
 5. record, per tag, the last batch rolled (``_rolls/<tag>/rolled_through``): a replay of such a
    batch has nothing more to archive;
 6. delete the staged batches, then the manifest.
@@ -150,6 +151,13 @@ class Roller:
             now = self.files.size(target)
             if (now if now is not None else -1) != before:
                 continue  # replaced by an earlier attempt of this roll
+            if before < 0 and len(entry["sources"]) == 1:
+                # A new file from one staged file (a day's first readings, a backfill's history):
+                # moved into place, not copied. A crash after the move finds the target grown.
+                self.files.rename(entry["sources"][0], target)
+                result.files += 1
+                result.bytes += self.files.size(target) or 0
+                continue
             chunks = [_with_newline(self.files.read(target) or b"") if before >= 0 else b""]
             for source in entry["sources"]:
                 data = self.files.read(source)
