@@ -117,12 +117,17 @@ from bp_spark.archive.roll import Roller
 
 class Dying(LocalFiles):
     writes = 0
-    def write(self, path, chunks):
+    def write(self, path, chunks, sync=True):
         Dying.writes += 1
         if Dying.writes == int(sys.argv[2]):
             chunks = list(chunks)
             os.kill(os.getpid(), signal.SIGKILL)
-        super().write(path, chunks)
+        super().write(path, chunks, sync)
+    def rename(self, source, target):
+        Dying.writes += 1
+        if Dying.writes == int(sys.argv[2]):
+            os.kill(os.getpid(), signal.SIGKILL)
+        super().rename(source, target)
     def delete(self, path):
         Dying.writes += 1
         if Dying.writes == int(sys.argv[2]):
@@ -134,9 +139,12 @@ Roller(Dying(Path(sys.argv[1]), 0o077), 8 << 20).roll()
 
 
 def _staged(root: Path) -> None:
-    """Three staged batches over two patients and two days, on top of a published file."""
+    """Three staged batches over two patients and two days, on top of a published file; and a
+    third patient's day in the first batch only (a new file from one staged file: moved)."""
     files = LocalFiles(root, 0o077)
     files.write("patient_id=p1/2026-01-01-000.jsonl", [b'{"id":"old"}\n'])
+    files.write("_staging/t1/batch=000000000000/patient_id=p3/period=2026-01-03/part-00000.jsonl",
+                [b'{"id":"p3-2026-01-03-0"}\n'])
     for batch in range(3):
         for patient, day in (("p1", "2026-01-01"), ("p1", "2026-01-02"), ("p2", "2026-01-01")):
             files.write(f"_staging/t1/batch={batch:012d}/patient_id={patient}/period={day}/part-00000.jsonl",
@@ -145,8 +153,8 @@ def _staged(root: Path) -> None:
 
 def test_a_roll_killed_at_any_step_is_finished_with_each_reading_once_and_none_missing_meanwhile(
         tmp_path: Path) -> None:
-    expected = sorted(["old"] + [f"{p}-{d}-{b}" for b in range(3) for p, d in
-                                 (("p1", "2026-01-01"), ("p1", "2026-01-02"), ("p2", "2026-01-01"))])
+    expected = sorted(["old", "p3-2026-01-03-0"] + [f"{p}-{d}-{b}" for b in range(3) for p, d in
+                                                    (("p1", "2026-01-01"), ("p1", "2026-01-02"), ("p2", "2026-01-01"))])
     step = 1
     while True:
         root = tmp_path / f"kill-{step}"
@@ -159,10 +167,10 @@ def test_a_roll_killed_at_any_step_is_finished_with_each_reading_once_and_none_m
         assert sorted(line_id(line) for line in archived_lines(root)) == expected, step
         Roller(LocalFiles(root, 0o077), 8 << 20).roll()  # the next start: finish it, then roll what is left
         assert sorted(line_id(line) for line in archived_lines(root, exact=True)) == expected, step
-        assert file_count(root)[:2] == (3, 0) and not list(root.rglob("*.tmp")), step
+        assert file_count(root)[:2] == (4, 0) and not list(root.rglob("*.tmp")), step
         assert Roller(LocalFiles(root, 0o077), 8 << 20).rolled_through("t1") == 2
         step += 1
-    assert step > 8  # manifest, three targets, the mark, three staged batches, the manifest's removal
+    assert step > 9  # manifest, four targets (one moved), the mark, three staged batches, the manifest's removal
 
 
 def test_a_removal_reads_only_the_files_of_the_patient_and_period(tmp_path: Path) -> None:

@@ -63,7 +63,7 @@ def retraction(message: tuple[bytes, bytes]) -> tuple[bytes, bytes]:
 def test_separate_systolic_and_diastolic_observations_are_paired_and_routed_once(
     spark: SparkSession, es: Elasticsearch, kafka_admin, unique_name: str, tmp_path: Path
 ) -> None:
-    config = stream_config(unique_name, tmp_path)
+    config = stream_config(unique_name, tmp_path, **{"trends.enabled": True})
     e = config.elasticsearch
     t1, t0 = "2026-01-10T08:00:00+00:00", "2026-01-10T05:00:00+00:00"
     sys_a, dia_a = half("pa", t1, "systolic", 150), half("pa", t1, "diastolic", 95)   # abnormal, one batch
@@ -89,6 +89,10 @@ def test_separate_systolic_and_diastolic_observations_are_paired_and_routed_once
     waiting = {doc["observation_id"] for doc in pending.values() if doc.get("state") == PENDING}
     assert waiting == {obs_id(sys_c), obs_id(dia_e)}
     assert f"pc|{round(datetime.fromisoformat(t1).timestamp() * 1000)}|systolic" in pending  # patient|time ms|kind
+    # A pair counts in the trend windows once paired, as the reading it makes.
+    days = {d["patient_id"]: d for d in ids_in(es, e.trends_index, scope="patient").values()}
+    assert (days["pa"]["readings"], days["pa"]["peak"]["observation_id"], days["pb"]["readings"]) == (1, obs_id(sys_a), 1)
+    assert "pc" not in days and "pe" not in days  # halves waiting count nowhere yet
 
     # Batch 2: sys_c's diastolic comes (a crisis: an alert), and a panel two hours later moves the
     # event time past dia_e's horizon (1 hour): dia_e is a dead letter.
@@ -121,6 +125,9 @@ def test_separate_systolic_and_diastolic_observations_are_paired_and_routed_once
     assert sorted(archive_lines(config)) == lines
     assert {doc["observation_id"]: (doc["state"], doc.get("partner_id")) for doc in ids_in(es, e.pending_index).values()
             if "observation_id" in doc} == states
+    # and the trend windows count pair C once, replay or not
+    days = {d["patient_id"]: d for d in ids_in(es, e.trends_index, scope="patient").values()}
+    assert (days["pc"]["readings"], days["pc"]["peak"]["systolic"], days["pz"]["readings"]) == (1, 190.0, 1)
 
     # Batch 3: dia_b corrected to 100 moves pair B from the archive to the anomaly index; sys_c
     # retracted takes pair C out of both indices, and dia_c, alone again and already past the
