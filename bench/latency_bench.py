@@ -5,8 +5,8 @@
 
 On the local stack (`make up` first), over its TLS and authentication:
 
-1. starts the stream job as users start it, `python jobs/stream.py`, with its defaults (trend
-   query on, default trigger unless --trigger), on a fresh topic, indices, archive and checkpoint;
+1. starts the stream job as users start it, `python jobs/stream.py`, with its defaults (trends
+   on, default trigger unless --trigger), on a fresh topic, indices, archive and checkpoint;
 2. publishes a live feed with `jobs/generate.py --live --rate R` (readings taken now, one
    patient at most once a second, so --patients is at least R);
 3. polls Elasticsearch every 100 ms for anomalies and alerts not seen before; an anomaly's

@@ -11,7 +11,7 @@ then each variant is run to the end (the ``noop`` sink) and timed, median of the
 - ``parse_observations``: the pipeline's whole parser (the declared fields only, no corrupt-record column);
 - the parser followed by ``where(usable)``, which Spark pushes down into the parser, copying
   ``from_json`` into the condition once per derived field;
-- the parser followed by ``keep_rows(usable)`` (bp_spark/streaming.py), as the trend query does.
+- the parser followed by ``keep_rows(usable)`` (bp_spark/streaming.py), as the trend query of earlier versions did.
 """
 
 from __future__ import annotations
