@@ -41,8 +41,7 @@ class Files(Protocol):
     def exists(self, path: str) -> bool: ...
     def size(self, path: str) -> int | None: ...
     def read(self, path: str) -> bytes | None: ...
-    def write(self, path: str, chunks: Iterable[bytes], sync: bool = True) -> None: ...
-    def sync(self) -> None: ...
+    def write(self, path: str, chunks: Iterable[bytes]) -> None: ...
     def rename(self, source: str, target: str) -> None: ...
     def delete(self, path: str) -> None: ...
 
@@ -93,9 +92,7 @@ class LocalFiles:
         for made in reversed(missing):
             made.mkdir(mode=0o777 & ~self.umask, exist_ok=True)
 
-    def write(self, path: str, chunks: Iterable[bytes], sync: bool = True) -> None:
-        """Write ``path`` whole, beside it then renamed onto it; on disk before the rename
-        (``sync``), or at the caller's :meth:`sync` (a roll's hundred thousand files: one sync)."""
+    def write(self, path: str, chunks: Iterable[bytes]) -> None:
         target = self._path(path)
         self._folders(target.parent)
         temporary = target.parent / f".{target.name}.{os.getpid()}.tmp"
@@ -104,13 +101,8 @@ class LocalFiles:
             for chunk in chunks:
                 out.write(chunk)
             out.flush()
-            if sync:
-                os.fsync(out.fileno())
+            os.fsync(out.fileno())
         os.replace(temporary, target)
-
-    def sync(self) -> None:
-        """Everything written so far on disk."""
-        os.sync()
 
     def rename(self, source: str, target: str) -> None:
         self._folders(self._path(target).parent)
@@ -158,7 +150,7 @@ class HadoopFiles:
         finally:
             stream.close()
 
-    def write(self, path: str, chunks: Iterable[bytes], sync: bool = True) -> None:
+    def write(self, path: str, chunks: Iterable[bytes]) -> None:
         target = self._path(path)
         temporary = self.jvm.org.apache.hadoop.fs.Path(target.getParent(), f".{target.getName()}.tmp")
         stream = self.fs.create(temporary, True)
@@ -171,9 +163,6 @@ class HadoopFiles:
             self.fs.delete(target, False)
         if not self.fs.rename(temporary, target):
             raise OSError(f"could not move {path} into place in the archive")
-
-    def sync(self) -> None:
-        """Each write is closed (and so persisted by the file system) before it is renamed."""
 
     def rename(self, source: str, target: str) -> None:
         to = self._path(target)

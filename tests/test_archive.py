@@ -117,12 +117,12 @@ from bp_spark.archive.roll import Roller
 
 class Dying(LocalFiles):
     writes = 0
-    def write(self, path, chunks, sync=True):
+    def write(self, path, chunks):
         Dying.writes += 1
         if Dying.writes == int(sys.argv[2]):
             chunks = list(chunks)
             os.kill(os.getpid(), signal.SIGKILL)
-        super().write(path, chunks, sync)
+        super().write(path, chunks)
     def rename(self, source, target):
         Dying.writes += 1
         if Dying.writes == int(sys.argv[2]):

@@ -164,12 +164,9 @@ class Roller:
                 if data is None:
                     raise FileNotFoundError(f"the archive's staged file {source} is missing; the roll cannot finish")
                 chunks.append(_with_newline(data))
-            self.files.write(target, chunks, sync=False)
+            self.files.write(target, chunks)
             result.files += 1
             result.bytes += sum(len(chunk) for chunk in chunks)
-        # One sync for every file written (a sync per file was most of a big roll's time), before
-        # anything staged is deleted: the staged copies stay until the published ones are on disk.
-        self.files.sync()
         last: dict[str, int] = {}
         for tag, batch_id in manifest["batches"]:
             last[tag] = max(batch_id, last.get(tag, -1))
