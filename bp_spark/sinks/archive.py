@@ -31,7 +31,7 @@ from pathlib import Path
 from pyspark.sql import Column, DataFrame, SparkSession
 from pyspark.sql import functions as F
 
-from bp_spark.files import HadoopFiles, LocalFiles, hadoop_fs
+from bp_spark.files import HadoopFiles, LocalFiles, files_at, hadoop_fs
 from bp_spark.archive.layout import LEGACY, PATIENT_PREFIX, PERIOD_PREFIX, UNDATED, period_of, staged_batch
 from bp_spark.archive.roll import Roller, RollResult
 from bp_spark.config import Config
@@ -81,15 +81,8 @@ class ArchiveSink:
         # Patient readings: the session masks every file Hadoop creates with paths.archive_umask
         # (bp_spark.session.private_files_conf; 077: 0600 files, 0700 folders); our own writes too.
         self.umask = config.paths.archive_umask_bits
-        fs, root_path = hadoop_fs(spark, self.root)
-        if fs.getScheme() == "file":
-            self.local_root: Path | None = Path(root_path.toUri().getPath())
-            self.files = LocalFiles(self.local_root, self.umask)
-        else:
-            self.local_root = None
-            self.files = HadoopFiles(spark, fs, root_path)
-        if not fs.exists(root_path):
-            fs.mkdirs(root_path, spark._jvm.org.apache.hadoop.fs.permission.FsPermission(0o777 & ~self.umask))
+        self.files = files_at(spark, self.root, self.umask)
+        self.local_root: Path | None = self.files.root if isinstance(self.files, LocalFiles) else None
         self.roller = Roller(self.files, config.archive.max_file_mb << 20)
         self.roll_every_s = seconds(config.archive.roll_every)
         self.last_roll: RollResult | None = None

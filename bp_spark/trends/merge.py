@@ -88,15 +88,7 @@ def merge(a: dict | None, b: dict) -> dict:
     """The window holding the readings of both ``a`` and ``b`` (the same slot; ``a`` may be None)."""
     if a is None:
         return {**b, "peak": dict(b["peak"]), "anomalies": dict(b["anomalies"])}
-    out = {name: b[name] for name in _SLOT}
-    for name in _SUMS:
-        out[name] = a[name] + b[name]
-    for name in _MAXIMA:
-        out[name] = max(a[name], b[name])
-    for name in _MINIMA:
-        out[name] = min(a[name], b[name])
-    out["peak"] = dict(max(a["peak"], b["peak"], key=_peak_key))
-    out["anomalies"] = {kind: a["anomalies"].get(kind, 0) + b["anomalies"].get(kind, 0) for kind in ANOMALY_TYPES}
+    out = {**{name: b[name] for name in _SLOT}, **_total([a, b])}
     if out["scope"] == COHORT:
         out["abnormal_patient_ids"] = sorted(set(a.get("abnormal_patient_ids") or ())
                                              | set(b.get("abnormal_patient_ids") or ()))
@@ -163,14 +155,15 @@ def is_daily(window: dict, config: TrendsConfig) -> bool:
     return window["scope"] == PATIENT and window["period"] == slide_period(config)
 
 
-def _total(days: list[dict], peak_keys: dict[int, tuple]) -> dict:
-    """The measures of ``days`` together (:func:`merge` of them all, in one pass per measure)."""
+def _total(windows: list[dict], peak_key=_peak_key) -> dict:
+    """The measures of ``windows`` together, in one pass per measure (``peak_key``: the peak's
+    order, :func:`_peak_key` or a cache of it)."""
     return {
-        **{name: sum(day[name] for day in days) for name in _SUMS},
-        **{name: max(day[name] for day in days) for name in _MAXIMA},
-        **{name: min(day[name] for day in days) for name in _MINIMA},
-        "peak": dict(max((day["peak"] for day in days), key=lambda peak: peak_keys[id(peak)])),
-        "anomalies": {kind: sum(day["anomalies"].get(kind, 0) for day in days) for kind in ANOMALY_TYPES},
+        **{name: sum(w[name] for w in windows) for name in _SUMS},
+        **{name: max(w[name] for w in windows) for name in _MAXIMA},
+        **{name: min(w[name] for w in windows) for name in _MINIMA},
+        "peak": dict(max((w["peak"] for w in windows), key=peak_key)),
+        "anomalies": {kind: sum(w["anomalies"].get(kind, 0) for w in windows) for kind in ANOMALY_TYPES},
     }
 
 
@@ -191,7 +184,7 @@ def sustained(daily: dict[str, dict], updated: Iterable[dict], config: TrendsCon
             inside = [daily[key] for key in (window_id(PATIENT, period, patient, start + i * slide)
                                               for i in range(length // slide)) if key in daily]
             total = {"trend_id": trend_id, "scope": SUSTAINED, "period": label, "patient_id": patient,
-                     "window_start": start, "window_end": start + length, **_total(inside, peak_keys)}
+                     "window_start": start, "window_end": start + length, **_total(inside, lambda peak: peak_keys[id(peak)])}
             out[trend_id] = {**finish(total, config),
                              "previous_trend_id": window_id(SUSTAINED, label, patient, start - slide)}
     return list(out.values())

@@ -19,7 +19,6 @@ import logging
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
-from datetime import datetime, timezone
 
 import orjson
 from pyspark.sql import DataFrame, SparkSession
@@ -28,6 +27,7 @@ from pyspark.sql import types as T
 from bp_spark import documents
 from bp_spark.config import Config, TrendsConfig
 from bp_spark.config import duration_seconds as seconds
+from bp_spark.elastic import index_time
 from bp_spark.files import files_at
 from bp_spark.trends.merge import (daily_neighbours, finish, is_daily, merged_windows, stored_window, sustained,
                                    sustained_onsets)
@@ -158,18 +158,14 @@ class TrendStep:
         onsets = set(onsets) - raised
         if not onsets:
             return 0
-        rows = [(w["trend_id"], w["patient_id"], _time(w["last_reading_time"]), _time(w["window_start"]),
-                 _time(w["window_end"]), w["readings"], w["systolic_mean"], w["diastolic_mean"])
+        rows = [(w["trend_id"], w["patient_id"], index_time(w["last_reading_time"]), index_time(w["window_start"]),
+                 index_time(w["window_end"]), w["readings"], w["systolic_mean"], w["diastolic_mean"])
                 for w in sustained_windows if w["trend_id"] in onsets]
         alerts_df = documents.sustained_alert_docs(self.spark.createDataFrame(rows, ONSET_SCHEMA), self.config,
                                                    batch_id)
         es.write({"alerts": alerts_df}, batch_id)
         self.sinks.alert_topic.publish(alerts_df, batch_id)
         return len(rows)
-
-
-def _time(epoch_ms: int) -> datetime:
-    return datetime.fromtimestamp(epoch_ms / 1000, tz=timezone.utc)
 
 
 def all_trends(readings_df: DataFrame, config: TrendsConfig) -> list[dict]:
