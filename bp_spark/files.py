@@ -3,11 +3,16 @@ local disk or any Hadoop file system.
 
 Paths are relative to a root folder, with ``/`` between folders. Every write is whole:
 written beside its target, then renamed onto it (atomic on a local disk and HDFS; on object
-stores such as S3 a rename is a copy, and a reader may briefly miss the file).
+stores such as S3 a rename is a copy, and a reader may briefly miss the file). The one
+exception is :meth:`LocalFiles.append`, the archive roll's: it cuts the file back to a size
+the roll wrote down before adding its lines, so that doing it again after a crash gives the
+same file, and it adds them in one system call.
 """
 
 from __future__ import annotations
 
+import ctypes
+import ctypes.util
 import os
 import shutil
 from collections.abc import Iterable
@@ -15,6 +20,12 @@ from pathlib import Path
 from typing import Protocol
 
 from pyspark.sql import SparkSession
+
+try:  # syncfs(2): Linux's sync of one file system
+    _LIBC = ctypes.CDLL(ctypes.util.find_library("c"), use_errno=True)
+    _LIBC.syncfs  # noqa: B018 (absent outside Linux)
+except (OSError, AttributeError, TypeError):
+    _LIBC = None
 
 
 def hadoop_fs(spark: SparkSession, uri: str):
@@ -42,6 +53,8 @@ class Files(Protocol):
     def size(self, path: str) -> int | None: ...
     def read(self, path: str) -> bytes | None: ...
     def write(self, path: str, chunks: Iterable[bytes]) -> None: ...
+    def append(self, path: str, chunks: Iterable[bytes], at: int) -> None: ...
+    def sync(self) -> None: ...
     def rename(self, source: str, target: str) -> None: ...
     def delete(self, path: str) -> None: ...
 
@@ -104,6 +117,27 @@ class LocalFiles:
             os.fsync(out.fileno())
         os.replace(temporary, target)
 
+    def append(self, path: str, chunks: Iterable[bytes], at: int) -> None:
+        """Cut ``path`` back to its first ``at`` bytes, then add ``chunks`` (after a line break if
+        the kept bytes end without one). Done again, it gives the same file: the archive's roll
+        appends this way and, after a crash, simply does it again."""
+        with open(self._path(path), "r+b") as out:
+            out.truncate(at)
+            out.seek(at)
+            separator = b"\n" if at > 0 and os.pread(out.fileno(), 1, at - 1) != b"\n" else b""
+            out.write(b"".join([separator, *chunks]))
+
+    def sync(self) -> None:
+        """Make every write under the root durable: one ``syncfs`` of its file system (appends are
+        not synced one by one: 11.6 of a 31.5 s roll onto 60,000 files, ``bench/roll_bench.py``)."""
+        descriptor = os.open(self.root, os.O_RDONLY)
+        try:
+            if _LIBC is not None and _LIBC.syncfs(descriptor) == 0:
+                return
+            os.sync()
+        finally:
+            os.close(descriptor)
+
     def rename(self, source: str, target: str) -> None:
         self._folders(self._path(target).parent)
         os.replace(self._path(source), self._path(target))
@@ -163,6 +197,14 @@ class HadoopFiles:
             self.fs.delete(target, False)
         if not self.fs.rename(temporary, target):
             raise OSError(f"could not move {path} into place in the archive")
+
+    def append(self, path: str, chunks: Iterable[bytes], at: int) -> None:
+        """As :meth:`LocalFiles.append`, by rewriting the file whole (object stores cannot append)."""
+        kept = (self.read(path) or b"")[:at]
+        self.write(path, [kept, b"\n" if kept and not kept.endswith(b"\n") else b"", *chunks])
+
+    def sync(self) -> None:
+        """Nothing to do: each write is closed (and so persisted by the file system) before it is renamed."""
 
     def rename(self, source: str, target: str) -> None:
         to = self._path(target)

@@ -133,6 +133,21 @@ class Dying(LocalFiles):
         if Dying.writes == int(sys.argv[2]):
             os.kill(os.getpid(), signal.SIGKILL)
         super().delete(path)
+    def append(self, path, chunks, at):
+        Dying.writes += 2  # two steps: killed before the append, and half way through it
+        chunks = list(chunks)
+        if Dying.writes - 1 == int(sys.argv[2]):
+            os.kill(os.getpid(), signal.SIGKILL)
+        if Dying.writes == int(sys.argv[2]):
+            with open(self.root / path, "ab") as torn:  # half the lines' bytes written, then killed
+                torn.write(b"".join(chunks)[: len(b"".join(chunks)) // 2])
+            os.kill(os.getpid(), signal.SIGKILL)
+        super().append(path, chunks, at)
+    def sync(self):
+        Dying.writes += 1
+        if Dying.writes == int(sys.argv[2]):
+            os.kill(os.getpid(), signal.SIGKILL)
+        super().sync()
 
 Roller(Dying(Path(sys.argv[1]), 0o077), 8 << 20).roll()
 """
@@ -170,7 +185,9 @@ def test_a_roll_killed_at_any_step_is_finished_with_each_reading_once_and_none_m
         assert file_count(root)[:2] == (4, 0) and not list(root.rglob("*.tmp")), step
         assert Roller(LocalFiles(root, 0o077), 8 << 20).rolled_through("t1") == 2
         step += 1
-    assert step > 9  # manifest, four targets (one moved), the mark, three staged batches, the manifest's removal
+    # the manifest, four targets (one moved, two appended: killed before and half way), the sync,
+    # the mark, three staged batches, the manifest's removal
+    assert step == 13
 
 
 def test_a_removal_reads_only_the_files_of_the_patient_and_period(tmp_path: Path) -> None:

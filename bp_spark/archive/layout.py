@@ -61,10 +61,13 @@ def line_id(line: bytes) -> str | None:
 
 
 def _lines(path: Path) -> list[bytes]:
+    """A file's whole lines: a last line without its line break is a roll's append under way
+    (the reading is still in its staged file, read first) and is left out."""
     try:
-        return path.read_bytes().splitlines()
+        data = path.read_bytes()
     except FileNotFoundError:  # rolled or rewritten since it was listed: read where it went
         return []
+    return data[: data.rfind(b"\n") + 1].splitlines()
 
 
 def _names(folder: Path, pattern: str = "*") -> list[str]:

@@ -7,10 +7,11 @@ A roll is safe under ``kill -9`` at any step because it is written down before i
    holds ``max_bytes``), and note its size now (``-1``: absent);
 3. write the manifest (``_rolls/manifest.json``): the batches, and per target its sources and
    size before;
-4. per target whose size is still the one noted: write ``old content + staged lines`` beside it
-   and rename it onto it, or, for a new target from one staged file, rename that file onto it
-   (a target a crashed attempt already replaced has grown, and is left);
-5. record, per tag, the last batch rolled (``_rolls/<tag>/rolled_through``): a replay of such a
+4. per target: an existing one is cut back to the size noted and the staged lines appended (done
+   again after a crash, this gives the same file); a new one is written whole beside it and
+   renamed onto it, or, made of one staged file, that file is renamed onto it (a new target a
+   crashed attempt already made exists, and is left);
+5. sync the file system, then record, per tag, the last batch rolled (``_rolls/<tag>/rolled_through``): a replay of such a
    batch has nothing more to archive;
 6. delete the staged batches, then the manifest.
 
@@ -92,12 +93,18 @@ class Roller:
 
     def parts(self, patient: str, period: str) -> list[tuple[int, str]]:
         """(part number, path) of the published files of one patient and period."""
-        found = []
+        return self.published(patient).get(period, [])
+
+    def published(self, patient: str) -> dict[str, list[tuple[int, str]]]:
+        """The published files of one patient folder, by period: (part number, path), in order.
+        A roll lists each patient's folder once (it holds a file per period: after a backfill of
+        three years, ~1,250 names, listed once per patient, not once per staged file)."""
+        found: dict[str, list[tuple[int, str]]] = defaultdict(list)
         for name in self.files.names(patient):
             match = PUBLISHED.match(name)
-            if match and match.group("period") == period:
-                found.append((int(match.group("part")), f"{patient}/{name}"))
-        return sorted(found)
+            if match:
+                found[match.group("period")].append((int(match.group("part")), f"{patient}/{name}"))
+        return {period: sorted(parts) for period, parts in found.items()}
 
     # ------------------------------------------------------------------ the roll
 
@@ -117,8 +124,11 @@ class Roller:
             for key, sources in self.staged_sources(tag, batch_id).items():
                 groups[key].extend(sources)
         targets = []
+        published: dict[str, dict[str, list[tuple[int, str]]]] = {}
         for (patient, period), sources in sorted(groups.items()):
-            parts = self.parts(patient, period)
+            if patient not in published:
+                published[patient] = self.published(patient)
+            parts = published[patient].get(period, [])
             incoming = sum(self.files.size(source) or 0 for source in sources)
             if parts:
                 number, last = parts[-1]
@@ -146,27 +156,37 @@ class Roller:
 
     def _finish(self, manifest: dict) -> RollResult:
         result = RollResult(batches=len(manifest["batches"]))
-        for entry in manifest["targets"]:
+        # Once the mark records every batch of the manifest, each target is whole and synced and
+        # staged files may be gone: only their removal is left to finish.
+        marked = all(batch_id <= self.rolled_through(tag) for tag, batch_id in manifest["batches"])
+        for entry in [] if marked else manifest["targets"]:
             target, before = entry["target"], entry["size_before"]
             now = self.files.size(target)
-            if (now if now is not None else -1) != before:
-                continue  # replaced by an earlier attempt of this roll
+            if before < 0 and now is not None:
+                continue  # a new file an earlier attempt of this roll made
+            if before >= 0 and (now is None or now < before):
+                log.warning("an archive file the roll was to add to is gone or shorter than noted; left as it is")
+                continue
             if before < 0 and len(entry["sources"]) == 1:
                 # A new file from one staged file (a day's first readings, a backfill's history):
-                # moved into place, not copied. A crash after the move finds the target grown.
+                # moved into place, not copied.
                 self.files.rename(entry["sources"][0], target)
                 result.files += 1
                 result.bytes += self.files.size(target) or 0
                 continue
-            chunks = [_with_newline(self.files.read(target) or b"") if before >= 0 else b""]
+            chunks = []
             for source in entry["sources"]:
                 data = self.files.read(source)
                 if data is None:
                     raise FileNotFoundError(f"the archive's staged file {source} is missing; the roll cannot finish")
                 chunks.append(_with_newline(data))
-            self.files.write(target, chunks)
+            if before >= 0:  # appended in place: no read and rewrite of what the file holds
+                self.files.append(target, chunks, before)
+            else:
+                self.files.write(target, chunks)
             result.files += 1
             result.bytes += sum(len(chunk) for chunk in chunks)
+        self.files.sync()  # the appends and moves durable before the staged files and the manifest go
         last: dict[str, int] = {}
         for tag, batch_id in manifest["batches"]:
             last[tag] = max(batch_id, last.get(tag, -1))
