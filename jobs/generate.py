@@ -54,10 +54,15 @@ def producer_settings(config: Config) -> dict:
     }
 
 
+# How long the generator waits for the broker's first answer before it says how to start it.
+CONNECT_TIMEOUT_S = 10.0
+
+
 class Publisher:
     """Sends (key, value) pairs to a topic; counts failed deliveries; never flushes per message."""
 
-    def __init__(self, settings: dict, topic: str, connect_timeout_s: float = 10.0) -> None:
+    def __init__(self, settings: dict, topic: str, connect_timeout_s: float | None = None) -> None:
+        connect_timeout_s = CONNECT_TIMEOUT_S if connect_timeout_s is None else connect_timeout_s
         self.topic = topic
         self.failed = 0
         self.first_error: str | None = None
@@ -270,7 +275,7 @@ def main(argv: list[str] | None = None) -> int:
         if not args.live:
             config = fit_count(config, "--days" in window_flags or bool(os.environ.get("BP_GENERATOR_DAYS")))
         if not args.dry_run:
-            check_kafka(config, timeout_s=5)  # a refused login: exit 2 at once, naming Kafka
+            check_kafka(config, timeout_s=min(5.0, CONNECT_TIMEOUT_S))  # a refused login: exit 2 at once, naming Kafka
         return run(config, args.dry_run, args.live)
     except ConfigError as exc:
         print(f"generate: {exc}", file=sys.stderr)

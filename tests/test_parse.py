@@ -208,13 +208,29 @@ BAD = [
 ]
 
 
-@pytest.mark.parametrize(("payload", "reason"), BAD, ids=[reason for _, reason in BAD])
-def test_each_kind_of_bad_input_gets_its_reason(spark: SparkSession, payload, reason: str) -> None:
-    row = kafka_df(spark, [payload]).transform(parse_observations).first()
+def rows_by_offset(spark: SparkSession, payloads: list, **limits) -> dict[int, list]:
+    """Every payload parsed in one Spark job (one message per offset), the rows of each offset in
+    order: a case per message, checked by its own test, without a Spark job each."""
+    found: dict[int, list] = {offset: [] for offset in range(len(payloads))}
+    for row in parsed_bundle_rows(spark, payloads, **limits):
+        found[row.kafka_offset].append(row)
+    return found
+
+
+@pytest.fixture(scope="module")
+def bad_rows(spark: SparkSession) -> dict[int, list]:
+    return rows_by_offset(spark, [payload for payload, _ in BAD])
+
+
+@pytest.mark.parametrize(("offset", "reason"), enumerate(reason for _, reason in BAD),
+                         ids=[reason for _, reason in BAD])
+def test_each_kind_of_bad_input_gets_its_reason(bad_rows: dict[int, list], offset: int, reason: str) -> None:
+    [row] = bad_rows[offset]
     assert row.error == reason
+    payload = BAD[offset][0]
     expected_raw = payload if isinstance(payload, str) or payload is None else json.dumps(payload)
     assert row.raw == expected_raw  # the raw payload travels to the dead letter unchanged
-    assert (row.kafka_topic, row.kafka_partition, row.kafka_offset) == ("t", 0, 0)
+    assert (row.kafka_topic, row.kafka_partition) == ("t", 0)
 
 
 def test_clock_skew_within_the_limit_and_trailing_whitespace_are_accepted(spark: SparkSession) -> None:
@@ -313,9 +329,16 @@ BAD_BUNDLES = [
 ]
 
 
-@pytest.mark.parametrize(("payload", "reason"), BAD_BUNDLES, ids=[reason[:60] for _, reason in BAD_BUNDLES])
-def test_a_bundle_that_cannot_be_read_is_one_dead_letter_with_its_reason(spark: SparkSession, payload, reason) -> None:
-    rows = parsed_bundle_rows(spark, [payload], max_bundle_entries=3)
+@pytest.fixture(scope="module")
+def bad_bundle_rows(spark: SparkSession) -> dict[int, list]:
+    return rows_by_offset(spark, [payload for payload, _ in BAD_BUNDLES], max_bundle_entries=3)
+
+
+@pytest.mark.parametrize(("offset", "reason"), enumerate(reason for _, reason in BAD_BUNDLES),
+                         ids=[reason[:60] for _, reason in BAD_BUNDLES])
+def test_a_bundle_that_cannot_be_read_is_one_dead_letter_with_its_reason(bad_bundle_rows: dict[int, list],
+                                                                         offset: int, reason: str) -> None:
+    rows, payload = bad_bundle_rows[offset], BAD_BUNDLES[offset][0]
     assert [(r.bundle_entry, r.error, r.ignored_entries) for r in rows] == [(None, reason, 0)]
     assert rows[0].raw == (payload if isinstance(payload, str) else json.dumps(payload))  # the whole message
 
