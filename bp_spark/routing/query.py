@@ -289,10 +289,12 @@ class BatchRouter:
                 docs["archive index"] = documents.archive_docs(normal_df, self.config, archive.tag, batch_id)
         elif stats.normals:
             stats.already_archived = stats.normals  # published by the roll before this replay
+        doc_count = stats.anomalies + stats.alerts + stats.dead_letters + new_normals
         if paired is not None and paired.paired_docs_df is not None:
             docs["paired halves"] = paired.paired_docs_df
+            doc_count += 2 * paired.paired
         with timed(stats.steps, "elasticsearch"):
-            refused = self.sinks.elasticsearch.write(docs, batch_id)
+            refused = self.sinks.elasticsearch.write(docs, batch_id, doc_count)
         self._count_refusals(stats, refused)
         if stats.alerts:
             self.sinks.alert_topic.publish(docs["alerts"], batch_id)

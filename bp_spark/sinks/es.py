@@ -40,6 +40,9 @@ WRITTEN_KINDS = ("alerts", "anomalies", "deadletter", "pending", "archive", "tre
 SINK = "elasticsearch"
 # Documents per _bulk request of the careful path, and its byte budget.
 CAREFUL_CHUNK_DOCS = 2000
+# A batch with at most this many documents (a live batch's) is written by the driver in one bulk
+# request, not by the connector's tasks (bench/latency_bench.py; docs/performance.md).
+DRIVER_WRITE_MAX_DOCS = 2000
 CAREFUL_CHUNK_BYTES = 5 << 20
 # How much of Elasticsearch's reason a dead letter keeps (it may quote the refused value).
 REFUSAL_REASON_LIMIT = 160
@@ -148,14 +151,19 @@ class ElasticsearchSink:
 
     # ------------------------------------------------------------------ writes
 
-    def write(self, docs: dict[str, DataFrame], batch_id: int) -> Refused:
+    def write(self, docs: dict[str, DataFrame], batch_id: int, documents: int | None = None) -> Refused:
         """Write the documents of several indices (``{"anomalies": df, ...}``) in one pass; absent
         fields are left out, not null. Return what Elasticsearch refused (those messages are in
-        the dead letter now)."""
+        the dead letter now). ``documents``: how many there are, when the caller knows; at most
+        ``DRIVER_WRITE_MAX_DOCS`` (a live batch) they go from the driver in one bulk request
+        (one Spark job, no connector task per partition), as the careful path sends them."""
         if not docs:
             return Refused()
         what = f"batch {batch_id}: writing {', '.join(docs)}"
-        refused = self._write(docs, batch_id, what)
+        if documents is not None and documents <= DRIVER_WRITE_MAX_DOCS:
+            refused = self._write_carefully(_union(list(docs.values())), batch_id, what, collect=True)
+        else:
+            refused = self._write(docs, batch_id, what)
         # Searchable now, together: an alert no later than its anomaly, a half's new state before
         # the next batch searches the pending index.
         self._retry(lambda: refresh_indices(self.es, self.config, WRITTEN_KINDS), f"{what}: refreshing")
@@ -193,11 +201,13 @@ class ElasticsearchSink:
         keys = F.concat_ws("\u0000", "_target", "_doc_id")
         return create_df.where(~keys.isin(*[f"{index}\u0000{doc_id}" for index, doc_id in existing]))
 
-    def _write_carefully(self, union_df: DataFrame, batch_id: int, what: str) -> Refused:
+    def _write_carefully(self, union_df: DataFrame, batch_id: int, what: str, collect: bool = False) -> Refused:
+        """Documents from the driver in bulk requests, each document's refusal known (``collect``:
+        few enough to read in one Spark job, not a partition at a time)."""
         refusals: list[Refusal] = []
         written = 0
         alerts: set[str] = set()
-        for chunk in self._chunks(union_df):
+        for chunk in self._chunks(union_df, collect):
             refusals.extend(self._bulk_until_taken(chunk, what))
             written += len(chunk)
             alerts.update(item.doc_id for item in chunk if item.target == self.config.elasticsearch.alerts_index)
@@ -209,7 +219,7 @@ class ElasticsearchSink:
         observations = self._dead_letter(refusals, batch_id)
         return Refused(Counter(r.item.target for r in refusals), observations, len(observations & alerts))
 
-    def _chunks(self, union_df: DataFrame) -> Iterator[list[_Item]]:
+    def _chunks(self, union_df: DataFrame, collect: bool = False) -> Iterator[list[_Item]]:
         fields = [c for c in union_df.columns if c not in ROUTING_COLUMNS]
         dead_json = F.lit(None).cast("string")
         if "kafka" in union_df.columns:  # documents made from one message each (not trend windows)
@@ -221,7 +231,7 @@ class ElasticsearchSink:
                                   dead_json.alias("_dead_json"), F.coalesce("_op", F.lit("index")).alias("_op"))
         chunk: list[_Item] = []
         size = 0
-        for row in rows_df.toLocalIterator(prefetchPartitions=True):
+        for row in rows_df.collect() if collect else rows_df.toLocalIterator(prefetchPartitions=True):
             chunk.append(_Item(row._target, row._doc_id, row._json, row._dead_id, row._dead_json, row._op))
             size += len(row._json)
             if len(chunk) >= CAREFUL_CHUNK_DOCS or size >= CAREFUL_CHUNK_BYTES:
