@@ -30,7 +30,7 @@ from datetime import datetime, timezone
 from pyspark.sql import DataFrame, SparkSession
 from pyspark.sql import functions as F
 
-from bp_spark.classify import with_classification
+from bp_spark.clinical.classify import rules_for, with_classification
 from bp_spark.config import Config
 from bp_spark.routing.query import BatchRouter, BatchStats, with_dedup_key
 from bp_spark.files import hadoop_fs
@@ -213,7 +213,7 @@ def chunk_readings(records_df: DataFrame, config: Config) -> DataFrame:
     rows would shuffle every payload). An export rarely has any: the cached rows are then the
     batch; else each repeat's later lines are left out by a broadcast join."""
     classified = (records_df.transform(lambda df: parsed(df, config))
-                  .transform(lambda df: with_classification(df, config.thresholds))
+                  .transform(lambda df: with_classification(df, rules_for(config)))
                   .transform(with_dedup_key)
                   .withColumn("_copies", F.lit(1).cast("long"))).persist()
     position = F.struct("kafka_topic", "kafka_offset", F.coalesce("bundle_entry", F.lit(-1)).alias("entry"))

@@ -161,6 +161,15 @@ class Thresholds:
 
 
 @dataclass(frozen=True)
+class ClassificationConfig:
+    """The guideline profile that classifies readings, and the setting of readings that do not say
+    where they were taken (bp_spark/clinical/profiles.py; docs/clinical.md)."""
+
+    profile: str
+    setting: str
+
+
+@dataclass(frozen=True)
 class PathsConfig:
     """The normal-reading archive and the streaming checkpoint."""
 
@@ -256,6 +265,7 @@ class Config:
     elasticsearch: ElasticsearchConfig
     outages: OutagesConfig
     thresholds: Thresholds
+    classification: ClassificationConfig
     paths: PathsConfig
     archive: ArchiveConfig
     stream: StreamConfig
@@ -474,6 +484,9 @@ VALIDATORS: dict[str, Callable[[Any], str | None]] = {
     "trends.trigger": _interval_or_empty,
     "trends.sustained_window": _duration,
     "trends.sustained_slide": _duration,
+    "classification.profile": lambda v: None if v in ("mission", "esh2023", "acc_aha2025", "nice_ng136") else (
+        "one of mission, esh2023, acc_aha2025, nice_ng136 (docs/clinical.md)"),
+    "classification.setting": lambda v: None if v in ("home", "office") else "home or office",
     "trends.sustained_systolic": _mmhg,
     "trends.sustained_diastolic": _mmhg,
     "trends.sustained_min_readings": _positive,
@@ -654,7 +667,23 @@ def load_config(
         built[section] = cls(**values)
     config = Config(**built)
     _check_consistency(config)
-    return config
+    return _with_profile_limits(config)
+
+
+def _with_profile_limits(config: Config) -> Config:
+    """Under a guideline profile, sustained hypertension starts at its home limits; the
+    ``trends.sustained_*`` settings are the ``mission`` profile's (a warning says when they differ)."""
+    if config.classification.profile == "mission":
+        return config
+    from bp_spark.clinical.profiles import profile  # the profiles' tables read Thresholds from here
+    systolic, diastolic = profile(config.classification.profile, config.thresholds, (0, 0)).sustained
+    t = config.trends
+    if (t.sustained_systolic, t.sustained_diastolic) not in ((135, 85), (systolic, diastolic)):
+        log.warning("trends.sustained_systolic/diastolic (%g/%g) apply under the mission profile only; %s uses its "
+                    "guideline's home limits, %g/%g", t.sustained_systolic, t.sustained_diastolic,
+                    config.classification.profile, systolic, diastolic)
+    return dataclasses.replace(config, trends=dataclasses.replace(t, sustained_systolic=float(systolic),
+                                                                   sustained_diastolic=float(diastolic)))
 
 
 def _check_consistency(config: Config) -> None:

@@ -14,6 +14,8 @@ from pyspark.sql import Column, DataFrame
 from pyspark.sql import functions as F
 
 from bp_spark.archive.layout import period_of
+from bp_spark.clinical.classify import Rules, limits, rules_for
+from bp_spark.clinical.profiles import HOME, OFFICE
 from bp_spark.config import Config
 from bp_spark.parse import QUOTE_LIMIT, quoted
 
@@ -52,17 +54,23 @@ def _paired(df: DataFrame) -> list[Column]:
     return [F.col("paired_observation_id")] if "paired_observation_id" in df.columns else []
 
 
+def _thresholds(rules: Rules) -> Column:
+    def struct(setting: str) -> Column:
+        return F.struct(*[F.lit(float(value)).alias(name) for name, value in limits(rules, setting).items()])
+    home, office = struct(HOME), struct(OFFICE)
+    if limits(rules, HOME) == limits(rules, OFFICE):
+        return home
+    return F.when(F.col("setting") == OFFICE, office).otherwise(home)
+
+
 def anomaly_docs(abnormal_df: DataFrame, config: Config, batch_id: int) -> DataFrame:
-    """Abnormal readings with what was detected, ``_id`` = Observation.id."""
-    t = config.thresholds
-    thresholds = F.struct(*[F.lit(float(getattr(t, name))).alias(name) for name in (
-        "systolic_high", "systolic_low", "diastolic_high", "diastolic_low", "crisis_systolic",
-        "crisis_diastolic", "critical_low_systolic", "critical_low_diastolic")])
+    """Abnormal readings with what was detected, under which profile and setting, and by which
+    limits, ``_id`` = Observation.id."""
     return abnormal_df.select(
         *_from_message(config.elasticsearch.anomalies_index, F.col("observation_id")),
         "observation_id", *_paired(abnormal_df), "patient_id", "status", "effective_time", "systolic", "diastolic",
-        "anomaly_types", "category", "severity", "interpretation", thresholds.alias("thresholds"),
-        *_provenance(batch_id),
+        "anomaly_types", "category", "profile", "setting", "severity", "interpretation",
+        _thresholds(rules_for(config)).alias("thresholds"), *_provenance(batch_id),
     )
 
 
@@ -75,7 +83,7 @@ def alert_docs(critical_df: DataFrame, config: Config, batch_id: int) -> DataFra
         F.lit("critical_reading").alias("alert_type"), F.col("observation_id").alias("alert_id"),
         reason.alias("reason"),
         "observation_id", *_paired(critical_df), "patient_id", "effective_time", "systolic", "diastolic", "category",
-        "severity", *_provenance(batch_id),
+        "profile", "setting", "severity", *_provenance(batch_id),
     )
 
 

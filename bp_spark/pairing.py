@@ -26,7 +26,7 @@ from datetime import datetime, timezone
 from pyspark.sql import Column, DataFrame, Window
 from pyspark.sql import functions as F
 
-from bp_spark.classify import with_classification
+from bp_spark.clinical.classify import rules_for, with_classification
 from bp_spark.config import Config
 from bp_spark.config import duration_seconds as seconds
 from bp_spark.elastic import index_time
@@ -307,9 +307,10 @@ def pair_readings(pairs_df: DataFrame, config: Config) -> DataFrame:
         F.col("s_value").alias("systolic"), F.col("d_value").alias("diastolic"),
         F.lit(None).cast("timestamp").alias("version_time"), F.lit(None).cast("string").alias("version_id"),
         error.alias("error"), F.lit(0).alias("ignored_entries"), F.col("s_content_hash").alias("content_hash"),
-        F.lit(None).cast("string").alias("half"), F.col("d_observation_id").alias("paired_observation_id"),
+        F.lit(None).cast("string").alias("half"), F.lit(False).alias("self_measured"),
+        F.col("d_observation_id").alias("paired_observation_id"),
         halves.alias("_halves"))
-    return with_classification(readings, config.thresholds)
+    return with_classification(readings, rules_for(config))
 
 
 def archive_rows(pairs_df: DataFrame) -> DataFrame:

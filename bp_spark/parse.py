@@ -25,6 +25,7 @@ from __future__ import annotations
 from pyspark.sql import Column, DataFrame
 from pyspark.sql import functions as F
 
+from bp_spark.clinical.profiles import SELF_MEASURED_PROFILES
 from bp_spark.schema import HALF_VALUE, JSON_OBJECT, MESSAGE_SCHEMA, OBSERVATION_SCHEMA
 
 LOINC = "http://loinc.org"
@@ -294,6 +295,8 @@ def parse_observations(kafka_df: DataFrame, max_future_s: int = DEFAULT_MAX_FUTU
         obs["status"].alias("status"),
         obs["meta"]["lastUpdated"].cast("timestamp").alias("version_time"),
         obs["meta"]["versionId"].alias("version_id"),
+        F.coalesce(F.exists(obs["meta"]["profile"], lambda p: p.isin(*SELF_MEASURED_PROFILES)),
+                   F.lit(False)).alias("self_measured"),
         has_coding(obs["code"], PANEL_CODINGS).alias("_is_panel"),
         obs["code"].alias("_code"),
         obs["subject"]["reference"].alias("_subject"),
@@ -365,6 +368,7 @@ def parse_observations(kafka_df: DataFrame, max_future_s: int = DEFAULT_MAX_FUTU
         "raw", "kafka_topic", "kafka_partition", "kafka_offset", "kafka_timestamp", "bundle_entry",
         "observation_id", "status", "patient_id", "effective_time", "systolic", "diastolic",
         "version_time", "version_id", error.alias("error"), "ignored_entries", "content_hash", "half",
+        "self_measured",
     )
 
 

@@ -25,7 +25,7 @@ import orjson
 from elasticsearch import Elasticsearch
 
 from bp_spark.archive.layout import PATIENT_PREFIX, archived_lines, patient_ids
-from bp_spark.classify import ELEVATED_SYSTOLIC, STAGE_1_SYSTOLIC
+from bp_spark.clinical.classify import ELEVATED_SYSTOLIC, STAGE_1_SYSTOLIC, limits, rules_for
 from bp_spark.config import Config
 from bp_spark.parse import DIASTOLIC_CODINGS, PANEL_CODINGS, SYSTOLIC_CODINGS
 from bp_spark.trends.windows import SUSTAINED
@@ -102,7 +102,8 @@ def archived_readings(archive: Path, patient_id: str) -> list[list]:
 
 def patient_data(es: Elasticsearch, config: Config, archive: Path | None, limit: int = DEFAULT_PATIENTS) -> dict:
     """What the page embeds: the thresholds and, per chosen patient, readings, alerts and weekly means."""
-    e, t = config.elasticsearch, config.thresholds
+    e, rules = config.elasticsearch, rules_for(config)
+    t = limits(rules, rules.setting)
     patients = chosen_patients(es, config, archive, limit)
     of_chosen = {"terms": {"patient_id": patients}}
     by_patient: dict[str, dict] = {p: {"id": p, "readings": [], "alerts": [], "weeks": []} for p in patients}
@@ -128,8 +129,11 @@ def patient_data(es: Elasticsearch, config: Config, archive: Path | None, limit:
         patient["readings"] = sorted((r for r in patient["readings"] if r[0] is not None),
                                      key=lambda r: r[0])[-READINGS_PER_PATIENT:]
     return {
-        "thresholds": {"systolic_high": t.systolic_high, "systolic_low": t.systolic_low,
-                       "diastolic_high": t.diastolic_high, "diastolic_low": t.diastolic_low,
+        # The profile's limits for the configured setting (docs/clinical.md): ">" under mission, ">=" otherwise.
+        "thresholds": {"profile": rules.profile.name, "setting": rules.setting,
+                       "high_op": rules.profile.high[rules.setting][0].op,
+                       "systolic_high": t["systolic_high"], "systolic_low": t["systolic_low"],
+                       "diastolic_high": t["diastolic_high"], "diastolic_low": t["diastolic_low"],
                        "sustained_systolic": config.trends.sustained_systolic,
                        "sustained_diastolic": config.trends.sustained_diastolic,
                        "elevated": ELEVATED_SYSTOLIC, "stage_1": STAGE_1_SYSTOLIC},
@@ -201,9 +205,9 @@ SCRIPT = r"""
       yaxis: {title: "mmHg"}, margin: {l: 50, r: 20, t: 60, b: 50}, legend: {orientation: "h"},
       shapes: [band(0, t.elevated, "#2ca02c"), band(t.elevated, t.stage_1, "#ffdd57"),
                band(t.stage_1, t.systolic_high, "#ff9f40"), band(t.systolic_high, 300, "#d62728"),
-               limit(t.systolic_high, "#d62728", "systolic > " + t.systolic_high),
+               limit(t.systolic_high, "#d62728", "systolic " + t.high_op + " " + t.systolic_high),
                limit(t.systolic_low, "#1f77b4", "systolic < " + t.systolic_low),
-               limit(t.diastolic_high, "#9467bd", "diastolic > " + t.diastolic_high, "start"),
+               limit(t.diastolic_high, "#9467bd", "diastolic " + t.high_op + " " + t.diastolic_high, "start"),
                limit(t.diastolic_low, "#2ca02c", "diastolic < " + t.diastolic_low, "start")],
     }, {displaylogo: false, responsive: true});
   }

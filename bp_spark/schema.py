@@ -50,6 +50,7 @@ PERIOD = T.StructType([
 META = T.StructType([
     T.StructField("versionId", T.StringType()),
     T.StructField("lastUpdated", T.StringType()),
+    T.StructField("profile", T.ArrayType(T.StringType())),  # a self-measured (home) reading says so here
 ])
 
 COMPONENT = T.StructType([

@@ -398,3 +398,16 @@ def test_the_halves_of_a_reading_in_a_bundle_are_read_as_halves(spark: SparkSess
     assert [(r.bundle_entry, r.half, r.systolic, r.diastolic, r.error) for r in rows] == [
         (0, "systolic", 121.0, None, None), (1, "diastolic", None, 79.0, None)]
     assert rows[0].ignored_entries == 1
+
+
+def test_a_reading_that_names_the_self_measured_profile_is_marked_so(spark: SparkSession) -> None:
+    """HL7 CardX's self-measured blood pressure profile in meta.profile (alone, beside another, or
+    in a Bundle's entry) marks a home reading; any other profile, or none, does not."""
+    smbp = "http://hl7.org/fhir/uv/cardx-htn-mng/StructureDefinition/self-measured-bp"
+    vitals = "http://hl7.org/fhir/StructureDefinition/bp"
+    payloads = [variant(meta={"profile": [smbp]}), variant(meta={"profile": [vitals, smbp]}),
+                variant(meta={"profile": [vitals]}), variant(), variant(meta={"profile": "not-a-list"}),
+                bundle(variant(meta={"profile": [smbp]}))]
+    rows = parsed_bundle_rows(spark, payloads)
+    assert [(r.self_measured, r.error) for r in rows] == [(True, None), (True, None), (False, None), (False, None),
+                                                          (False, None), (True, None)]

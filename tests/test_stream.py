@@ -32,6 +32,35 @@ BAD_MESSAGES = [
 ]
 
 
+def test_a_guideline_profile_routes_by_its_table_and_each_readings_setting(
+    spark: SparkSession, es: Elasticsearch, kafka_admin, unique_name: str, tmp_path: Path
+) -> None:
+    """ESH 2023, office readings by default: a self-measured 136/80 is a home reading over 135/85
+    (an anomaly), the same reading from the clinic is high-normal (archived); 185/85 is grade 3
+    (an alert); 141/85 isolated systolic hypertension."""
+    config = stream_config(unique_name, tmp_path, **{"classification.profile": "esh2023",
+                                                     "classification.setting": "office"})
+    smbp = {"profile": ["http://hl7.org/fhir/uv/cardx-htn-mng/StructureDefinition/self-measured-bp"]}
+    home = orjson.loads(reading("pe", "2026-01-01T08:00:00Z", 136, 80)[1]) | {"id": "esh-home", "meta": smbp}
+    clinic = orjson.loads(reading("pe", "2026-01-01T09:00:00Z", 136, 80)[1]) | {"id": "esh-clinic"}
+    grade_3 = orjson.loads(reading("pe", "2026-01-01T10:00:00Z", 185, 85)[1]) | {"id": "esh-grade-3"}
+    isolated = orjson.loads(reading("pe", "2026-01-01T11:00:00Z", 141, 85)[1]) | {"id": "esh-isolated"}
+    publish(config, [(b"pe", orjson.dumps(obs)) for obs in (home, clinic, grade_3, isolated)])
+    run_once(spark, config, es)
+
+    anomalies = ids_in(es, config.elasticsearch.anomalies_index)
+    assert {doc_id: (doc["category"], doc["setting"], doc["profile"], doc["severity"])
+            for doc_id, doc in anomalies.items()} == {
+        "esh-home": ("high_normal", "home", "esh2023", "warning"),
+        "esh-grade-3": ("grade_3", "office", "esh2023", "critical"),
+        "esh-isolated": ("isolated_systolic", "office", "esh2023", "warning")}
+    assert anomalies["esh-home"]["thresholds"]["systolic_high"] == 135.0
+    assert anomalies["esh-isolated"]["thresholds"]["systolic_high"] == 140.0
+    alerts = ids_in(es, config.elasticsearch.alerts_index)
+    assert set(alerts) == {"esh-grade-3"} and alerts["esh-grade-3"]["reason"] == "grade 3: 185/85 mmHg"
+    assert [orjson.loads(line)["id"] for line in archive_lines(config)] == ["esh-clinic"]
+
+
 def test_known_mix_reaches_every_sink_by_id_and_reconciles(
     spark: SparkSession, es: Elasticsearch, kafka_admin, unique_name: str, tmp_path: Path
 ) -> None:
@@ -56,6 +85,7 @@ def test_known_mix_reaches_every_sink_by_id_and_reconciles(
     sample = next(iter(anomalies.values()))
     assert sample["anomaly_types"] and sample["kafka"]["topic"] == unique_name
     assert sample["thresholds"]["systolic_high"] == 140.0 and sample["severity"] in ("warning", "critical")
+    assert (sample["profile"], sample["setting"]) == ("mission", "home")
     assert set(ids_in(es, config.elasticsearch.alerts_index)) == critical
     lines = archive_lines(config)
     assert sorted(lines) == sorted(normal)  # byte-for-byte, each once

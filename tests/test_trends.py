@@ -15,7 +15,7 @@ from pyspark.sql import DataFrame, SparkSession
 from pyspark.sql import functions as F
 from pyspark.sql import types as T
 
-from bp_spark.classify import with_classification
+from bp_spark.clinical.classify import rules_for, with_classification
 from bp_spark.config import Config, TrendsConfig, load_config
 from bp_spark.routing.query import readings_stream
 from bp_spark.streaming import keep_rows
@@ -59,7 +59,7 @@ def at(day: int, hour: int, minute: int = 0) -> datetime:
 
 
 def readings(spark: SparkSession, config: Config, rows: list[tuple]) -> DataFrame:
-    return spark.createDataFrame(rows, READINGS).transform(lambda df: with_classification(df, config.thresholds))
+    return spark.createDataFrame(rows, READINGS).transform(lambda df: with_classification(df, rules_for(config)))
 
 
 @pytest.fixture

@@ -27,7 +27,7 @@ from pyspark.sql import Column, DataFrame
 from pyspark.sql import functions as F
 
 from bp_spark import documents
-from bp_spark.classify import CRITICAL
+from bp_spark.clinical.classify import CRITICAL
 from bp_spark.config import Config
 from bp_spark.pairing import ARCHIVE_COLUMNS, archive_rows
 from bp_spark.parse import RETRACTED_STATUS, is_update

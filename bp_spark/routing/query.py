@@ -20,7 +20,7 @@ from pyspark.sql import functions as F
 from pyspark.sql.streaming import StreamingQuery
 
 from bp_spark import documents
-from bp_spark.classify import with_classification
+from bp_spark.clinical.classify import rules_for, with_classification
 from bp_spark.config import Config
 from bp_spark.monitoring import RECORDS_READ, ROUTING_QUERY
 from bp_spark.pairing import Paired, Pairing
@@ -58,7 +58,7 @@ def readings_stream(source_df: DataFrame, config: Config) -> DataFrame:
     keeps no state: repeats are left out per batch (:mod:`bp_spark.sinks.repeats`)."""
     return (
         source_df.transform(lambda df: parsed(df, config))
-        .transform(lambda df: with_classification(df, config.thresholds))
+        .transform(lambda df: with_classification(df, rules_for(config)))
     )
 
 

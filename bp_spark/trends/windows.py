@@ -20,7 +20,7 @@ import orjson
 from pyspark.sql import Column, DataFrame
 from pyspark.sql import functions as F
 
-from bp_spark.classify import DIASTOLIC_HIGH, DIASTOLIC_LOW, SYSTOLIC_HIGH, SYSTOLIC_LOW
+from bp_spark.clinical.classify import DIASTOLIC_HIGH, DIASTOLIC_LOW, SYSTOLIC_HIGH, SYSTOLIC_LOW
 from bp_spark.config import TrendsConfig
 from bp_spark.config import duration_seconds as seconds
 from bp_spark.parse import RETRACTED_STATUS
