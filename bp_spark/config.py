@@ -112,6 +112,7 @@ class ElasticsearchConfig:
     pending_index: str
     archive_index: str
     versions_index: str
+    goals_index: str
     number_of_replicas: int
     username: str
     password_file: str
@@ -470,6 +471,7 @@ VALIDATORS: dict[str, Callable[[Any], str | None]] = {
     "elasticsearch.metrics_retention": _never_or_duration,
     "elasticsearch.archive_index": _index,
     "elasticsearch.versions_index": _index,
+    "elasticsearch.goals_index": _index,
     "stream.max_future_skew": _duration,
     "stream.max_bundle_entries": _positive,
     "stream.pair_horizon": _duration,

@@ -70,8 +70,14 @@ def anomaly_docs(abnormal_df: DataFrame, config: Config, batch_id: int) -> DataF
         *_from_message(config.elasticsearch.anomalies_index, F.col("observation_id")),
         "observation_id", *_paired(abnormal_df), "patient_id", "status", "effective_time", "systolic", "diastolic",
         "anomaly_types", "category", "profile", "setting", "severity", "interpretation",
-        _thresholds(rules_for(config)).alias("thresholds"), *_provenance(batch_id),
+        _thresholds(rules_for(config)).alias("thresholds"), *_target(abnormal_df), *_provenance(batch_id),
     )
+
+
+def _target(df: DataFrame) -> list[str]:
+    """The patient's target and where the reading stands against it, when the batch was held to
+    targets (bp_spark/clinical/goals.py)."""
+    return [name for name in ("goal_id", "target_status") if name in df.columns]
 
 
 def alert_docs(critical_df: DataFrame, config: Config, batch_id: int) -> DataFrame:

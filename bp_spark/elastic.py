@@ -212,7 +212,7 @@ def index_time(value: int | float | str | None) -> datetime | None:
 
 
 # Every index the jobs write, by template kind (conf/elasticsearch/<kind>.json, elasticsearch.<kind>_index).
-INDEX_KINDS = ("anomalies", "alerts", "deadletter", "trends", "metrics", "pending", "archive", "versions")
+INDEX_KINDS = ("anomalies", "alerts", "deadletter", "trends", "metrics", "pending", "archive", "versions", "goals")
 
 
 def pipeline_indices(config: Config) -> dict[str, str]:

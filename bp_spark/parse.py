@@ -40,6 +40,7 @@ SYSTOLIC, DIASTOLIC = "systolic", "diastolic"
 NOT_A_PANEL = ("not a blood-pressure panel: its code needs LOINC 85354-9 or 55284-4, or SNOMED CT 75367002, "
                "with its system")
 KPA_TO_MMHG = 7.50062
+GOAL = "Goal"  # a patient's target (bp_spark/clinical/goals.py), read from the same feed
 PLAUSIBLE_MIN_MMHG = 20.0
 PLAUSIBLE_MAX_MMHG = 300.0
 
@@ -192,10 +193,11 @@ def _bundle_entries(bundle: Column) -> Column:
 
 def is_reading_entry(obs: Column) -> Column:
     """True for a Bundle entry processed as a reading: an Observation coded as a blood-pressure
-    panel, or a retraction (which needs only its id). Other entries are counted, not read."""
-    return F.coalesce((obs["resourceType"] == "Observation")
-                      & (has_coding(obs["code"], PANEL_CODINGS) | half_of(obs["code"]).isNotNull()
-                         | (obs["status"] == RETRACTED_STATUS)), F.lit(False))
+    panel, or a retraction (which needs only its id); or a patient's Goal (a target, read by
+    :mod:`bp_spark.clinical.goals`). Other entries are counted, not read."""
+    return F.coalesce(((obs["resourceType"] == "Observation")
+                       & (has_coding(obs["code"], PANEL_CODINGS) | half_of(obs["code"]).isNotNull()
+                          | (obs["status"] == RETRACTED_STATUS))) | (obs["resourceType"] == GOAL), F.lit(False))
 
 
 def _bundle_patient(entries: Column, subject: Column) -> Column:
@@ -331,6 +333,7 @@ def parse_observations(kafka_df: DataFrame, max_future_s: int = DEFAULT_MAX_FUTU
         .when(F.col("bundle_entry").isNull() & ~is_single_json_value(F.col("raw")),
               F.lit(NOT_ONE_VALUE))
         .when(F.col("_resource_type").isNull(), F.lit("not a FHIR resource (no resourceType)"))
+        .when(F.col("_resource_type") == GOAL, F.lit(None))  # read by bp_spark.clinical.goals (its own reasons)
         .when(F.col("_resource_type") != "Observation",
               F.concat(F.lit("not an Observation: resourceType "), quoted(F.col("_resource_type"))))
         .when(F.coalesce(F.length("observation_id"), F.lit(0)) == 0, F.lit("Observation has no id"))
@@ -364,11 +367,15 @@ def parse_observations(kafka_df: DataFrame, max_future_s: int = DEFAULT_MAX_FUTU
             _plausibility_problem(F.col("systolic"), F.col("diastolic")),
         ))
     )
+    is_goal = F.coalesce(F.col("_resource_type") == GOAL, F.lit(False))
     return values_df.select(
         "raw", "kafka_topic", "kafka_partition", "kafka_offset", "kafka_timestamp", "bundle_entry",
-        "observation_id", "status", "patient_id", "effective_time", "systolic", "diastolic",
+        # A Goal's id is kept apart from the Observations' (FHIR ids are unique per resource type).
+        F.when(is_goal, F.concat(F.lit(f"{GOAL}/"), "observation_id")).otherwise(F.col("observation_id"))
+        .alias("observation_id"),
+        "status", "patient_id", "effective_time", "systolic", "diastolic",
         "version_time", "version_id", error.alias("error"), "ignored_entries", "content_hash", "half",
-        "self_measured",
+        "self_measured", is_goal.alias("goal"),
     )
 
 

@@ -37,6 +37,7 @@ def stream_config(name: str, tmp_path: Path, **extra) -> Config:
         "elasticsearch.pending_index": f"{name}_pending",
         "elasticsearch.archive_index": f"{name}_archive",
         "elasticsearch.versions_index": f"{name}_versions",
+        "elasticsearch.goals_index": f"{name}_goals",
         "outages.backoff_s": 0.2,
         "outages.max_backoff_s": 2.0,
         "paths.archive_dir": str(tmp_path / "archive"),

@@ -411,3 +411,13 @@ def test_a_reading_that_names_the_self_measured_profile_is_marked_so(spark: Spar
     rows = parsed_bundle_rows(spark, payloads)
     assert [(r.self_measured, r.error) for r in rows] == [(True, None), (True, None), (False, None), (False, None),
                                                           (False, None), (True, None)]
+
+
+def test_a_goal_alone_or_in_a_bundle_is_passed_on_as_a_goal(spark: SparkSession) -> None:
+    """A patient's Goal (their target) is read by bp_spark/clinical/goals.py: the parser passes it
+    on, alone or as a Bundle's entry, with its id kept apart from the Observations'."""
+    goal = {"resourceType": "Goal", "id": "g1", "lifecycleStatus": "active", "subject": {"reference": "Patient/p1"}}
+    rows = parsed_bundle_rows(spark, [goal, bundle(goal), bundle(variant(), goal)])
+    assert [(r.kafka_offset, r.bundle_entry, r.goal, r.observation_id, r.error) for r in rows] == [
+        (0, None, True, "Goal/g1", None), (1, 0, True, "Goal/g1", None),
+        (2, 0, False, "bp-1", None), (2, 1, True, "Goal/g1", None)]

@@ -45,6 +45,15 @@ def test_each_row_of_a_batch_goes_to_one_place(spark: SparkSession, config: Conf
     assert (c.rows, c.dead, c.anomalies, c.alerts, c.normals, c.halves, c.updates) == (5, 1, 2, 1, 1, 1, 0)
 
 
+def test_a_goal_is_planned_for_the_patients_targets_and_in_no_other_sink(spark, config) -> None:
+    goal = {"resourceType": "Goal", "id": "g1", "lifecycleStatus": "active", "subject": {"reference": "Patient/p1"}}
+    batch_df = batch(spark, config, [NORMAL, goal])
+    plan = plan_batch(batch_df)
+    assert ids(plan.goals) == ["Goal/g1"] and ids(plan.readings) == ["normal-1"] and plan.dead.count() == 0
+    c = batch_counts(batch_df).first()
+    assert (c.rows, c.goals, c.normals, c.anomalies, c.dead) == (2, 1, 1, 0, 0)
+
+
 def test_the_documents_say_what_was_detected_and_where_the_message_came_from(spark, config) -> None:
     plan = plan_batch(batch(spark, config, [CRISIS, GARBAGE]))
     docs = elasticsearch_documents(plan, config, 7, dead_letters=True, anomalies=True, alerts=True)

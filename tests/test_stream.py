@@ -61,6 +61,64 @@ def test_a_guideline_profile_routes_by_its_table_and_each_readings_setting(
     assert [orjson.loads(line)["id"] for line in archive_lines(config)] == ["esh-clinic"]
 
 
+def patient_goal(status: str = "active", **extra) -> dict:
+    """Patient pg's target: systolic at most 130, diastolic below 80, from 2 January."""
+    loinc = "http://loinc.org"
+    return {"resourceType": "Goal", "id": "goal-pg", "lifecycleStatus": status, "subject": {"reference": "Patient/pg"},
+            "description": {"text": "BP < 130/80"}, "startDate": "2026-01-02", "target": [
+                {"measure": {"coding": [{"system": loinc, "code": "8480-6"}]},
+                 "detailRange": {"high": {"value": 130, "unit": "mmHg", "code": "mm[Hg]"}}},
+                {"measure": {"coding": [{"system": loinc, "code": "8462-4"}]},
+                 "detailQuantity": {"value": 80, "comparator": "<", "unit": "mmHg", "code": "mm[Hg]"}}], **extra}
+
+
+def test_a_patients_goal_holds_their_readings_to_their_own_target(
+    spark: SparkSession, es: Elasticsearch, kafka_admin, unique_name: str, tmp_path: Path
+) -> None:
+    """A Goal in a Bundle with the patient's readings, a reading before it starts, one that meets
+    it, two outside it (one normal by the profile); a Goal that cannot be read; a replay after a
+    lost commit; then the Goal cancelled."""
+    from test_pairing import forget_since
+
+    config = stream_config(unique_name, tmp_path)
+    e = config.elasticsearch
+
+    def obs(obs_id: str, when: str, systolic: int, diastolic: int) -> dict:
+        return orjson.loads(reading("pg", when, systolic, diastolic)[1]) | {"id": obs_id}
+    bundle = {"resourceType": "Bundle", "type": "transaction", "entry": [
+        {"resource": obs("pg-above", "2026-01-03T08:00:00Z", 138, 78)}, {"resource": patient_goal()},
+        {"resource": obs("pg-met", "2026-01-03T20:00:00Z", 125, 75)}]}
+    unreadable = {k: v for k, v in patient_goal(id="goal-broken").items() if k != "subject"}
+    publish(config, [(b"pg", orjson.dumps(obs("pg-before", "2026-01-01T08:00:00Z", 138, 78))),
+                     (b"pg", orjson.dumps(bundle)), (b"pg", orjson.dumps(obs("pg-both", "2026-01-04T08:00:00Z", 150, 95))),
+                     (b"pg", orjson.dumps(unreadable))])
+    first = min(run_once(spark, config, es).counts)
+
+    def routed() -> tuple[dict, list, dict]:
+        anomalies = {doc_id: (doc["anomaly_types"], doc.get("goal_id"), doc.get("target_status"), doc["category"])
+                     for doc_id, doc in ids_in(es, e.anomalies_index).items()}
+        archived = sorted(orjson.loads(line)["id"] for line in archive_lines(config))
+        return anomalies, archived, {d["observation_id"]: d["reason"] for d in ids_in(es, e.deadletter_index).values()}
+    expected = ({"pg-above": (["above_target"], "goal-pg", "above", "hypertension_stage_1"),
+                 "pg-both": (["systolic_high", "diastolic_high", "above_target"], "goal-pg", "above",
+                             "hypertension_stage_2")},
+                ["pg-before", "pg-met"], {"Goal/goal-broken": "Goal has no subject reference"})
+    assert routed() == expected
+    goals = ids_in(es, e.goals_index)
+    assert set(goals) == {"goal-pg"} and goals["goal-pg"]["systolic"] == {"high": 130.0, "high_inclusive": True}
+
+    forget_since(config, first)  # the batch again, as after a crash before its commit: nothing changes
+    run_once(spark, config, es)
+    assert routed() == expected and set(ids_in(es, e.goals_index)) == {"goal-pg"}
+
+    publish(config, [(b"pg", orjson.dumps(patient_goal("cancelled"))),
+                     (b"pg", orjson.dumps(obs("pg-after", "2026-01-05T08:00:00Z", 138, 78)))])
+    run_once(spark, config, es)
+    anomalies, archived, _ = routed()
+    assert "pg-after" not in anomalies and "pg-after" in archived  # the target no longer applies
+    assert ids_in(es, e.goals_index)["goal-pg"]["active"] is False
+
+
 def test_known_mix_reaches_every_sink_by_id_and_reconciles(
     spark: SparkSession, es: Elasticsearch, kafka_admin, unique_name: str, tmp_path: Path
 ) -> None:

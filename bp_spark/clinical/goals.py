@@ -25,7 +25,7 @@ most 130"), inclusive.
 
 from __future__ import annotations
 
-from pyspark.sql import Column, DataFrame, Window
+from pyspark.sql import Column, DataFrame
 from pyspark.sql import functions as F
 from pyspark.sql import types as T
 
@@ -57,7 +57,8 @@ GOAL_SCHEMA = T.StructType([
     ]))),
 ])
 # The bounds of one pressure: (value in mmHg, inclusive), low and high; null where there is none.
-BOUNDS = ("low", "low_inclusive", "high", "high_inclusive")
+GOAL_BOUNDS = T.StructType([T.StructField("low", T.DoubleType()), T.StructField("low_inclusive", T.BooleanType()),
+                            T.StructField("high", T.DoubleType()), T.StructField("high_inclusive", T.BooleanType())])
 
 
 def _target_of(targets: Column, codings: tuple[tuple[str, str], ...]) -> Column:
@@ -98,7 +99,7 @@ def reduce_or(conditions: list[Column]) -> Column:
 def parse_goals(goal_df: DataFrame) -> DataFrame:
     """Rows with a Goal's JSON (``raw``) and ``kafka_timestamp`` -> ``goal_id``, ``patient_id``,
     ``lifecycle_status``, ``active``, ``start``, ``version_time``, ``systolic`` and ``diastolic``
-    (structs of :data:`BOUNDS`, null where the Goal sets none), and ``error`` (null when read).
+    (structs of :data:`GOAL_BOUNDS`, null where the Goal sets none), and ``error`` (null when read).
     Other columns are kept."""
     goal = F.from_json("raw", GOAL_SCHEMA)
     read_df = goal_df.withColumn("_goal", goal)
@@ -160,23 +161,23 @@ def with_targets(readings_df: DataFrame, goals_df: DataFrame) -> DataFrame:
     goal with the latest ``start`` at or before ``effective_time`` (then the latest version, then
     the largest id). Adds ``goal_id`` and ``target_status``; a reading outside its target gets
     ``above_target`` or ``below_target`` among its ``anomaly_types``, is an anomaly, and its
-    severity is at least ``warning``. ``goals_df``: rows of :func:`parse_goals` read without
-    error, the latest version of each goal (a later version replaces it, an ending one ends it)."""
-    goals = (goals_df.where(F.col("error").isNull() & F.col("active"))
-             .select(F.col("patient_id").alias("_g_patient"), F.col("goal_id").alias("goal_id"),
-                     F.col("start").alias("_g_start"), F.col("version_time").alias("_g_version"),
-                     F.col("systolic").alias("_g_systolic"), F.col("diastolic").alias("_g_diastolic")))
-    keyed = readings_df.withColumn("_reading", F.monotonically_increasing_id())
-    joined = keyed.join(F.broadcast(goals), (F.col("patient_id") == F.col("_g_patient"))
-                        & (F.col("_g_start") <= F.col("effective_time")), "left")
-    order = Window.partitionBy("_reading").orderBy(F.col("_g_start").desc_nulls_last(),
-                                                   F.col("_g_version").desc_nulls_last(), F.col("goal_id").desc_nulls_last())
-    chosen = joined.withColumn("_rank", F.row_number().over(order)).where(F.col("_rank") == 1)
-    s, d = F.col("systolic"), F.col("diastolic")
-    has_goal = F.col("goal_id").isNotNull() & s.isNotNull() & d.isNotNull()
-    systolic_target, diastolic_target = F.col("_g_systolic"), F.col("_g_diastolic")
-    above = has_goal & (_above(s, systolic_target) | _above(d, diastolic_target))
-    below = has_goal & ~above & (_below(s, systolic_target) | _below(d, diastolic_target))
+    severity is at least ``warning``. ``goals_df``: rows of :func:`parse_goals` (the latest
+    version of each goal: a later version replaces it, an ending one ends it); the active ones
+    are gathered per patient and broadcast, so no reading is shuffled."""
+    entry = F.struct(F.col("start").alias("start"), F.col("version_time").alias("version_time"),
+                     F.col("goal_id").alias("goal_id"), F.col("systolic").alias("systolic"),
+                     F.col("diastolic").alias("diastolic"))
+    per_patient = (goals_df.where(F.col("error").isNull() & F.col("active"))
+                   .groupBy(F.col("patient_id").alias("_g_patient"))
+                   .agg(F.sort_array(F.collect_list(entry), asc=False).alias("_g_goals")))
+    joined = readings_df.join(F.broadcast(per_patient), F.col("patient_id") == F.col("_g_patient"), "left")
+    s, d, when = F.col("systolic"), F.col("diastolic"), F.col("effective_time")
+    applies = F.element_at(F.filter("_g_goals", lambda g: g["start"] <= when), 1)
+    chosen = joined.withColumn("_goal", applies)
+    goal = F.col("_goal")
+    has_goal = goal.isNotNull() & s.isNotNull() & d.isNotNull()
+    above = has_goal & (_above(s, goal["systolic"]) | _above(d, goal["diastolic"]))
+    below = has_goal & ~above & (_below(s, goal["systolic"]) | _below(d, goal["diastolic"]))
     outside = above | below
     return chosen.select(
         *[c for c in readings_df.columns if c not in ("anomaly_types", "is_anomaly", "severity")],
@@ -185,6 +186,6 @@ def with_targets(readings_df: DataFrame, goals_df: DataFrame) -> DataFrame:
         .otherwise(F.col("anomaly_types")).alias("anomaly_types"),
         (F.col("is_anomaly") | outside).alias("is_anomaly"),
         F.when(outside & (F.col("severity") == "none"), F.lit(WARNING)).otherwise(F.col("severity")).alias("severity"),
-        F.when(has_goal, F.col("goal_id")).alias("goal_id"),
+        F.when(has_goal, goal["goal_id"]).alias("goal_id"),
         F.when(above, F.lit(ABOVE)).when(below, F.lit(BELOW)).when(has_goal, F.lit(MET)).alias("target_status"),
     )

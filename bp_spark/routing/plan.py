@@ -12,6 +12,8 @@ Every row of a batch ends in exactly one place:
 - a retraction (``entered-in-error``): nowhere (the executor removes what it retracts);
 - a half (a systolic or diastolic sent alone): the pairing, which gives pairs back as readings
   (:func:`with_pairs`) or, once expired, dead letters;
+- a Goal (a patient's target): the goals index (:class:`bp_spark.sinks.goals.GoalStore`), or the
+  dead letter when it cannot be read;
 - a reading: the anomaly index when abnormal (and the alert index too when critical), else the
   archive.
 
@@ -38,8 +40,8 @@ def usable() -> Column:
 
 
 def live() -> Column:
-    """A usable row that is not a retraction."""
-    return usable() & (F.col("status") != RETRACTED_STATUS)
+    """A usable Observation that is not a retraction (a Goal has no status: never live)."""
+    return usable() & ~F.col("goal") & (F.col("status") != RETRACTED_STATUS)
 
 
 def panel() -> Column:
@@ -57,6 +59,7 @@ def batch_counts(batch_df: DataFrame) -> DataFrame:
         F.count(F.when(panel() & (F.col("severity") == CRITICAL), 1)).alias("alerts"),
         F.count(F.when(panel() & ~F.col("is_anomaly"), 1)).alias("normals"),
         F.count(F.when(live() & F.col("half").isNotNull(), 1)).alias("halves"),
+        F.count(F.when(usable() & F.col("goal"), 1)).alias("goals"),
         F.sum("ignored_entries").alias("ignored"),
         (F.sum(F.col("_copies") - 1) if "_copies" in batch_df.columns else F.lit(0)).alias("repeats"),
         F.max(F.when(usable(), F.unix_seconds("effective_time"))).alias("newest"),
@@ -80,6 +83,7 @@ class BatchPlan:
     dead: DataFrame | None  # the dead letter
     halves: DataFrame  # usable, not retracted, halves: for the pairing
     normals: DataFrame  # the archive's rows (ARCHIVE_COLUMNS): a line per Observation
+    goals: DataFrame  # the patients' Goals: their targets
 
     @property
     def anomalies(self) -> DataFrame:
@@ -94,13 +98,14 @@ def plan_batch(batch_df: DataFrame, latest_df: DataFrame | None = None) -> Batch
     """The plan of a batch's rows. ``latest_df``: the usable rows, latest version of each id only,
     when the batch holds corrections or retractions (else every usable row is planned)."""
     usable_df = batch_df.where(usable()) if latest_df is None else latest_df
-    live_df = usable_df.where(F.col("status") != RETRACTED_STATUS)
+    live_df = usable_df.where(~F.col("goal") & (F.col("status") != RETRACTED_STATUS))
     readings_df = live_df.where(F.col("half").isNull())
     return BatchPlan(
         readings=readings_df,
         dead=batch_df.where(~usable()),
         halves=live_df.where(F.col("half").isNotNull()),
         normals=readings_df.where(~F.col("is_anomaly")).select(*ARCHIVE_COLUMNS),
+        goals=batch_df.where(usable() & F.col("goal")),
     )
 
 

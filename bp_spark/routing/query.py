@@ -98,6 +98,8 @@ class BatchStats:
     trends_merged: int = 0  # windows (tumbling and sustained) a merge of kept partials wrote in this batch
     trend_onsets: int = 0  # sustained-hypertension alerts that merge raised
     trend_failures: int = 0  # 1 when that merge failed (its partials wait for the next)
+    goals: int = 0  # patient targets (FHIR Goals) the batch wrote
+    targets_held: int = 0  # 1 when the batch's readings were held to the patients' targets
     seconds: float = 0.0
     steps: dict[str, float] = field(default_factory=dict)
 
@@ -114,6 +116,8 @@ class BatchStats:
         if self.trends_merged or self.trend_failures:
             ignored += (f", trends merged: {self.trends_merged} windows, {self.trend_onsets} sustained-hypertension "
                         f"onsets" if not self.trend_failures else ", trends merge failed (kept for the next)")
+        if self.goals:
+            ignored += f", patient targets written {self.goals}"
         if self.paired or self.halves_waiting or self.halves_expired:
             ignored += (f", halves paired {self.paired}, waiting {self.halves_waiting}, "
                         f"expired {self.halves_expired}")
@@ -182,6 +186,7 @@ class BatchRouter:
             "archive_rolled_files": stats.rolled_files,
             "trend_windows": stats.trend_windows, "trends_merged": stats.trends_merged,
             "trend_onsets": stats.trend_onsets, "trend_failures": stats.trend_failures,
+            "goals": stats.goals, "targets_held": stats.targets_held,
             "waited_s": dict(self.sinks.waits),
             "steps_s": {re.sub(r"\W+", "_", step): round(took, 3) for step, took in stats.steps.items()},
         } if self.sinks is not None else {})
@@ -245,11 +250,24 @@ class BatchRouter:
         if self.sinks is None or stats.rows == 0:
             return stats
 
+        goal_dead = None
+        if counts.goals:  # written first: a Goal applies to the readings of its own batch
+            with timed(stats.steps, "goals"):
+                goal_dead, bad, stats.goals = self.sinks.goals.record(batch_df.where(F.col("goal")), batch_id)
+            stats.dead_letters += bad
+        with timed(stats.steps, "targets"):
+            held_df = self.sinks.goals.applied(batch_df)
+        if held_df is not None:  # some patients have targets: a reading outside its own is an anomaly too
+            batch_df, stats.targets_held = held_df, 1
+            counts = batch_counts(batch_df).first()
+            stats.anomalies, stats.normals = counts.anomalies, counts.normals
         latest_df = None
         if stats.updates:
             with timed(stats.steps, "corrections"):
                 latest_df = self._clear_earlier_versions(batch_df, batch_id)
         plan = plan_batch(batch_df, latest_df)
+        if goal_dead is not None:
+            plan = with_dead(plan, goal_dead)
         paired = None
         if counts.halves or self.pairing.active:
             with timed(stats.steps, "pairing"):

@@ -22,6 +22,7 @@ from bp_spark.sinks.alert_topic import AlertTopic
 from bp_spark.sinks.archive import ArchiveSink
 from bp_spark.sinks.es import ElasticsearchSink
 from bp_spark.outages import SinkUnavailable
+from bp_spark.sinks.goals import GoalStore
 from bp_spark.sinks.repeats import VersionLedger
 
 __all__ = ["Sinks", "SinkUnavailable"]
@@ -43,3 +44,4 @@ class Sinks:
         self.archive = ArchiveSink(self.spark, self.config, self.waits, self.elasticsearch, self.archive_tag)
         self.alert_topic = AlertTopic(self.config, self.waits)
         self.repeats = VersionLedger(self.spark, self.config, self.elasticsearch, lambda: self.archive.tag)
+        self.goals = GoalStore(self.spark, self.elasticsearch, self.config.elasticsearch.goals_index)

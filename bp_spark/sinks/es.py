@@ -19,6 +19,7 @@ from dataclasses import dataclass, field
 
 import orjson
 from elasticsearch import Elasticsearch
+from elasticsearch import helpers as es_helpers
 from py4j.protocol import Py4JError
 from pyspark.errors import PySparkException
 from pyspark.sql import DataFrame
@@ -355,6 +356,16 @@ class ElasticsearchSink:
                 return {}
             hits = self.es.search(index=index, query=query, size=size, sort=sort)["hits"]["hits"]
             return {hit["_id"]: hit["_source"] for hit in hits}
+        return self._retry(run, what)
+
+    def every_document(self, index: str, what: str) -> dict[str, dict]:
+        """``{id: source}`` of every document of a small ``index`` (none if it does not exist),
+        read a page at a time, waiting out an outage."""
+        def run() -> dict[str, dict]:
+            if not self.es.indices.exists(index=index):
+                return {}
+            return {hit["_id"]: hit["_source"] for hit in
+                    es_helpers.scan(self.es, index=index, query={"query": {"match_all": {}}}, size=1000)}
         return self._retry(run, what)
 
     def put(self, index: str, docs: dict[str, dict], what: str, refresh: bool = True) -> None:
