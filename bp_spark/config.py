@@ -114,6 +114,7 @@ class ElasticsearchConfig:
     versions_index: str
     goals_index: str
     number_of_replicas: int
+    driver_write_max_docs: int
     username: str
     password_file: str
     password: Secret
@@ -461,6 +462,7 @@ VALIDATORS: dict[str, Callable[[Any], str | None]] = {
     "thresholds.critical_low_systolic": _mmhg,
     "thresholds.critical_low_diastolic": _mmhg,
     "elasticsearch.number_of_replicas": _non_negative,
+    "elasticsearch.driver_write_max_docs": _non_negative,
     "outages.backoff_s": _non_negative,
     "outages.max_backoff_s": _non_negative,
     "outages.give_up_after": _never_or_duration,

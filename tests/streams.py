@@ -51,10 +51,10 @@ def stream_config(name: str, tmp_path: Path, **extra) -> Config:
 
 def job_env(config: Config) -> dict[str, str]:
     """The environment that gives a job subprocess ``config``'s topic, indices and paths."""
-    keys = ["kafka.topic", "paths.archive_dir", "paths.checkpoint_dir",
+    keys = ["kafka.topic", "paths.archive_dir", "paths.checkpoint_dir", "elasticsearch.driver_write_max_docs",
             *[f"elasticsearch.{kind}_index" for kind in INDEX_KINDS]]
     values = {key: getattr(getattr(config, key.split(".")[0]), key.split(".")[1]) for key in keys}
-    return {**os.environ, "SPARK_LOCAL_IP": "127.0.0.1", **{env_name(key): value for key, value in values.items()}}
+    return {**os.environ, "SPARK_LOCAL_IP": "127.0.0.1", **{env_name(key): str(value) for key, value in values.items()}}
 
 
 def publish(config: Config, messages: list[tuple]) -> list[tuple[int, int]]:

@@ -33,7 +33,6 @@ from bp_spark.ownership import OwnershipError
 from bp_spark.parse import NOT_ONE_VALUE
 from bp_spark.pipeline import start_pipeline
 from bp_spark.sinks import Sinks
-from bp_spark.sinks import es as es_sink
 from streams import (archive_lines, expectations, generated, ids_in, publish, reading, run_once, run_pipeline,
                      stream_config, version)
 
@@ -49,12 +48,11 @@ def dead_letters(es: Elasticsearch, config: Config) -> dict[str, dict]:
 
 
 def test_documents_elasticsearch_refuses_go_to_the_dead_letter_and_the_rest_of_the_batch_is_written(
-    spark: SparkSession, es: Elasticsearch, kafka_admin, unique_name: str, tmp_path: Path, caplog, monkeypatch
+    spark: SparkSession, es: Elasticsearch, kafka_admin, unique_name: str, tmp_path: Path, caplog
 ) -> None:
     # Through the connector, whose failed bulk falls back to the careful path (the other tests'
     # small batches go from the driver in one bulk request, the careful path's way).
-    monkeypatch.setattr(es_sink, "DRIVER_WRITE_MAX_DOCS", 0)
-    config = stream_config(unique_name, tmp_path)
+    config = stream_config(unique_name, tmp_path, **{"elasticsearch.driver_write_max_docs": 0})
     # An anomaly index whose patient_id is a number (an operator's mapping change): Elasticsearch
     # refuses the anomaly documents of patients whose ids are not numbers, one by one.
     install_templates(es, pipeline_indices(config), 0)

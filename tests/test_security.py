@@ -164,7 +164,10 @@ def test_no_secret_and_no_patient_data_leave_the_job_after_a_failing_write(
     Spark's own lines quoted the documents the connector could not write (ids, values), and
     conf/spark-log4j2.properties withholds them. Its output, its process list and its Spark UI
     (environment and SQL plans, which show the connectors' options) hold no password."""
-    job_config = stream_config(unique_name, tmp_path, **{"stream.trigger": "1 second"})
+    # Through the connector, whose failing write logs Spark's error sample (a batch this small
+    # would go from the driver otherwise).
+    job_config = stream_config(unique_name, tmp_path, **{"stream.trigger": "1 second",
+                                                         "elasticsearch.driver_write_max_docs": 0})
     secrets = _secrets(job_config)
     assert len(secrets) == 3
     log_path = tmp_path / "job.log"

@@ -41,9 +41,6 @@ WRITTEN_KINDS = ("alerts", "anomalies", "deadletter", "pending", "archive", "tre
 SINK = "elasticsearch"
 # Documents per _bulk request of the careful path, and its byte budget.
 CAREFUL_CHUNK_DOCS = 2000
-# A batch with at most this many documents (a live batch's) is written by the driver in one bulk
-# request, not by the connector's tasks (bench/latency_bench.py; docs/performance.md).
-DRIVER_WRITE_MAX_DOCS = 2000
 CAREFUL_CHUNK_BYTES = 5 << 20
 # How much of Elasticsearch's reason a dead letter keeps (it may quote the refused value).
 REFUSAL_REASON_LIMIT = 160
@@ -156,12 +153,13 @@ class ElasticsearchSink:
         """Write the documents of several indices (``{"anomalies": df, ...}``) in one pass; absent
         fields are left out, not null. Return what Elasticsearch refused (those messages are in
         the dead letter now). ``documents``: how many there are, when the caller knows; at most
-        ``DRIVER_WRITE_MAX_DOCS`` (a live batch) they go from the driver in one bulk request
-        (one Spark job, no connector task per partition), as the careful path sends them."""
+        ``elasticsearch.driver_write_max_docs`` (a live batch) they go from the driver in one bulk
+        request (one Spark job, no connector task per partition), as the careful path sends them
+        (bench/latency_bench.py; docs/performance.md)."""
         if not docs:
             return Refused()
         what = f"batch {batch_id}: writing {', '.join(docs)}"
-        if documents is not None and documents <= DRIVER_WRITE_MAX_DOCS:
+        if documents is not None and documents <= self.config.elasticsearch.driver_write_max_docs:
             refused = self._write_carefully(_union(list(docs.values())), batch_id, what, collect=True)
         else:
             refused = self._write(docs, batch_id, what)
