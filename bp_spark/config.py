@@ -256,6 +256,7 @@ class GeneratorConfig:
     mix_hypotensive: float
     crisis_rate: float
     hypotension_rate: float
+    goals: float
 
 
 @dataclass(frozen=True)
@@ -509,6 +510,7 @@ VALIDATORS: dict[str, Callable[[Any], str | None]] = {
     "generator.mix_hypotensive": _weight,
     "generator.crisis_rate": _probability,
     "generator.hypotension_rate": _probability,
+    "generator.goals": _probability,
 }
 
 # Keys earlier versions read, and why they are ignored now (a configuration naming one still loads).
@@ -536,6 +538,7 @@ CLI_FLAGS: dict[str, str] = {
     "rate": "generator.rate",
     "count": "generator.count",
     "validate": "generator.validate",
+    "goals": "generator.goals",
 }
 
 

@@ -214,8 +214,37 @@ def encode(reading: Reading) -> tuple[bytes, bytes]:
     return patient.patient_id.encode(), value.encode()
 
 
+GOAL_TEMPLATES = ((130, 80), (150, 90))  # "below 130/80"; "below 150/90" (e.g. at 80 and over)
+
+
+def goal_for(patient: Patient, start: datetime, rng: random.Random) -> tuple[bytes, bytes]:
+    """The Kafka key and value (FHIR R4 Goal JSON) of a patient's blood-pressure target: systolic
+    at most S (a range's high), diastolic below D (a quantity with comparator), from ``start``'s
+    date. Most patients get 130/80; one in four 150/90."""
+    systolic, diastolic = GOAL_TEMPLATES[0] if rng.random() < 0.75 else GOAL_TEMPLATES[1]
+    quantity = {"unit": "mmHg", "system": "http://unitsofmeasure.org", "code": "mm[Hg]"}
+    goal = {
+        "resourceType": "Goal", "id": f"goal-{patient.patient_id}", "lifecycleStatus": "active",
+        "description": {"text": f"Blood pressure below {systolic}/{diastolic} mmHg"},
+        "subject": {"reference": f"Patient/{patient.patient_id}"}, "startDate": start.date().isoformat(),
+        "target": [
+            {"measure": {"coding": [{"system": LOINC, "code": SYSTOLIC_CODE, "display": "Systolic blood pressure"}]},
+             "detailRange": {"high": {"value": systolic, **quantity}}},
+            {"measure": {"coding": [{"system": LOINC, "code": DIASTOLIC_CODE, "display": "Diastolic blood pressure"}]},
+             "detailQuantity": {"value": diastolic, "comparator": "<", **quantity}},
+        ],
+    }
+    return patient.patient_id.encode(), orjson.dumps(goal)
+
+
+def patients_with_goals(patients: list[Patient], share: float, seed: int) -> list[Patient]:
+    """The ``share`` of ``patients`` (drawn with ``seed``) whose clinician set them a target."""
+    rng = random.Random(f"goals/{seed}")
+    return [p for p in patients if rng.random() < share]
+
+
 class Validator:
-    """Checks Observations with fhir.resources' R4B model: every one, a sample, or none."""
+    """Checks Observations (and Goals) with fhir.resources' R4B models: every one, a sample, or none."""
 
     SAMPLE_HEAD = 100
     SAMPLE_EVERY = 1000
@@ -238,7 +267,11 @@ class Validator:
             return
         observation = orjson.loads(value)
         try:
-            self._model.model_validate(observation)
+            if observation.get("resourceType") == "Goal":
+                from fhir.resources.R4B.goal import Goal
+                Goal.model_validate(observation)
+            else:
+                self._model.model_validate(observation)
         except ValueError as exc:
             raise ValueError(f"observation {observation.get('id')} is not valid FHIR R4: {exc}") from exc
         self.checked += 1

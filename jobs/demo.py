@@ -43,6 +43,7 @@ from bp_spark.patient_view import archived_readings
 
 JOBS = Path(__file__).resolve().parent
 LOG = Path("var/demo.log")
+DEMO_GOALS = 0.1  # the share of the reference workload's patients with a target (FHIR Goal)
 # The lines of the jobs' output shown as progress: the generator's count, each batch of each query.
 PROGRESS = re.compile(r"(observations [\d,]+ in .*|batch \d+: \d+ rows in [\d.]+ s|trends: merged the partial windows of \d+ batches)")
 UNREADABLE = [
@@ -139,9 +140,9 @@ def run_step(what: str, command: list[str]) -> None:
     print(f"     done in {time.monotonic() - started:.0f} s", flush=True)
 
 
-def topic_census(config: Config) -> tuple[int, int, int]:
-    """The messages on the topic now; how many are Bundles, and the blood-pressure readings those
-    hold (read once from the start: the demo's topic is small)."""
+def topic_census(config: Config) -> tuple[int, int, int, int]:
+    """The messages on the topic now; how many are Bundles, the blood-pressure readings those
+    hold, and how many are Goals (read once from the start: the demo's topic is small)."""
     consumer = Consumer({**kafka_settings(config), "group.id": "bp-demo-census", "enable.auto.commit": False})
     try:
         partitions = consumer.list_topics(config.kafka.topic, timeout=10).topics[config.kafka.topic].partitions
@@ -151,7 +152,7 @@ def topic_census(config: Config) -> tuple[int, int, int]:
             if high > low:
                 ends[p] = (low, high)
         consumer.assign([TopicPartition(config.kafka.topic, p, low) for p, (low, _) in ends.items()])
-        messages = bundles = readings = 0
+        messages = bundles = readings = goals = 0
         left = dict(ends)
         while left:
             for msg in consumer.consume(num_messages=5000, timeout=5):
@@ -159,6 +160,7 @@ def topic_census(config: Config) -> tuple[int, int, int]:
                     continue
                 messages += 1
                 value = msg.value() or b""
+                goals += value.startswith(b'{"resourceType":"Goal"')
                 if value.startswith(b'{"resourceType":"Bundle"'):
                     bundles += 1
                     readings += sum(1 for entry in orjson.loads(value).get("entry", [])
@@ -166,7 +168,7 @@ def topic_census(config: Config) -> tuple[int, int, int]:
                                     == "85354-9")
                 if msg.offset() + 1 >= left[msg.partition()][1]:
                     del left[msg.partition()]
-        return messages, bundles, readings
+        return messages, bundles, readings, goals
     finally:
         consumer.close()
 
@@ -199,13 +201,24 @@ def summary(config: Config, es: Elasticsearch, started: float) -> None:
     dead = count_documents(es, e.deadletter_index)
     # A reading paired from two Observations is one anomaly document for two messages.
     paired = count_documents(es, e.anomalies_index, {"exists": {"field": "paired_observation_id"}})
-    on_topic, bundles, in_bundles = topic_census(config)
+    on_topic, bundles, in_bundles, goals = topic_census(config)
+    targets = count_documents(es, e.goals_index)
+    held = count_documents(es, e.anomalies_index, {"exists": {"field": "goal_id"}})
+    # Anomalies only by the patient's own target: none of the profile's findings.
+    alone = {"bool": {"filter": [{"exists": {"field": "goal_id"}}], "must_not": [{"terms": {"anomaly_types": [
+        "systolic_high", "systolic_low", "diastolic_high", "diastolic_low"]}}]}}
+    by_target_alone = count_documents(es, e.anomalies_index, alone)
+    alone_patients = distinct_count(es, e.anomalies_index, "patient_id", alone)
 
     print("\nsummary")
     print(f"  topic {config.kafka.topic}: {on_topic:,} messages")
     print(f"  {e.anomalies_index:<32} {anomalies:>8,}  abnormal readings")
     breakdown(terms(es, e.anomalies_index, "category"))
     breakdown((f"rule {kind}", n) for kind, n in terms(es, e.anomalies_index, "anomaly_types"))
+    if targets:
+        print(f"      {'of patients with a target (FHIR Goal)':<36} {held:>8,}")
+        print(f"      {'  flagged by their target alone':<36} {by_target_alone:>8,}  (normal by the profile; "
+              f"{alone_patients} patients)")
     print(f"  {e.alerts_index:<32} {alerts:>8,}  alerts")
     breakdown(terms(es, e.alerts_index, "alert_type"))
     print(f"  {str(archive) + '/':<32} {lines:>8,}  normal Observations, {len(patients)} patients"
@@ -215,15 +228,18 @@ def summary(config: Config, es: Elasticsearch, started: float) -> None:
     print(f"  {e.deadletter_index:<32} {dead:>8,}  unreadable messages")
     for reason, n in terms(es, e.deadletter_index, "reason"):
         print(f"      {n:>6,}  {reason}")  # in full: a reason is what to fix
+    if goals or targets:
+        print(f"  {e.goals_index:<32} {targets:>8,}  patient targets, from {goals:,} FHIR Goals on the topic")
     print(f"  {e.trends_index:<32} {count_documents(es, e.trends_index):>8,}  trend windows")
     breakdown(terms(es, e.trends_index, "scope"))
     sustained = distinct_count(es, e.trends_index, "patient_id", {"term": {"is_sustained": True}})
     print(f"      {'patients with sustained hypertension':<36} {sustained:>8,}")
     stored = anomalies + paired + lines + dead
-    readings = on_topic - bundles + in_bundles  # a Bundle's readings count one each
+    readings = on_topic - bundles + in_bundles - goals  # a Bundle's readings count one each; Goals are no reading
     pairs = f" + {paired:,} (the second Observation of each paired anomaly)" if paired else ""
     print(f"  reconciliation: {anomalies:,}{pairs} + {lines:,} + {dead:,} = {stored:,} stored for {readings:,} "
-          f"Observations ({on_topic:,} messages, {bundles:,} of them Bundles holding {in_bundles:,} readings)"
+          f"Observations ({on_topic:,} messages, {bundles:,} of them Bundles holding {in_bundles:,} readings"
+          + (f", {goals:,} Goals" if goals else "") + ")"
           + (f"; {readings - stored:,} duplicates of stored readings dropped" if readings > stored else ""))
     print(f"  elapsed {time.monotonic() - started:.0f} s")
 
@@ -257,7 +273,8 @@ def main() -> int:
 
 def _steps(config: Config, es: Elasticsearch, producer: Producer, started: float) -> int:
     step(f"publishing the reference workload to topic {config.kafka.topic}")
-    run_step("the generator", [sys.executable, str(JOBS / "generate.py")])
+    # A tenth of the patients with a target their clinician set (a FHIR Goal, published first).
+    run_step("the generator", [sys.executable, str(JOBS / "generate.py"), "--goals", str(DEMO_GOALS)])
     bundles = demo_bundles()
     for key, value in bundles:
         producer.produce(config.kafka.topic, key=key, value=value)

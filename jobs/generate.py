@@ -21,6 +21,7 @@ import random
 import signal
 import sys
 import time
+from datetime import datetime, timezone
 
 from confluent_kafka import KafkaException, Producer
 
@@ -28,7 +29,7 @@ from bp_spark.logs import configure_logging
 from bp_spark.config import Config, ConfigError, add_config_flags, load_config_from_args
 from bp_spark.connections import check_kafka, kafka_settings
 from bp_spark.generator import (
-    Tally, Validator, encode, live_reading, make_patients, readings, window,
+    Tally, Validator, encode, goal_for, live_reading, make_patients, patients_with_goals, readings, window,
 )
 
 log = logging.getLogger("generate")
@@ -202,6 +203,19 @@ def run(config: Config, dry_run: bool, live: bool, out=None) -> int:
 
     progress = Progress(total if not dry_run else None)
     started = time.monotonic()
+    goals = 0
+    if g.goals:  # each target before the readings it applies to
+        first_day = datetime.now(timezone.utc) if live else start
+        rng = random.Random(f"goal-targets/{g.seed}")
+        for patient in patients_with_goals(patients, g.goals, g.seed):
+            key, value = goal_for(patient, first_day, rng)
+            validate(value)
+            if publisher is None:
+                out.write(value.decode())
+                out.write("\n")
+            else:
+                publisher.send(key, value)
+            goals += 1
     for reading in source:
         if stop["now"] or (g.count and tally.total >= g.count):
             break
@@ -226,7 +240,7 @@ def run(config: Config, dry_run: bool, live: bool, out=None) -> int:
         progress.update(tally.total, force=True)
         progress.finish()
     failed = (publisher.failed if publisher else 0) + undelivered
-    summary(tally, elapsed, failed, validate, publisher)
+    summary(tally, elapsed, failed, validate, publisher, goals)
     if failed:
         print(f"generate: {failed:,} deliveries failed after the client's retries; first error: "
               f"{publisher.first_error or 'still undelivered at exit'}", file=sys.stderr)
@@ -234,11 +248,13 @@ def run(config: Config, dry_run: bool, live: bool, out=None) -> int:
     return 0
 
 
-def summary(tally: Tally, elapsed: float, failed: int, validate: Validator, publisher) -> None:
+def summary(tally: Tally, elapsed: float, failed: int, validate: Validator, publisher, goals: int = 0) -> None:
     """The closing report, on stderr so --dry-run's stdout stays pure JSON lines."""
     lines = [f"observations {tally.total:,} in {elapsed:.1f} s ({tally.total / max(elapsed, 1e-9):,.0f} obs/s)"]
+    if goals:
+        lines.append(f"patient targets (FHIR Goals) published first: {goals:,}")
     if publisher is not None:
-        lines.append(f"topic {publisher.topic}: delivered {tally.total - failed:,}, failed {failed:,}")
+        lines.append(f"topic {publisher.topic}: delivered {tally.total + goals - failed:,}, failed {failed:,}")
     lines.append(f"validated with fhir.resources (R4B): {validate.checked:,} ({validate.mode})")
     lines.append(f"abnormal by the anomaly rule: {tally.abnormal:,} ({100 * tally.abnormal / max(tally.total, 1):.1f}%); "
                  "AHA 2017 categories:")
@@ -254,7 +270,7 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
                                      formatter_class=argparse.RawDescriptionHelpFormatter, epilog=__doc__)
     add_config_flags(parser, ["bootstrap-servers", "topic", "patients", "days", "per-day", "start", "end",
-                              "seed", "rate", "count", "validate"])
+                              "seed", "rate", "count", "validate", "goals"])
     parser.add_argument("--dry-run", action="store_true", help="write JSON lines to stdout, send nothing")
     parser.add_argument("--live", action="store_true",
                         help="keep publishing readings taken now at --rate until stopped (Ctrl-C)")

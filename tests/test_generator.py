@@ -248,3 +248,17 @@ def test_live_mode_publishes_current_readings_at_the_rate(capsys) -> None:
         assert abs(datetime.fromisoformat(o["effectiveDateTime"]).timestamp() - started) < 10
     assert generate_job.main(["--live", "--rate", "500", "--patients", "50", "--dry-run"]) == 2
     assert "one reading per patient per second" in capsys.readouterr().err
+
+
+def test_goals_for_a_share_of_patients_come_first_valid_and_the_same_for_a_seed(capsys) -> None:
+    lines = dry_run(capsys, "--patients", "200", "--days", "1", "--goals", "0.25", "--validate", "all")
+    messages = [orjson.loads(line) for line in lines]
+    goals = [m for m in messages if m["resourceType"] == "Goal"]
+    assert messages[:len(goals)] == goals and 30 <= len(goals) <= 70  # first, before any reading; ~50
+    patients = {m["subject"]["reference"] for m in messages if m["resourceType"] == "Observation"}
+    assert {g["subject"]["reference"] for g in goals} <= patients
+    assert {(g["target"][0]["detailRange"]["high"]["value"], g["target"][1]["detailQuantity"]["value"])
+            for g in goals} == {(130, 80), (150, 90)}
+    assert all(g["startDate"] == END[:10] or g["startDate"] < END[:10] for g in goals)
+    assert lines == dry_run(capsys, "--patients", "200", "--days", "1", "--goals", "0.25", "--validate", "all")
+    assert not [line for line in dry_run(capsys, "--patients", "200", "--days", "1") if b'"Goal"' in line]
