@@ -123,6 +123,16 @@ def patient_data(es: Elasticsearch, config: Config, archive: Path | None, limit:
             by_patient[doc["patient_id"]]["weeks"].append(
                 [_ms(doc["window_end"]), doc["systolic_mean"], doc["diastolic_mean"], doc["readings"],
                  bool(doc.get("is_sustained"))])
+        # Each patient's target: the active Goal with the latest start (docs/clinical.md).
+        for doc in _search_all(es, e.goals_index, {"bool": {"filter": [of_chosen, {"term": {"active": True}}]}},
+                               ["patient_id", "goal_id", "start", "systolic", "diastolic"], [{"start": "asc"}]):
+            by_patient[doc["patient_id"]]["target"] = {
+                "goal": doc["goal_id"], "start": _ms(doc.get("start")),
+                **{f"{side}_{end}": (doc.get(side) or {}).get(end) for side in ("systolic", "diastolic")
+                   for end in ("low", "high")},
+                **{f"{side}_{end}_op": ("<=" if end == "high" else ">=") if (doc.get(side) or {}).get(
+                    f"{end}_inclusive", True) else ("<" if end == "high" else ">")
+                   for side in ("systolic", "diastolic") for end in ("low", "high")}}
     for patient in by_patient.values():
         if archive is not None:
             patient["readings"] += [[when, s, d, None] for when, s, d in archived_readings(archive, patient["id"])]
@@ -190,6 +200,23 @@ SCRIPT = r"""
   const limit = (y, color, text, where) => ({type: "line", xref: "paper", x0: 0, x1: 1, yref: "y", y0: y, y1: y,
     line: {color: color, width: 1, dash: "dash"}, label: {text: text, textposition: where || "end", font: {size: 10}}});
 
+  // The patient's own target (a FHIR Goal): each bound it sets, dotted, labelled as the Goal says it.
+  function targetLines(target) {
+    if (!target) return [];
+    const lines = [];
+    for (const [side, color, where] of [["systolic", "#8c564b", "end"], ["diastolic", "#e377c2", "start"]]) {
+      for (const end of ["high", "low"]) {
+        const value = target[side + "_" + end];
+        if (value === null || value === undefined) continue;
+        const line = limit(value, color, "target " + side + " " + target[side + "_" + end + "_op"] + " " + value, where);
+        line.line.dash = "dot";
+        line.line.width = 2;
+        lines.push(line);
+      }
+    }
+    return lines;
+  }
+
   function drawReadings(p) {
     const x = p.readings.map(r => new Date(r[0]));
     const abnormal = p.readings.map(r => r[3] !== null);
@@ -201,14 +228,16 @@ SCRIPT = r"""
       {x: x, y: p.readings.map(r => r[2]), name: "diastolic", mode: "lines+markers", marker: marker("#2ca02c"),
        line: {color: "#2ca02c"}, text: text},
     ], {
-      title: {text: "Readings of " + p.id + " (abnormal in red; AHA systolic bands shaded)"},
+      title: {text: "Readings of " + p.id + " (abnormal in red; AHA systolic bands shaded; " + t.profile
+                    + " limits" + (p.target ? ", the patient's own target dotted)" : ")")},
       yaxis: {title: "mmHg"}, margin: {l: 50, r: 20, t: 60, b: 50}, legend: {orientation: "h"},
       shapes: [band(0, t.elevated, "#2ca02c"), band(t.elevated, t.stage_1, "#ffdd57"),
                band(t.stage_1, t.systolic_high, "#ff9f40"), band(t.systolic_high, 300, "#d62728"),
                limit(t.systolic_high, "#d62728", "systolic " + t.high_op + " " + t.systolic_high),
                limit(t.systolic_low, "#1f77b4", "systolic < " + t.systolic_low),
                limit(t.diastolic_high, "#9467bd", "diastolic " + t.high_op + " " + t.diastolic_high, "start"),
-               limit(t.diastolic_low, "#2ca02c", "diastolic < " + t.diastolic_low, "start")],
+               limit(t.diastolic_low, "#2ca02c", "diastolic < " + t.diastolic_low, "start"),
+               ...targetLines(p.target)],
     }, {displaylogo: false, responsive: true});
   }
 

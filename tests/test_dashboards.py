@@ -271,6 +271,10 @@ def test_the_report_patient_view_redraws_with_the_chosen_patients_data(
         "scope": "sustained", "period": "7 days/1 day", "patient_id": "p1", "window_start": "2025-12-27T00:00:00Z",
         "window_end": "2026-01-03T00:00:00Z", "systolic_mean": 148.5, "diastolic_mean": 93.0, "readings": 5,
         "is_sustained": True})
+    es.index(index=dashboard_data.elasticsearch.goals_index, id="goal-p1", refresh=True, document={
+        "goal_id": "goal-p1", "patient_id": "p1", "lifecycle_status": "active", "active": True,
+        "start": "2025-12-01T00:00:00Z", "systolic": {"high": 130.0, "high_inclusive": True},
+        "diastolic": {"high": 80.0, "high_inclusive": False}})
     config = load_config(env={}, overrides={**{f"elasticsearch.{kind}_index": getattr(
         dashboard_data.elasticsearch, f"{kind}_index") for kind in INDEX_KINDS}, "paths.archive_dir": str(archive)})
     output = tmp_path / "report.html"
@@ -290,8 +294,10 @@ def test_the_report_patient_view_redraws_with_the_chosen_patients_data(
         return driver.execute_script("""
             const readings = document.getElementById('patient-readings').data;
             const weeks = document.getElementById('patient-weeks').data;
+            const shapes = document.getElementById('patient-readings').layout.shapes;
             return {patient: document.getElementById('patient-view').dataset.patient,
                     systolic: readings[0].y, diastolic: readings[1].y,
+                    target: shapes.filter(s => s.label && s.label.text && s.label.text.startsWith('target')).map(s => s.label.text),
                     red: readings[0].marker.color.filter(c => c === '#d62728').length,
                     weeks: weeks[0].y,
                     alerts: Array.from(document.querySelectorAll('#patient-alerts tbody tr'))
@@ -305,6 +311,7 @@ def test_the_report_patient_view_redraws_with_the_chosen_patients_data(
         assert first["patient"] == "p1"
         assert first["systolic"] == [150, 190, 118, 135, 121] and first["diastolic"] == [85, 125, 76, 95, 79]  # in time
         assert first["red"] == 3 and first["weeks"] == [148.5]
+        assert first["target"] == ["target systolic <= 130", "target diastolic < 80"]  # p1's own Goal, dotted
         assert [row[1] for row in first["alerts"]] == ["sustained_hypertension", "critical_reading"]
         assert "sustained hypertension: mean 158/101 mmHg over 12 readings in 7 days (limit 135/85)" in first["alerts"][0]
 
@@ -312,6 +319,7 @@ def test_the_report_patient_view_redraws_with_the_chosen_patients_data(
                               "s.dispatchEvent(new Event('change'));")
         second = shown()
         assert (second["patient"], second["systolic"], second["red"], second["weeks"]) == ("p2", [85], 1, [])
+        assert second["target"] == []  # no Goal
         assert second["alerts"] == [["no alerts"]]
 
         driver.find_element("id", "patient-search").send_keys("p3")
