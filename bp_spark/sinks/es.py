@@ -335,9 +335,19 @@ class ElasticsearchSink:
         ids = sorted(set(ids))
         if not ids or not self.es.indices.exists(index=index):
             return []
-        return [doc for start in range(0, len(ids), MGET_CHUNK)
-                for doc in self.es.mget(index=index, ids=ids[start:start + MGET_CHUNK], **options)["docs"]
-                if doc.get("found")]
+        found = []
+        for start in range(0, len(ids), MGET_CHUNK):
+            docs = self.es.mget(index=index, ids=ids[start:start + MGET_CHUNK], **options)["docs"]
+            # A document whose shard cannot answer (a node just restarted, its shards still
+            # recovering) comes back with an error, not as missing: taking it for missing would
+            # route a repeat again or miss the archived line a correction must remove (make chaos).
+            errors = [doc["error"] for doc in docs if doc.get("error")]
+            if errors:
+                first = errors[0] if isinstance(errors[0], dict) else {"type": str(errors[0])}
+                raise SinkFailure(f"{index}: {len(errors)} of {len(docs)} documents could not be read "
+                                  f"({first.get('type', 'error')})")
+            found += [doc for doc in docs if doc.get("found")]
+        return found
 
     def documents(self, index: str, ids: Iterable[str], what: str) -> dict[str, dict]:
         """``{id: source}`` of the documents of ``ids`` that ``index`` holds, waiting out an outage."""
@@ -352,8 +362,10 @@ class ElasticsearchSink:
         def run() -> dict[str, dict]:
             if not self.es.indices.exists(index=index):
                 return {}
-            hits = self.es.search(index=index, query=query, size=size, sort=sort)["hits"]["hits"]
-            return {hit["_id"]: hit["_source"] for hit in hits}
+            result = self.es.search(index=index, query=query, size=size, sort=sort)
+            if result["_shards"].get("failed"):  # a shard still recovering: a partial answer is no answer
+                raise SinkFailure(f"{index}: {result['_shards']['failed']} shards could not answer a search")
+            return {hit["_id"]: hit["_source"] for hit in result["hits"]["hits"]}
         return self._retry(run, what)
 
     def every_document(self, index: str, what: str) -> dict[str, dict]:
