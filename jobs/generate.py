@@ -201,6 +201,15 @@ def run(config: Config, dry_run: bool, live: bool, out=None) -> int:
     signal.signal(signal.SIGINT, request_stop)
     signal.signal(signal.SIGTERM, request_stop)
 
+    def emit(key: bytes, value: bytes) -> None:
+        """Validate one message, then print it (--dry-run) or send it."""
+        validate(value)
+        if publisher is None:
+            out.write(value.decode())
+            out.write("\n")
+        else:
+            publisher.send(key, value)
+
     progress = Progress(total if not dry_run else None)
     started = time.monotonic()
     goals = 0
@@ -208,26 +217,14 @@ def run(config: Config, dry_run: bool, live: bool, out=None) -> int:
         first_day = datetime.now(timezone.utc) if live else start
         rng = random.Random(f"goal-targets/{g.seed}")
         for patient in patients_with_goals(patients, g.goals, g.seed):
-            key, value = goal_for(patient, first_day, rng)
-            validate(value)
-            if publisher is None:
-                out.write(value.decode())
-                out.write("\n")
-            else:
-                publisher.send(key, value)
+            emit(*goal_for(patient, first_day, rng))
             goals += 1
     for reading in source:
         if stop["now"] or (g.count and tally.total >= g.count):
             break
-        key, value = encode(reading)
-        validate(value)
-        if publisher is None:
-            out.write(value.decode())
-            out.write("\n")
-        else:
-            publisher.send(key, value)
-            if tally.total % 1000 == 0:
-                publisher.poll()
+        emit(*encode(reading))
+        if publisher is not None and tally.total % 1000 == 0:
+            publisher.poll()
         tally.add(reading)
         if tally.total % 1000 == 0 and not dry_run:
             progress.update(tally.total)

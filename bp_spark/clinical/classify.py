@@ -67,7 +67,7 @@ def limits(rules: Rules, setting: str) -> dict[str, float]:
     """The limits a reading of ``setting`` was classified by: the profile's high limits and its
     critical category's, the low and critically-low ``[thresholds]``."""
     t, (systolic_high, diastolic_high) = rules.thresholds, rules.profile.high[setting]
-    critical = next(rule for rule in rules.profile.rules[setting] if rule.category == rules.profile.critical)
+    critical = _critical_rule(rules, setting)
     return {"systolic_high": systolic_high.value, "systolic_low": t.systolic_low,
             "diastolic_high": diastolic_high.value, "diastolic_low": t.diastolic_low,
             "crisis_systolic": critical.systolic.value, "crisis_diastolic": critical.diastolic.value,
