@@ -116,7 +116,7 @@ def data_view_indices(config: Config) -> dict[str, str]:
     """The index behind each data view of the saved objects, as the configuration names it."""
     e = config.elasticsearch
     return {"bp-anomalies": e.anomalies_index, "bp-alerts": e.alerts_index, "bp-trends": e.trends_index,
-            "bp-metrics": e.metrics_index}
+            "bp-metrics": e.metrics_index, "bp-goals": e.goals_index}
 
 
 def dashboard_panels(objects: list[dict[str, Any]] | None = None,

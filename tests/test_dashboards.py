@@ -28,7 +28,10 @@ from bp_spark.versions import read_env_file
 from test_stream import job_env
 
 ROOT = Path(__file__).resolve().parent.parent
-TEMPLATE_OF_VIEW = {"bp-anomalies": "anomalies", "bp-alerts": "alerts", "bp-trends": "trends", "bp-metrics": "metrics"}
+TEMPLATE_OF_VIEW = {"bp-anomalies": "anomalies", "bp-alerts": "alerts", "bp-trends": "trends", "bp-metrics": "metrics",
+                    "bp-goals": "goals"}
+# Data views without a time field: a patient's target set a year ago still applies today.
+TIMELESS_VIEWS = {"bp-goals"}
 NUMERIC = {"float", "double", "long", "integer", "short", "byte"}
 SUITABLE = {"terms": {"keyword", "boolean"} | NUMERIC, "date_histogram": {"date"}, "max": NUMERIC | {"date"},
             "sum": NUMERIC, "cardinality": {"keyword"} | NUMERIC}
@@ -58,6 +61,9 @@ def test_saved_objects_reference_existing_fields_with_suitable_types() -> None:
     assert set(views) == set(TEMPLATE_OF_VIEW)
     for view_id, view in views.items():
         types = field_types(TEMPLATE_OF_VIEW[view_id])
+        if view_id in TIMELESS_VIEWS:
+            assert "timeFieldName" not in view["attributes"], view_id
+            continue
         assert types[view["attributes"]["timeFieldName"]] == "date", view_id
     for obj in objects:
         for ref in obj["references"]:  # every reference resolves to an object of the export
@@ -118,6 +124,10 @@ def _docs(config: Config) -> list[dict]:
     docs = [{"_index": e.anomalies_index, "_id": i, "observation_id": i, "patient_id": p, "effective_time": t,
              "category": c, "anomaly_types": a, "systolic": s, "diastolic": d, "severity": "warning"}
             for i, p, t, c, a, s, d in anomalies]
+    for doc in docs:  # p1 has a target (below 160/100): every anomaly of theirs says where it stands
+        if doc["patient_id"] == "p1":
+            doc["goal_id"] = "g1"
+            doc["target_status"] = "above" if doc["systolic"] >= 160 or doc["diastolic"] >= 100 else "met"
     docs += [{"_index": e.alerts_index, "_id": "o2", "alert_id": "o2", "alert_type": "critical_reading",
               "patient_id": "p1", "effective_time": day(1, 9), "reason": "hypertensive crisis: 190/125 mmHg",
               "severity": "critical", "processed_at": day(1, 10)},
@@ -350,6 +360,12 @@ def test_the_patient_dashboard_and_the_drilldown_to_it(es: Elasticsearch, dashbo
     target = f"3:drilldown:DASHBOARD_TO_DASHBOARD_DRILLDOWN:{event['eventId']}:dashboardId"
     assert {r["name"]: r["id"] for r in main["references"]}[target] == "bp-patient"
 
+    bound = lambda high: {"high": high, "high_inclusive": False}  # noqa: E731
+    bulk(es, [{"_index": dashboard_data.elasticsearch.goals_index, "_id": g, "goal_id": g, "patient_id": p,
+               "lifecycle_status": "active", "active": True, "start": start, "version_time": start,
+               "systolic": bound(s), "diastolic": bound(d)}
+              for g, p, start, s, d in (("g1", "p1", "2025-06-01T00:00:00+00:00", 160, 100),
+                                        ("g2", "p2", "2025-07-01T00:00:00+00:00", 130, 80))], refresh=True)
     views = {view_id: {"title": index} for view_id, index in data_view_indices(dashboard_data).items()}
     refs = {r["name"].split(":", 1)[1]: r["id"] for r in patient["references"] if ":panel_" in r["name"]}
     results = {}
@@ -361,3 +377,7 @@ def test_the_patient_dashboard_and_the_drilldown_to_it(es: Elasticsearch, dashbo
         ("2026-01-01T08", 150.0, 85.0), ("2026-01-01T09", 190.0, 125.0), ("2026-01-02T08", 135.0, 95.0)]
     assert [(r["key"][:10], r["1"], r["3"]) for r in results["bp-patient-daily"]] == [("2026-01-01", 250.0, 150.0)]
     assert [r["alert_type"] for r in results["bp-patient-alerts"]] == ["sustained_hypertension", "critical_reading"]
+    # the patient's own target, set months before the readings, and where their readings stand
+    assert sorted((r["key"], r["1"]) for r in results["bp-patient-target-status"]) == [("above", 1), ("met", 2)]
+    assert [(r["goal_id"], r["active"], r["systolic"]["high"], r["diastolic"]["high"])
+            for r in results["bp-patient-targets"]] == [("g1", True, 160, 100)]

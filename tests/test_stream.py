@@ -77,8 +77,9 @@ def test_a_patients_goal_holds_their_readings_to_their_own_target(
 ) -> None:
     """A Goal in a Bundle with the patient's readings, a reading before it starts, one that meets
     it, two outside it (one normal by the profile); a Goal that cannot be read; a replay after a
-    lost commit; then the Goal cancelled."""
-    from test_pairing import forget_since
+    lost commit; then the Goal cancelled. A reading sent as two Observations (a split reading) is
+    held to the target as a panel is."""
+    from test_pairing import forget_since, half
 
     config = stream_config(unique_name, tmp_path)
     e = config.elasticsearch
@@ -91,7 +92,9 @@ def test_a_patients_goal_holds_their_readings_to_their_own_target(
     unreadable = {k: v for k, v in patient_goal(id="goal-broken").items() if k != "subject"}
     publish(config, [(b"pg", orjson.dumps(obs("pg-before", "2026-01-01T08:00:00Z", 138, 78))),
                      (b"pg", orjson.dumps(bundle)), (b"pg", orjson.dumps(obs("pg-both", "2026-01-04T08:00:00Z", 150, 95))),
-                     (b"pg", orjson.dumps(unreadable))])
+                     (b"pg", orjson.dumps(unreadable)),
+                     half("pg", "2026-01-03T12:00:00Z", "systolic", 136), half("pg", "2026-01-03T12:00:00Z", "diastolic", 78),
+                     half("pg", "2026-01-03T14:00:00Z", "systolic", 120), half("pg", "2026-01-03T14:00:00Z", "diastolic", 75)])
     first = min(run_once(spark, config, es).counts)
 
     def routed() -> tuple[dict, list, dict]:
@@ -101,8 +104,9 @@ def test_a_patients_goal_holds_their_readings_to_their_own_target(
         return anomalies, archived, {d["observation_id"]: d["reason"] for d in ids_in(es, e.deadletter_index).values()}
     expected = ({"pg-above": (["above_target"], "goal-pg", "above", "hypertension_stage_1"),
                  "pg-both": (["systolic_high", "diastolic_high", "above_target"], "goal-pg", "above",
-                             "hypertension_stage_2")},
-                ["pg-before", "pg-met"], {"Goal/goal-broken": "Goal has no subject reference"})
+                             "hypertension_stage_2"),
+                 "pg-sys-12": (["above_target"], "goal-pg", "above", "hypertension_stage_1")},
+                ["pg-before", "pg-dia-14", "pg-met", "pg-sys-14"], {"Goal/goal-broken": "Goal has no subject reference"})
     assert routed() == expected
     goals = ids_in(es, e.goals_index)
     assert set(goals) == {"goal-pg"} and goals["goal-pg"]["systolic"] == {"high": 130.0, "high_inclusive": True}

@@ -273,8 +273,13 @@ class BatchRouter:
             with timed(stats.steps, "pairing"):
                 paired = self.pairing.pair(plan.halves if counts.halves else None, counts.newest, batch_id)
             if paired.readings_df is not None:
-                plan = with_pairs(plan, paired.readings_df)
-                c = pair_counts(paired.readings_df).first()
+                pairs_df = paired.readings_df
+                if stats.targets_held:  # a pair is held to its patient's target as a panel is
+                    with timed(stats.steps, "targets"):
+                        held_pairs = self.sinks.goals.applied(pairs_df)
+                    pairs_df = pairs_df if held_pairs is None else held_pairs
+                plan = with_pairs(plan, pairs_df)
+                c = pair_counts(pairs_df).first()
                 stats.anomalies, stats.alerts, stats.dead_letters = (stats.anomalies + c.anomalies,
                                                                       stats.alerts + c.alerts, stats.dead_letters + c.dead)
                 stats.normals += 2 * c.normals  # an archive line for each Observation of the pair

@@ -68,11 +68,13 @@ class GoalStore:
         self.index = index
         self._goals: dict[str, dict] | None = None
         self._loaded_at = 0.0
+        self._active_df: DataFrame | None = None  # the active goals as rows, built once per change
 
     def _known(self) -> dict[str, dict]:
         if self._goals is None or time.monotonic() - self._loaded_at > RELOAD_S:
             self._goals = self.elasticsearch.every_document(self.index, "reading the patients' targets")
             self._loaded_at = time.monotonic()
+            self._active_df = None
         return self._goals
 
     def record(self, goal_rows: DataFrame, batch_id: int) -> tuple[DataFrame | None, int, int]:
@@ -102,6 +104,8 @@ class GoalStore:
                        if _newer(doc, stored.get(goal_id)) and _newer(doc, known.get(goal_id))}
             self.elasticsearch.put(self.index, changed, f"batch {batch_id}: writing {len(changed)} patient targets")
             known.update(changed)
+            if changed:
+                self._active_df = None
             return dead, len(bad), len(changed)
         finally:
             parsed.unpersist()
@@ -120,16 +124,18 @@ class GoalStore:
 
     def applied(self, readings_df: DataFrame) -> DataFrame | None:
         """``readings_df`` held to the active targets (:func:`with_targets`), or None when no
-        patient has one (nothing to add, no join)."""
-        active = [doc for doc in self._known().values() if doc.get("active")]
-        if not active:
-            return None
+        patient has one (nothing to add, no join). Panels and pairs alike."""
+        known = self._known()
+        if self._active_df is None:
+            active = [doc for doc in known.values() if doc.get("active")]
+            if not active:
+                return None
 
-        def bounds(doc: dict, side: str):
-            b = doc.get(side)
-            return None if b is None else tuple(b.get(name) for name in ("low", "low_inclusive", "high",
-                                                                         "high_inclusive"))
-        goals_df = self.spark.createDataFrame(
-            [(doc["goal_id"], doc["patient_id"], True, _time(doc.get("start")), _time(doc.get("version_time")),
-              bounds(doc, "systolic"), bounds(doc, "diastolic"), None) for doc in active], GOAL_ROW)
-        return with_targets(readings_df, goals_df)
+            def bounds(doc: dict, side: str):
+                b = doc.get(side)
+                return None if b is None else tuple(b.get(name) for name in ("low", "low_inclusive", "high",
+                                                                             "high_inclusive"))
+            self._active_df = self.spark.createDataFrame(
+                [(doc["goal_id"], doc["patient_id"], True, _time(doc.get("start")), _time(doc.get("version_time")),
+                  bounds(doc, "systolic"), bounds(doc, "diastolic"), None) for doc in active], GOAL_ROW)
+        return with_targets(readings_df, self._active_df)
