@@ -14,9 +14,8 @@ from pyspark.sql import Column, DataFrame
 from pyspark.sql import functions as F
 
 from bp_spark.archive.layout import period_of
-from bp_spark.clinical.classify import Rules, limits, rules_for
+from bp_spark.clinical.classify import Rules, limits
 from bp_spark.clinical.profiles import HOME, OFFICE
-from bp_spark.config import Config
 from bp_spark.parse import QUOTE_LIMIT, quoted
 
 # Columns that steer the write and are not part of any document.
@@ -63,14 +62,14 @@ def _thresholds(rules: Rules) -> Column:
     return F.when(F.col("setting") == OFFICE, office).otherwise(home)
 
 
-def anomaly_docs(abnormal_df: DataFrame, config: Config, batch_id: int) -> DataFrame:
+def anomaly_docs(abnormal_df: DataFrame, index: str, rules: Rules, batch_id: int) -> DataFrame:
     """Abnormal readings with what was detected, under which profile and setting, and by which
-    limits, ``_id`` = Observation.id."""
+    limits (``rules``'), ``_id`` = Observation.id, for ``index``."""
     return abnormal_df.select(
-        *_from_message(config.elasticsearch.anomalies_index, F.col("observation_id")),
+        *_from_message(index, F.col("observation_id")),
         "observation_id", *_paired(abnormal_df), "patient_id", "status", "effective_time", "systolic", "diastolic",
         "anomaly_types", "category", "profile", "setting", "severity", "interpretation",
-        _thresholds(rules_for(config)).alias("thresholds"), *_target(abnormal_df), *_provenance(batch_id),
+        _thresholds(rules).alias("thresholds"), *_target(abnormal_df), *_provenance(batch_id),
     )
 
 
@@ -80,12 +79,12 @@ def _target(df: DataFrame) -> list[str]:
     return [name for name in ("goal_id", "target_status") if name in df.columns]
 
 
-def alert_docs(critical_df: DataFrame, config: Config, batch_id: int) -> DataFrame:
+def alert_docs(critical_df: DataFrame, index: str, batch_id: int) -> DataFrame:
     """Critical readings as alerts, ``_id`` = Observation.id (a replay never alerts twice)."""
     reason = F.format_string("%s: %s/%s mmHg", F.regexp_replace("category", "_", " "),
                              F.col("systolic").cast("int").cast("string"), F.col("diastolic").cast("int").cast("string"))
     return critical_df.select(
-        *_from_message(config.elasticsearch.alerts_index, F.col("observation_id")), F.lit(CREATE).alias("_op"),
+        *_from_message(index, F.col("observation_id")), F.lit(CREATE).alias("_op"),
         F.lit("critical_reading").alias("alert_type"), F.col("observation_id").alias("alert_id"),
         reason.alias("reason"),
         "observation_id", *_paired(critical_df), "patient_id", "effective_time", "systolic", "diastolic", "category",
@@ -93,36 +92,36 @@ def alert_docs(critical_df: DataFrame, config: Config, batch_id: int) -> DataFra
     )
 
 
-def deadletter_docs(dead_df: DataFrame, config: Config, batch_id: int) -> DataFrame:
+def deadletter_docs(dead_df: DataFrame, index: str, batch_id: int) -> DataFrame:
     """Unusable messages with the raw payload and the reason, ``_id`` = topic-partition-offset.
     The raw payload is stored, not indexed, and every indexed field is bounded, so that no
     payload can make its own dead letter unstorable."""
     return dead_df.select(
-        *_from_message(config.elasticsearch.deadletter_index, dead_letter_id()),
+        *_from_message(index, dead_letter_id()),
         F.col("error").alias("reason"), "raw", quoted(F.col("observation_id"), QUOTE_LIMIT).alias("observation_id"),
         *_provenance(batch_id),
     )
 
 
-def archive_docs(archived_df: DataFrame, config: Config, tag: str, batch_id: int) -> DataFrame:
-    """Where each newly archived reading lies (patient and period) and its content hash, ``_id`` =
+def archive_docs(archived_df: DataFrame, index: str, period: str, tag: str, batch_id: int) -> DataFrame:
+    """Where each newly archived reading lies (patient and ``period``: ``archive.period``) and its content hash, ``_id`` =
     Observation.id, with the job's tag and batch that staged it (:mod:`bp_spark.sinks.archive`)."""
     return archived_df.select(
-        F.lit(config.elasticsearch.archive_index).alias("_target"), F.col("observation_id").alias("_doc_id"),
-        "patient_id", period_of(config.archive.period).alias("period"), "content_hash", F.lit(tag).alias("tag"),
+        F.lit(index).alias("_target"), F.col("observation_id").alias("_doc_id"),
+        "patient_id", period_of(period).alias("period"), "content_hash", F.lit(tag).alias("tag"),
         F.lit(batch_id).cast("long").alias("batch_id"))
 
 
-def sustained_alert_docs(onset_df: DataFrame, config: Config, batch_id: int) -> DataFrame:
-    """Onsets of sustained hypertension as alerts, ``_id`` = the window's ``trend_id``."""
-    t = config.trends
+def sustained_alert_docs(onset_df: DataFrame, index: str, window: str, systolic: float, diastolic: float,
+                         batch_id: int) -> DataFrame:
+    """Onsets of sustained hypertension as alerts, ``_id`` = the window's ``trend_id``; ``window``,
+    ``systolic``, ``diastolic``: the rule's (``trends.sustained_*``), for the reason."""
     reason = F.format_string(
         "sustained hypertension: mean %s/%s mmHg over %s readings in %s (limit %s/%s)",
         F.round("systolic_mean").cast("int").cast("string"), F.round("diastolic_mean").cast("int").cast("string"),
-        F.col("readings").cast("string"), F.lit(t.sustained_window),
-        F.lit(f"{t.sustained_systolic:g}"), F.lit(f"{t.sustained_diastolic:g}"))
+        F.col("readings").cast("string"), F.lit(window), F.lit(f"{systolic:g}"), F.lit(f"{diastolic:g}"))
     return onset_df.select(
-        F.lit(config.elasticsearch.alerts_index).alias("_target"), F.col("trend_id").alias("_doc_id"),
+        F.lit(index).alias("_target"), F.col("trend_id").alias("_doc_id"),
         F.lit(CREATE).alias("_op"), F.lit("sustained_hypertension").alias("alert_type"), F.col("trend_id").alias("alert_id"),
         reason.alias("reason"), "patient_id", F.col("last_reading_time").alias("effective_time"),
         "window_start", "window_end", "readings", "systolic_mean", "diastolic_mean",

@@ -12,7 +12,7 @@ from elasticsearch import Elasticsearch
 from elasticsearch import exceptions as es_exceptions
 from elastic_transport import TlsError, TransportError
 
-from bp_spark.config import Config, duration_seconds, env_name
+from bp_spark.config import Config, env_name
 from bp_spark.connections import AccessRefused
 from bp_spark.versions import elasticsearch_version
 
@@ -144,51 +144,6 @@ def refresh_indices(client: Elasticsearch, config: Config, kinds: tuple[str, ...
     indices = pipeline_indices(config)
     client.indices.refresh(index=",".join(indices[kind] for kind in kinds or indices), ignore_unavailable=True,
                            allow_no_indices=True)
-
-
-def expire_dead_letters(client: Elasticsearch, config: Config, page: int = 1000) -> int:
-    """Delete dead letters processed longer ago than ``elasticsearch.deadletter_retention`` (they
-    hold raw payloads: patient data), and the pending index's halves that no longer wait or pair
-    (expired, hence dead letters; superseded by a correction) as long ago; return how many.
-    Search and bulk delete, page by page: the minimal distributions have no delete-by-query."""
-    retention_s = config.elasticsearch.deadletter_retention_s
-    if not retention_s:
-        return 0
-    old = {"range": {"processed_at": {"lt": f"now-{retention_s}s"}}}
-    done = {"bool": {"filter": [old, {"terms": {"state": ["expired", "superseded"]}}]}}
-    e = config.elasticsearch
-    return sum(_delete_matching(client, index, query, page)
-               for index, query in ((e.deadletter_index, old), (e.pending_index, done)))
-
-
-def expire_health_records(client: Elasticsearch, config: Config, page: int = 5000) -> int:
-    """Delete health records older than ``elasticsearch.metrics_retention``; return how many."""
-    retention_s = config.elasticsearch.metrics_retention_s
-    if not retention_s:
-        return 0
-    return _delete_matching(client, config.elasticsearch.metrics_index,
-                            {"range": {"timestamp": {"lt": f"now-{retention_s}s"}}}, page)
-
-
-def expire_versions(client: Elasticsearch, config: Config, page: int = 5000) -> int:
-    """Forget the versions seen of observations with no new version for ``stream.dedup_horizon``
-    (:mod:`bp_spark.sinks.repeats`); return how many. The range query on ``seen_at`` finds only
-    those: the cost follows what expires, not the history kept."""
-    horizon_s = duration_seconds(config.stream.dedup_horizon)
-    return _delete_matching(client, config.elasticsearch.versions_index,
-                            {"range": {"seen_at": {"lt": f"now-{horizon_s}s"}}}, page)
-
-
-def _delete_matching(client: Elasticsearch, index: str, query: dict, page: int) -> int:
-    if not client.indices.exists(index=index):
-        return 0
-    deleted = 0
-    while True:
-        hits = client.search(index=index, query=query, size=page, source=False)["hits"]["hits"]
-        if not hits:
-            return deleted
-        client.bulk(operations=[{"delete": {"_index": index, "_id": hit["_id"]}} for hit in hits], refresh=True)
-        deleted += len(hits)
 
 
 TEMPLATE_DIR = Path(__file__).resolve().parent.parent / "conf" / "elasticsearch"

@@ -18,8 +18,9 @@ import time
 from collections.abc import Callable
 from typing import Any
 
-from elasticsearch import Elasticsearch
 from pyspark.sql.streaming import StreamingQueryListener
+
+from bp_spark.outages import summarise
 
 log = logging.getLogger("bp_spark.monitoring")
 metrics_log = logging.getLogger("bp_spark.metrics")
@@ -128,14 +129,14 @@ def progress_record(progress: dict[str, Any], sinks: dict[str, int] | None) -> d
 
 class ProgressLog(StreamingQueryListener):
     """One JSON line per micro-batch of every query (logger ``bp_spark.metrics``), the same
-    record indexed into ``index`` when a client is given, and a warning for late readings."""
+    record kept by ``store(record_id, record)`` when given (the job: the health-record index,
+    through the Elasticsearch sink), and an error for offsets Kafka removed unread."""
 
-    def __init__(self, sink_counts: SinkCounts | None = None, es: Elasticsearch | None = None,
-                 index: str | None = None) -> None:
+    def __init__(self, sink_counts: SinkCounts | None = None,
+                 store: Callable[[str, dict[str, Any]], None] | None = None) -> None:
         super().__init__()
         self.sink_counts = sink_counts or (lambda query, batch_id: None)
-        self.es = es
-        self.index = index
+        self.store = store
         self.records: list[dict[str, Any]] = []  # this run's records, newest last (bounded)
 
     def onQueryStarted(self, event: Any) -> None:
@@ -151,13 +152,12 @@ class ProgressLog(StreamingQueryListener):
                       "read: Kafka removed them (retention, or the topic was deleted and recreated) before they "
                       "were processed, and those messages were lost", record["query"], record["batch_id"], missing,
                       topic, partition, first, last)
-        if self.es is not None and self.index:
+        if self.store is not None:
             try:
-                self.es.index(index=self.index, id=f"{record['run_id']}|{record['batch_id']}|{record['timestamp']}",
-                              document=record)
+                self.store(f"{record['run_id']}|{record['batch_id']}|{record['timestamp']}", record)
             except Exception as exc:  # monitoring must never stop the pipeline
-                log.warning("could not index the metrics of %s batch %s into %s: %s", record["query"],
-                            record["batch_id"], self.index, exc)
+                log.warning("could not keep the health record of %s batch %s: %s", record["query"],
+                            record["batch_id"], summarise(exc))
 
     def wait_for(self, progresses: list[dict[str, Any]], timeout_s: float = 10.0) -> bool:
         """Wait until these progress reports have reached the listener (Spark delivers them

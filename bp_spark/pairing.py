@@ -26,7 +26,7 @@ from datetime import datetime, timezone
 from pyspark.sql import Column, DataFrame, Window
 from pyspark.sql import functions as F
 
-from bp_spark.clinical.classify import rules_for, with_classification
+from bp_spark.clinical.classify import Rules, rules_for, with_classification
 from bp_spark.config import Config
 from bp_spark.config import duration_seconds as seconds
 from bp_spark.elastic import index_time
@@ -124,9 +124,10 @@ class Pairing:
         self.sinks = sinks
         self.index = config.elasticsearch.pending_index
         self.horizon_s = seconds(config.stream.pair_horizon)
+        self.rules = rules_for(config)
         # Whether halves were ever seen: until then a batch without one costs nothing here.
         try:
-            self.active = bool(sinks.es is not None and sinks.es.indices.exists(index=self.index))
+            self.active = sinks.es is not None and sinks.elasticsearch.exists(self.index)
         except Exception:  # Elasticsearch not answering yet: look each batch (waiting out the outage there)
             self.active = True
 
@@ -203,7 +204,7 @@ class Pairing:
             pairs = pair_frames[0]
             for more in pair_frames[1:]:
                 pairs = pairs.unionByName(more)
-            result.readings_df = pair_readings(pairs, self.config).persist()
+            result.readings_df = pair_readings(pairs, self.rules).persist()
             result.paired = result.readings_df.count()
         if dead_rows:
             result.dead_df, result.dead = spark.createDataFrame(dead_rows, DEAD_SCHEMA), len(dead_rows)
@@ -287,7 +288,7 @@ def paired_documents(pairs_df: DataFrame, index: str, batch_id: int) -> DataFram
     return side("s", "d", SYSTOLIC).unionByName(side("d", "s", DIASTOLIC))
 
 
-def pair_readings(pairs_df: DataFrame, config: Config) -> DataFrame:
+def pair_readings(pairs_df: DataFrame, rules: Rules) -> DataFrame:
     """Pairs (PAIR_SCHEMA) as the parser's and classifier's rows of a panel: the systolic's id,
     message and Kafka record, the diastolic's id in ``paired_observation_id``; a correction's
     status if either half is one; ``_halves``: each half's line for the archive."""
@@ -310,7 +311,7 @@ def pair_readings(pairs_df: DataFrame, config: Config) -> DataFrame:
         F.lit(None).cast("string").alias("half"), F.lit(False).alias("self_measured"),
         F.col("d_observation_id").alias("paired_observation_id"),
         halves.alias("_halves"))
-    return with_classification(readings, rules_for(config))
+    return with_classification(readings, rules)
 
 
 def archive_rows(pairs_df: DataFrame) -> DataFrame:

@@ -187,7 +187,9 @@ def start_pipeline(spark: SparkSession, config: Config, sinks: Sinks | None) -> 
     def sink_counts(query: str, batch_id: int) -> dict | None:
         return router.counts.get(batch_id) if query == ROUTING_QUERY else None
 
-    listener = ProgressLog(sink_counts, sinks.es if sinks else None, config.elasticsearch.metrics_index)
+    health_index = config.elasticsearch.metrics_index
+    listener = ProgressLog(sink_counts, (lambda record_id, record: sinks.elasticsearch.index_once(
+        health_index, record_id, record)) if sinks is not None else None)
     pipeline = Pipeline(spark, config, router, listener, claims=[held for held in claims if held is not None])
     pipeline.starters[ROUTING_QUERY] = lambda: start_routing_query(spark, config, router, wait_for_topic(config))
     spark.streams.addListener(listener)

@@ -36,13 +36,13 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 from bp_spark.logs import configure_logging
 from bp_spark.config import ConfigError, add_config_flags, load_config_from_args
 from bp_spark.connections import check_kafka
-from bp_spark.elastic import (ElasticsearchUnavailable, expire_dead_letters, expire_health_records, expire_versions,
-                              make_client)
+from bp_spark.elastic import ElasticsearchUnavailable, make_client
 from bp_spark.ownership import OwnershipError
 from bp_spark.pipeline import CheckpointLayoutError, PipelineStopped, start_pipeline
 from bp_spark.session import connectors_problem, job_session, stop_session
 from bp_spark.sinks import Sinks, SinkUnavailable
-from bp_spark.sinks.es import prepare_indices
+from bp_spark.sinks.es import ElasticsearchSink, prepare_indices
+from bp_spark.sinks.retention import Expiry, apply_retention, rules_for
 from bp_spark.outages import summarise
 
 log = logging.getLogger("stream")
@@ -70,7 +70,8 @@ def main(argv: list[str] | None = None) -> int:
                 stop_session(spark)
                 return 2
         es = make_client(config)
-        prepare_indices(es, config, then=lambda: _apply_retention(es, config))
+        retention = (ElasticsearchSink(config, es, {}), rules_for(config))
+        prepare_indices(es, config, then=lambda: _apply_retention(*retention))
         check_kafka(config)  # a refused login stops the job here; a broker down is waited for later
     except (ConfigError, ElasticsearchUnavailable, SinkUnavailable, KeyboardInterrupt) as exc:
         if spark is not None:
@@ -90,27 +91,16 @@ def main(argv: list[str] | None = None) -> int:
         stop_session(spark)
 
 
-def _apply_retention(es, config) -> None:
-    """Apply elasticsearch.deadletter_retention, metrics_retention and stream.dedup_horizon now, and
-    again every hour."""
+def _apply_retention(sink: ElasticsearchSink, rules: list[Expiry]) -> None:
+    """Apply the retention rules (bp_spark/sinks/retention.py) now, and again every hour."""
     try:
-        deleted = expire_dead_letters(es, config)
-        if deleted:
-            log.info("deleted %d dead letters and finished halves of split readings older than %s "
-                     "(elasticsearch.deadletter_retention)", deleted,
-                     config.elasticsearch.deadletter_retention)
-        deleted = expire_health_records(es, config)
-        if deleted:
-            log.info("deleted %d health records older than %s (elasticsearch.metrics_retention)", deleted,
-                     config.elasticsearch.metrics_retention)
-        deleted = expire_versions(es, config)
-        if deleted:
-            log.info("forgot the versions seen of %d observations with none new for %s (stream.dedup_horizon)",
-                     deleted, config.stream.dedup_horizon)
+        for what, deleted in apply_retention(sink, rules).items():
+            if deleted:
+                log.info("deleted %d %s", deleted, what)
     except Exception as exc:  # retention is housekeeping: an outage here must not stop the monitor
         log.warning("could not apply the retention of dead letters, health records and versions seen (%s); trying again in "
                     "an hour", summarise(exc))
-    timer = threading.Timer(3600, _apply_retention, (es, config))
+    timer = threading.Timer(3600, _apply_retention, (sink, rules))
     timer.daemon = True
     timer.start()
 

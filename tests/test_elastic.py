@@ -6,8 +6,9 @@ import pytest
 from elasticsearch import Elasticsearch
 
 from bp_spark.config import load_config
-from bp_spark.elastic import (ElasticsearchUnavailable, connector_options, expire_dead_letters, install_templates,
-                              load_template)
+from bp_spark.elastic import ElasticsearchUnavailable, connector_options, install_templates, load_template
+from bp_spark.sinks.es import ElasticsearchSink
+from bp_spark.sinks.retention import apply_retention, rules_for
 
 
 def test_templates_are_installed_and_older_indices_brought_up_to_them(es: Elasticsearch, unique_name: str) -> None:
@@ -85,11 +86,12 @@ def test_dead_letters_older_than_the_retention_are_deleted(es: Elasticsearch, un
     for state in ("expired", "superseded", "paired", "pending"):
         es.index(index=pending, id=state, document={"state": state, "raw": "{}", "processed_at": "2026-01-01T00:00:00Z"})
     es.indices.refresh(index=f"{index},{pending}")
-    assert expire_dead_letters(es, config, page=1) == 4  # page by page
+    deleted = apply_retention(ElasticsearchSink(config, es, {}), rules_for(config), page=1)  # page by page
+    assert [n for what, n in deleted.items() if "deadletter_retention" in what] == [2, 2]
     assert [hit["_id"] for hit in es.search(index=index)["hits"]["hits"]] == ["recent"]
     assert sorted(hit["_id"] for hit in es.search(index=pending)["hits"]["hits"]) == ["paired", "pending"]
     kept = load_config(overrides={**{f"elasticsearch.{kind}_index": index for kind, index in indices.items()},
                                   "elasticsearch.deadletter_retention": "0"})
-    assert expire_dead_letters(es, kept) == 0
+    assert not any("deadletter_retention" in rule.what for rule in rules_for(kept))
     for name in indices.values():
         es.indices.delete_index_template(name=f"bp-monitor-{name}")

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import json
 
-from bp_spark.monitoring import RECORDS_READ, kafka_lag, late_rows, lost_offsets, progress_record
+from bp_spark.monitoring import RECORDS_READ, ProgressLog, kafka_lag, late_rows, lost_offsets, progress_record
 
 PROGRESS = {
     "id": "q-1", "runId": "r-1", "name": "bp_monitor_trends", "timestamp": "2026-11-28T10:00:00.000Z",
@@ -77,3 +77,26 @@ def test_offsets_without_a_record_are_lost_offsets() -> None:
     assert [p["lost_offsets"] for p in record["kafka_partitions"]] == [10, 0]
     first_batch = {**progress, "sources": [{**PROGRESS["sources"][0], "startOffset": None}]}
     assert lost_offsets(first_batch) == {}  # no start to compare with
+
+
+class _Event:
+    """What Spark hands the listener: the progress as JSON."""
+
+    def __init__(self, progress: dict) -> None:
+        self.progress = type("Progress", (), {"json": json.dumps(progress)})()
+
+
+def test_the_listener_keeps_each_record_through_its_store_and_a_failing_store_stops_nothing(caplog) -> None:
+    kept: list[tuple[str, dict]] = []
+    listener = ProgressLog(lambda query, batch_id: {"anomalies": 3}, lambda record_id, record: kept.append((record_id, record)))
+    listener.onQueryProgress(_Event(PROGRESS))
+    (record_id, record), = kept
+    assert record_id == "r-1|7|2026-11-28T10:00:00.000Z" and record["sinks"] == {"anomalies": 3}
+    assert listener.records == [record]
+
+    def refusing(record_id: str, record: dict) -> None:
+        raise ConnectionError("Elasticsearch down")
+    down = ProgressLog(None, refusing)
+    down.onQueryProgress(_Event({**PROGRESS, "batchId": 8}))  # logged, not raised
+    assert [r["batch_id"] for r in down.records] == [8]
+    assert "could not keep the health record of bp_monitor_trends batch 8" in caplog.text

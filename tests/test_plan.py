@@ -11,7 +11,9 @@ from datetime import datetime
 import pytest
 from pyspark.sql import DataFrame, SparkSession
 
+from bp_spark.clinical.classify import rules_for
 from bp_spark.config import Config
+from bp_spark.elastic import pipeline_indices
 from bp_spark.pairing import PAIR_SCHEMA, pair_readings
 from bp_spark.routing.plan import BatchPlan, batch_counts, elasticsearch_documents, pair_counts, plan_batch, with_pairs
 from bp_spark.routing.query import latest_versions, readings_stream
@@ -56,7 +58,7 @@ def test_a_goal_is_planned_for_the_patients_targets_and_in_no_other_sink(spark, 
 
 def test_the_documents_say_what_was_detected_and_where_the_message_came_from(spark, config) -> None:
     plan = plan_batch(batch(spark, config, [CRISIS, GARBAGE]))
-    docs = elasticsearch_documents(plan, config, 7, dead_letters=True, anomalies=True, alerts=True)
+    docs = elasticsearch_documents(plan, pipeline_indices(config), rules_for(config), 7, dead_letters=True, anomalies=True, alerts=True)
     (anomaly,) = docs["anomalies"].collect()
     assert (anomaly._target, anomaly._doc_id, anomaly.category, anomaly.severity, anomaly.batch_id) == (
         config.elasticsearch.anomalies_index, "crisis-1", "hypertensive_crisis", "critical", 7)
@@ -65,7 +67,7 @@ def test_the_documents_say_what_was_detected_and_where_the_message_came_from(spa
     assert (alert._op, alert.alert_type, alert.reason) == ("create", "critical_reading", "hypertensive crisis: 190/125 mmHg")
     (dead,) = docs["dead letters"].collect()
     assert (dead._doc_id, dead.reason, dead.raw) == ("t-0-1", "not a JSON object", GARBAGE)
-    assert elasticsearch_documents(plan, config, 7, dead_letters=False, anomalies=False, alerts=False) == {}
+    assert elasticsearch_documents(plan, pipeline_indices(config), rules_for(config), 7, dead_letters=False, anomalies=False, alerts=False) == {}
 
 
 def test_a_correction_plans_its_latest_version_and_a_retraction_nothing(spark, config) -> None:
@@ -95,7 +97,7 @@ def pair(patient: str, systolic: float, diastolic: float, suffix: str) -> tuple:
     (80.0, 95.0, [], [], 1),  # systolic not above diastolic: one dead letter holding both
 ])
 def test_a_pair_is_planned_as_the_reading_it_makes(spark, config, systolic, diastolic, readings, normals, dead) -> None:
-    pairs_df = pair_readings(spark.createDataFrame([pair("p1", systolic, diastolic, "x")], PAIR_SCHEMA), config)
+    pairs_df = pair_readings(spark.createDataFrame([pair("p1", systolic, diastolic, "x")], PAIR_SCHEMA), rules_for(config))
     plan = with_pairs(plan_batch(batch(spark, config, [NORMAL])), pairs_df)
     assert ids(plan.readings) == sorted(readings + ["normal-1"])
     assert sorted(r.raw for r in plan.normals.collect() if r.observation_id != "normal-1") == normals

@@ -9,9 +9,10 @@ from pathlib import Path
 from elasticsearch import Elasticsearch
 from pyspark.sql import SparkSession
 
-from bp_spark.elastic import expire_versions, install_templates, pipeline_indices
+from bp_spark.elastic import install_templates, pipeline_indices
 from bp_spark.sinks.es import ElasticsearchSink
 from bp_spark.sinks.repeats import VersionLedger
+from bp_spark.sinks.retention import apply_retention, rules_for
 from streams import ids_in, stream_config
 
 ROWS = "observation_id string, error string, content_hash long, raw string, kafka_topic string, " \
@@ -64,6 +65,7 @@ def test_repeats_are_dropped_by_id_and_version_but_not_a_replayed_batchs_own_row
     time.sleep(2.5)
     assert routed(ledger, spark, [row("o4", 42, 30)], 3) == ([(30, 0)], 0)  # o4 seen anew: kept
     es.indices.refresh(index=config.elasticsearch.versions_index)
-    assert expire_versions(es, config) == 3
+    versions_rule = [rule for rule in rules_for(config) if rule.index == config.elasticsearch.versions_index]
+    assert list(apply_retention(ElasticsearchSink(config, es, {}), versions_rule).values()) == [3]
     assert set(ids_in(es, config.elasticsearch.versions_index)) == {"o4"}
     assert routed(ledger, spark, [row("o1", 11, 40)], 4) == ([(40, 0)], 0)

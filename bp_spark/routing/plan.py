@@ -29,8 +29,7 @@ from pyspark.sql import Column, DataFrame
 from pyspark.sql import functions as F
 
 from bp_spark import documents
-from bp_spark.clinical.classify import CRITICAL
-from bp_spark.config import Config
+from bp_spark.clinical.classify import CRITICAL, Rules
 from bp_spark.pairing import ARCHIVE_COLUMNS, archive_rows
 from bp_spark.parse import RETRACTED_STATUS, is_update
 
@@ -127,15 +126,16 @@ def with_dead(plan: BatchPlan, dead_df: DataFrame) -> BatchPlan:
     return replace(plan, dead=dead_df if plan.dead is None else plan.dead.unionByName(dead_df, allowMissingColumns=True))
 
 
-def elasticsearch_documents(plan: BatchPlan, config: Config, batch_id: int, dead_letters: bool, anomalies: bool,
-                            alerts: bool) -> dict[str, DataFrame]:
+def elasticsearch_documents(plan: BatchPlan, indices: dict[str, str], rules: Rules, batch_id: int, dead_letters: bool,
+                            anomalies: bool, alerts: bool) -> dict[str, DataFrame]:
     """The documents of the plan's Elasticsearch targets, each only when the batch has some (the
-    flags: from the counts, so that an empty frame costs no write)."""
+    flags: from the counts, so that an empty frame costs no write). ``indices``: index of each
+    kind (:func:`bp_spark.elastic.pipeline_indices`); ``rules``: those the batch was classified by."""
     docs = {}
     if dead_letters:
-        docs["dead letters"] = documents.deadletter_docs(plan.dead, config, batch_id)
+        docs["dead letters"] = documents.deadletter_docs(plan.dead, indices["deadletter"], batch_id)
     if anomalies:
-        docs["anomalies"] = documents.anomaly_docs(plan.anomalies, config, batch_id)
+        docs["anomalies"] = documents.anomaly_docs(plan.anomalies, indices["anomalies"], rules, batch_id)
     if alerts:
-        docs["alerts"] = documents.alert_docs(plan.alerts, config, batch_id)
+        docs["alerts"] = documents.alert_docs(plan.alerts, indices["alerts"], batch_id)
     return docs

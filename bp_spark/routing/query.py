@@ -22,6 +22,7 @@ from pyspark.sql.streaming import StreamingQuery
 from bp_spark import documents
 from bp_spark.clinical.classify import rules_for, with_classification
 from bp_spark.config import Config
+from bp_spark.elastic import pipeline_indices
 from bp_spark.monitoring import RECORDS_READ, ROUTING_QUERY
 from bp_spark.pairing import Paired, Pairing
 from bp_spark.parse import is_update
@@ -143,6 +144,8 @@ class BatchRouter:
         self.counts: dict[int, dict] = {}  # rows per sink of recent batches, for monitoring
         self.fatal: SinkUnavailable | None = None
         self.pairing = Pairing(config, sinks) if sinks is not None else None
+        self.rules = rules_for(config)  # what the batches are classified by (their documents say so)
+        self.indices = pipeline_indices(config)
 
     def __call__(self, batch_df: DataFrame, batch_id: int) -> None:
         started = time.monotonic()
@@ -302,14 +305,15 @@ class BatchRouter:
         replayed against the same waiting halves."""
         archive = self.sinks.archive
         normal_df, new_normals = plan.normals, 0
-        docs = elasticsearch_documents(plan, self.config, batch_id, dead_letters=bool(stats.dead_letters),
+        docs = elasticsearch_documents(plan, self.indices, self.rules, batch_id, dead_letters=bool(stats.dead_letters),
                                        anomalies=bool(stats.anomalies), alerts=bool(stats.alerts))
         if stats.normals and not archive.replayed(batch_id):
             with timed(stats.steps, "archive index"):
                 normal_df, stats.already_archived = archive.new_readings(plan.normals, batch_id)
             new_normals = stats.normals - stats.already_archived
             if new_normals:
-                docs["archive index"] = documents.archive_docs(normal_df, self.config, archive.tag, batch_id)
+                docs["archive index"] = documents.archive_docs(normal_df, self.indices["archive"], self.config.archive.period,
+                                                               archive.tag, batch_id)
         elif stats.normals:
             stats.already_archived = stats.normals  # published by the roll before this replay
         doc_count = stats.anomalies + stats.alerts + stats.dead_letters + new_normals

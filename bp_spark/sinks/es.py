@@ -378,6 +378,31 @@ class ElasticsearchSink:
                     es_helpers.scan(self.es, index=index, query={"query": {"match_all": {}}}, size=1000)}
         return self._retry(run, what)
 
+    def exists(self, index: str) -> bool:
+        """Whether ``index`` exists. One attempt: the caller decides what an outage means."""
+        return bool(self.es.indices.exists(index=index))
+
+    def index_once(self, index: str, doc_id: str, doc: dict) -> None:
+        """Index one document, one attempt, not waited for: for records whose loss costs nothing
+        but a gap (the health records: monitoring must never hold the pipeline)."""
+        self.es.index(index=index, id=doc_id, document=doc)
+
+    def delete_matching(self, index: str, query: dict, page: int) -> int:
+        """Delete every document of ``index`` matching ``query`` (none if the index does not
+        exist), ``page`` at a time; return how many. Search and bulk delete: the minimal
+        distributions have no delete-by-query. One attempt per page: a retention pass that
+        meets an outage is tried again later (:mod:`bp_spark.sinks.retention`)."""
+        if not self.exists(index):
+            return 0
+        deleted = 0
+        while True:
+            hits = self.es.search(index=index, query=query, size=page, source=False)["hits"]["hits"]
+            if not hits:
+                return deleted
+            self._bulk_all_taken([{"delete": {"_index": index, "_id": hit["_id"]}} for hit in hits],
+                                 f"{index}: expired documents not deleted", refresh=True, accepted=(200, 404))
+            deleted += len(hits)
+
     def put(self, index: str, docs: dict[str, dict], what: str, refresh: bool = True) -> None:
         """Index a few documents built by the driver (``{id: source}``), searchable at once
         (``refresh``; a multi-get finds them either way).

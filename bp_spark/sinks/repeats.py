@@ -11,7 +11,7 @@ expired keys by walking the whole state store on every batch whose watermark mov
 watermark on the job's clock moves every batch, so each batch paid for every reading of the
 last ``stream.dedup_horizon`` (7 days: 12 million at 20 obs/s). Here a batch reads only its own
 ids (one multi-get, whatever the history), and the history's end is deleted hourly, by a range
-query on ``seen_at``, with the dead letters' retention (:func:`bp_spark.elastic.expire_versions`).
+query on ``seen_at``, with the dead letters' retention (:mod:`bp_spark.sinks.retention`).
 
 A batch replayed after a crash must not find its own rows there: each document records the
 job's tag and batch that last wrote it, and which hashes that batch added; those do not count

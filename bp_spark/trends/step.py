@@ -161,8 +161,10 @@ class TrendStep:
         rows = [(w["trend_id"], w["patient_id"], index_time(w["last_reading_time"]), index_time(w["window_start"]),
                  index_time(w["window_end"]), w["readings"], w["systolic_mean"], w["diastolic_mean"])
                 for w in sustained_windows if w["trend_id"] in onsets]
-        alerts_df = documents.sustained_alert_docs(self.spark.createDataFrame(rows, ONSET_SCHEMA), self.config,
-                                                   batch_id)
+        t = self.config.trends
+        alerts_df = documents.sustained_alert_docs(self.spark.createDataFrame(rows, ONSET_SCHEMA),
+                                                   self.config.elasticsearch.alerts_index, t.sustained_window,
+                                                   t.sustained_systolic, t.sustained_diastolic, batch_id)
         es.write({"alerts": alerts_df}, batch_id)
         self.sinks.alert_topic.publish(alerts_df, batch_id)
         return len(rows)
