@@ -95,7 +95,7 @@ class Kibana:
             except urllib3.exceptions.HTTPError as exc:
                 last = str(exc)
             print(f"kibana-setup: waiting for Kibana at {self.url} ({last})", flush=True)
-            time.sleep(5)
+            time.sleep(max(0.0, min(5.0, deadline - time.monotonic())))  # not past the deadline
         raise KibanaError(f"Kibana at {self.url} was not available after {timeout_s:.0f} s (last: {last}). "
                           "Is it running and pointed at Elasticsearch? See its log.")
 

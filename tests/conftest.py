@@ -83,12 +83,22 @@ def es(es_cluster: tuple[Elasticsearch, ClusterInfo]) -> Elasticsearch:
     return es_cluster[0]
 
 
+# The static lane's Spark: expressions interpreted, not compiled. Its tests run hundreds of small
+# queries on a few rows each, where compiling each plan's Java costs more than running it
+# (tests/test_parse.py, test_plan.py, test_goals.py: 56 s -> 47 s). Spark runs its own suites in
+# both modes; `make test` (with the integration tests) keeps the job's compiled code paths.
+INTERPRETED_CONF = {"spark.sql.codegen.wholeStage": "false", "spark.sql.codegen.factoryMode": "NO_CODEGEN"}
+
+
 @pytest.fixture(scope="session")
-def spark() -> Iterator[SparkSession]:
-    """The one SparkSession of the run: local[2], few shuffle partitions, UI off, connectors on."""
+def spark(request) -> Iterator[SparkSession]:
+    """The one SparkSession of the run: local[2], few shuffle partitions, UI off, connectors on;
+    interpreted expressions when the run has no integration test (the static lane)."""
     builder = SparkSession.builder
     conf = {**connector_conf(), **local_files_conf(), **log_conf(), **REDACTION_CONF, **SCHEDULER_CONF,
             **private_files_conf("077")}
+    if not any(item.get_closest_marker("integration") for item in request.session.items):
+        conf.update(INTERPRETED_CONF)
     for key, value in conf.items():
         builder = builder.config(key, value)
     session = (

@@ -186,12 +186,12 @@ def test_a_count_larger_than_the_default_window_extends_it(capsys) -> None:
 
 
 def test_unreachable_broker_fails_fast_and_says_what_to_do(capsys, monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setattr(generate_job, "CONNECT_TIMEOUT_S", 2.0)  # the wait is the job's default, shortened
+    monkeypatch.setattr(generate_job, "CONNECT_TIMEOUT_S", 1.0)  # the wait is the job's default, shortened
     started = time.monotonic()
     assert generate_job.main(["--bootstrap-servers", "127.0.0.1:1", "--patients", "1", "--days", "1"]) == 1
     assert time.monotonic() - started < 10
     err = capsys.readouterr().err
-    assert "Kafka at 127.0.0.1:1 did not answer within 2 s" in err and "make up" in err
+    assert "Kafka at 127.0.0.1:1 did not answer within 1 s" in err and "make up" in err
 
 
 def test_publishes_the_exact_observations_to_the_real_broker(
