@@ -17,6 +17,9 @@ from dataclasses import dataclass
 import orjson
 import pytest
 
+from bp_spark.alerts.episodes import (CRITICAL_READING, PatientState, Reading, Settings, acknowledge, advance,
+                                      escalations, resolve, silences, sustained_onset)
+from bp_spark.alerts.fhir import detected_issue
 from bp_spark.versions import ROOT
 from tests.streams import generated
 
@@ -69,26 +72,50 @@ def broken(good: dict) -> list[bytes]:
     return [orjson.dumps(no_diastolic), orjson.dumps(wrong_unit), orjson.dumps(no_subject)]
 
 
+def detected_issues() -> list[bytes]:
+    """The alert topic's DetectedIssues for each kind of alert and event: opened (with its
+    evidence), escalated, acknowledged, resolved by a person and by the job, no readings, sustained."""
+    t0, hour, day = 1_780_000_000_000, 3_600_000, 86_400_000
+    crisis = lambda obs_id, at: Reading(obs_id, at, 190, 125, "critical", frozenset({CRITICAL_READING}),  # noqa: E731
+                                        "hypertensive_crisis")
+    state, _, events = advance(PatientState("patient-00042"), [crisis("bp-patient-00042-1", t0),
+                                                             crisis("bp-patient-00042-2", t0 + hour // 4)], t0, 1, Settings())
+    alert = state.episodes[CRITICAL_READING]
+    escalated, more = escalations(alert, t0 + hour, Settings())
+    acked, ack = acknowledge(escalated, "nurse.a", "called the patient", t0 + hour)
+    done, closed = resolve(acked, "dr.b", "medication changed", t0 + 2 * hour)
+    quiet = PatientState("patient-00043", last_reading_ms=t0)
+    _, _, silence = silences(quiet, t0 + 4 * day, Settings())
+    _, _, onset = sustained_onset(PatientState("patient-00044"), "patient|daily|x", t0, 148, 94, 14,
+                                  "sustained hypertension: mean 148/94 mmHg", t0, Settings())
+    return [orjson.dumps(detected_issue(e)) for e in [*events, *more, ack, closed, *silence, *onset]]
+
+
 @pytest.fixture(scope="module")
-def validated() -> tuple[list[bytes], list[Message], list[Message]]:
-    """The sample and the broken observations after it, through one run of the validator (its
-    start and the profiles' loading are most of its time): the sample, its messages, the broken ones'."""
+def validated() -> tuple[list[bytes], list[Message], list[Message], list[Message]]:
+    """The sample, the broken observations and the alert topic's DetectedIssues after it, through
+    one run of the validator (its start and the profiles' loading are most of its time): the
+    sample, its messages, the broken ones', the DetectedIssues'."""
     observations = sample()
-    messages = validate([*observations, *broken(orjson.loads(observations[0]))])
+    bad = broken(orjson.loads(observations[0]))
+    issues = detected_issues()
+    messages = validate([*observations, *bad, *issues])
+    first_issue = len(observations) + len(bad)
     return (observations, [m for m in messages if m.line <= len(observations)],
             [Message(m.line - len(observations), m.severity, m.location, m.text)
-             for m in messages if m.line > len(observations)])
+             for m in messages if len(observations) < m.line <= first_issue],
+            [Message(m.line - first_issue, m.severity, m.location, m.text) for m in messages if m.line > first_issue])
 
 
 def test_every_sampled_observation_is_valid_against_the_bp_profile(validated) -> None:
-    observations, messages, _ = validated
+    observations, messages, _, _ = validated
     assert len(observations) == SAMPLE
     errors = [m for m in messages if m.severity in ("error", "fatal")]
     assert not errors, f"{len(errors)} errors, first ones:\n" + "\n".join(map(str, errors[:10]))
 
 
 def test_the_only_warnings_are_the_loinc_codes_that_cannot_be_checked_offline(validated) -> None:
-    _, messages, _ = validated
+    _, messages, _, _ = validated
     warnings = [m for m in messages if m.severity == "warning"]
     others = [m for m in warnings if "http://loinc.org" not in m.text]
     assert not others, f"{len(others)} warnings besides LOINC's, first ones:\n" + "\n".join(map(str, others[:10]))
@@ -98,6 +125,17 @@ def test_the_only_warnings_are_the_loinc_codes_that_cannot_be_checked_offline(va
 
 def test_the_validator_catches_a_reading_that_breaks_the_profile(validated) -> None:
     """The check is real: observations that break the profile are refused, each with an error."""
-    _, _, messages = validated
+    _, _, messages, _ = validated
     flagged = {m.line for m in messages if m.severity in ("error", "fatal")}
     assert flagged == {1, 2, 3}, "\n".join(map(str, messages))
+
+
+def test_every_alert_event_is_a_valid_detected_issue(validated) -> None:
+    """Opened, escalated, acknowledged, resolved, no readings, sustained: 0 errors against FHIR R4's
+    DetectedIssue; the only warnings name the project's own code systems, which no server knows."""
+    _, _, _, messages = validated
+    assert len(detected_issues()) == 9  # opened, escalated to levels 1-4, acknowledged, resolved, silence, sustained
+    errors = [m for m in messages if m.severity in ("error", "fatal")]
+    assert not errors, f"{len(errors)} errors, first ones:\n" + "\n".join(map(str, errors[:10]))
+    others = [m for m in messages if m.severity == "warning" and "bp-monitor" not in m.text]
+    assert not others, "\n".join(map(str, others[:10]))
