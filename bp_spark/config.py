@@ -113,6 +113,8 @@ class ElasticsearchConfig:
     archive_index: str
     versions_index: str
     goals_index: str
+    episodes_index: str
+    alert_state_index: str
     number_of_replicas: int
     driver_write_max_docs: int
     username: str
@@ -169,6 +171,27 @@ class ClassificationConfig:
 
     profile: str
     setting: str
+
+
+@dataclass(frozen=True)
+class AlertsConfig:
+    """Alerts as episodes a care team works (bp_spark/alerts/; docs/alerts.md)."""
+
+    persistence: str
+    confirm_within: str
+    snooze: str
+    auto_resolve_after: str
+    escalate_after: str
+    silence_after: str
+    silence_window: str
+    sweep_every: str
+    max_reading_ids: int
+
+    @property
+    def persistence_rule(self) -> tuple[int, int, int]:
+        """``persistence`` as (n, m, period in seconds): "3 of 4 within 7 days" -> (3, 4, 604800)."""
+        match = _PERSISTENCE.match(self.persistence.strip())
+        return int(match.group(1)), int(match.group(2)), duration_seconds(match.group(3))
 
 
 @dataclass(frozen=True)
@@ -269,6 +292,7 @@ class Config:
     outages: OutagesConfig
     thresholds: Thresholds
     classification: ClassificationConfig
+    alerts: AlertsConfig
     paths: PathsConfig
     archive: ArchiveConfig
     stream: StreamConfig
@@ -339,6 +363,16 @@ def _non_empty(value: str) -> str | None:
 
 def _duration(value: str) -> str | None:
     return None if _DURATION.match(value) else "a duration such as '7 days', '12 hours', '30 minutes'"
+
+
+_PERSISTENCE = re.compile(r"^(\d+) of (\d+) within (\d+\s*(?:second|minute|hour|day|week)s?)$")
+
+
+def _persistence(value: str) -> str | None:
+    match = _PERSISTENCE.match(value.strip())
+    if match and 1 <= int(match.group(1)) <= int(match.group(2)) <= 100:
+        return None
+    return "'N of M within DURATION' with 1 <= N <= M <= 100, e.g. '3 of 4 within 7 days'"
 
 
 def _never_or_duration(value: str) -> str | None:
@@ -468,6 +502,17 @@ VALIDATORS: dict[str, Callable[[Any], str | None]] = {
     "outages.max_backoff_s": _non_negative,
     "outages.give_up_after": _never_or_duration,
     "stream.dedup_horizon": _duration,
+    "alerts.persistence": _persistence,
+    "alerts.confirm_within": _duration,
+    "alerts.snooze": _duration,
+    "alerts.auto_resolve_after": _duration,
+    "alerts.escalate_after": _never_or_duration,
+    "alerts.silence_after": _never_or_duration,
+    "alerts.silence_window": _duration,
+    "alerts.sweep_every": _duration,
+    "alerts.max_reading_ids": _positive,
+    "elasticsearch.episodes_index": _index,
+    "elasticsearch.alert_state_index": _index,
     "archive.period": _period,
     "archive.roll_every": _duration,
     "archive.max_file_mb": _positive,

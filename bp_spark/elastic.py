@@ -167,7 +167,8 @@ def index_time(value: int | float | str | None) -> datetime | None:
 
 
 # Every index the jobs write, by template kind (conf/elasticsearch/<kind>.json, elasticsearch.<kind>_index).
-INDEX_KINDS = ("anomalies", "alerts", "deadletter", "trends", "metrics", "pending", "archive", "versions", "goals")
+INDEX_KINDS = ("anomalies", "alerts", "deadletter", "trends", "metrics", "pending", "archive", "versions", "goals",
+               "episodes", "alert_state")
 
 
 def pipeline_indices(config: Config) -> dict[str, str]:

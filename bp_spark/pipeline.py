@@ -11,6 +11,7 @@
 from __future__ import annotations
 
 import logging
+import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -79,6 +80,7 @@ class Pipeline:
     starters: dict[str, Callable[[], StreamingQuery]] = field(default_factory=dict)
     claims: list[Claim] = field(default_factory=list)
     restarts: dict[str, int] = field(default_factory=dict)
+    sweeping: threading.Event = field(default_factory=threading.Event)  # set: the alert sweep stops
 
     def start(self, name: str) -> None:
         """Start (or restart) the query ``name``."""
@@ -149,6 +151,7 @@ class Pipeline:
     def stop(self) -> None:
         """Stop the queries, roll the archive, merge the kept trend windows, let the listener record
         their last batches, remove it, release the claims."""
+        self.sweeping.set()
         try:
             self.stop_queries()
             self._roll_archive()
@@ -199,4 +202,6 @@ def start_pipeline(spark: SparkSession, config: Config, sinks: Sinks | None) -> 
     except BaseException:
         pipeline.stop()
         raise
+    if sinks is not None and sinks.episodes is not None:  # escalations and silences, with or without readings
+        sinks.episodes.start_sweeping(pipeline.sweeping)
     return pipeline

@@ -100,7 +100,8 @@ def run(spark, config, es, args) -> int:
         print(f"backfill: {exc}", file=sys.stderr)
         return 2
     try:
-        sinks = Sinks(spark, config, es, archive_tag=archive_tag_for(args.input, datetime.now(timezone.utc)))
+        sinks = Sinks(spark, config, es, archive_tag=archive_tag_for(args.input, datetime.now(timezone.utc)),
+                      alert_episodes=False)  # history: its alerts are documents, not pages
         summary = run_backfill(spark, config, sinks, args.input, args.chunk_lines,
                                progress=lambda line: print(line, flush=True))
     except BackfillInputError as exc:

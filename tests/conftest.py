@@ -137,8 +137,8 @@ def _remove_test_topics_and_indices(config: Config, request) -> Iterator[None]:
             admin.delete_topics(leftovers)
         es = make_client(config)
         names = list(es.indices.get(index="bp_test_*", allow_no_indices=True))
-        if names:  # by name: Elasticsearch 8 refuses wildcard deletes by default
-            es.indices.delete(index=",".join(names))
+        for start in range(0, len(names), 50):  # by name (Elasticsearch 8 refuses wildcard deletes), 50 a request
+            es.indices.delete(index=",".join(names[start:start + 50]))
         templates = es.indices.get_index_template(name="bp-monitor-bp_test_*")["index_templates"]
         for template in templates:
             es.indices.delete_index_template(name=template["name"])

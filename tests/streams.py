@@ -38,6 +38,9 @@ def stream_config(name: str, tmp_path: Path, **extra) -> Config:
         "elasticsearch.archive_index": f"{name}_archive",
         "elasticsearch.versions_index": f"{name}_versions",
         "elasticsearch.goals_index": f"{name}_goals",
+        "elasticsearch.episodes_index": f"{name}_episodes",
+        "elasticsearch.alert_state_index": f"{name}_alert_state",
+        "alerts.sweep_every": "1 hour",  # a test sweeps when it means to (tests/test_alerts.py)
         "outages.backoff_s": 0.2,
         "outages.max_backoff_s": 2.0,
         "paths.archive_dir": str(tmp_path / "archive"),

@@ -391,12 +391,21 @@ def test_trends_sustained_onsets_and_late_readings(
         message = consumer.poll(1.0)
         if message is not None and not message.error():
             published.append((message.key(), orjson.loads(message.value())))
-            if len(published) == 3:  # all there: a few seconds more for a repeat
+            if len(published) == 5:  # all there: a few seconds more for a repeat
                 deadline = min(deadline, time.monotonic() + 3)
     consumer.close()
-    # each alert once on the topic: pd's onset was not sent again by the second run
-    assert sorted((key, doc["alert_id"]) for key, doc in published) == [
-        (b"pa", onset), (b"pc", "pc-2026-01-03T09"), (b"pd", pd_onset)]
+    # each alert opened once on the topic, as a FHIR DetectedIssue: pd's onset was not sent again
+    # by the second run, nor did the readings that joined an open alert page
+    assert sorted((key, doc["resourceType"], doc["code"]["coding"][0]["code"], doc["identifier"][1]["value"].split("|")[1])
+                  for key, doc in published) == [
+        (b"pa", "DetectedIssue", "above_target", "opened"), (b"pa", "DetectedIssue", "sustained_hypertension", "opened"),
+        (b"pc", "DetectedIssue", "critical_reading", "opened"),
+        (b"pd", "DetectedIssue", "above_target", "opened"), (b"pd", "DetectedIssue", "sustained_hypertension", "opened")]
+    episodes = {(doc["patient_id"], doc["kind"]): doc for doc in ids_in(es, config.elasticsearch.episodes_index).values()}
+    assert sorted(episodes) == [("pa", "above_target"), ("pa", "sustained_hypertension"), ("pc", "critical_reading"),
+                                ("pd", "above_target"), ("pd", "sustained_hypertension")]
+    # pa: opened at its third reading above the limits, then the 4th, 5th and the late one joined
+    assert (episodes["pa", "above_target"]["readings_count"], episodes["pa", "above_target"]["pages"]) == (4, 1)
 
 
 def test_checkpoints_of_earlier_versions_are_refused_or_reported(spark: SparkSession, tmp_path: Path, caplog) -> None:

@@ -101,6 +101,8 @@ class BatchStats:
     trend_failures: int = 0  # 1 when that merge failed (its partials wait for the next)
     goals: int = 0  # patient targets (FHIR Goals) the batch wrote
     targets_held: int = 0  # 1 when the batch's readings were held to the patients' targets
+    alert_episodes: int = 0  # alerts (episodes) the batch's readings opened, joined or resolved
+    alert_events: int = 0  # their events sent to the alert topic (pages and the rest)
     seconds: float = 0.0
     steps: dict[str, float] = field(default_factory=dict)
 
@@ -119,6 +121,8 @@ class BatchStats:
                         f"onsets" if not self.trend_failures else ", trends merge failed (kept for the next)")
         if self.goals:
             ignored += f", patient targets written {self.goals}"
+        if self.alert_episodes or self.alert_events:
+            ignored += f", alert episodes written {self.alert_episodes}, events sent {self.alert_events}"
         if self.paired or self.halves_waiting or self.halves_expired:
             ignored += (f", halves paired {self.paired}, waiting {self.halves_waiting}, "
                         f"expired {self.halves_expired}")
@@ -190,6 +194,7 @@ class BatchRouter:
             "trend_windows": stats.trend_windows, "trends_merged": stats.trends_merged,
             "trend_onsets": stats.trend_onsets, "trend_failures": stats.trend_failures,
             "goals": stats.goals, "targets_held": stats.targets_held,
+            "alert_episodes": stats.alert_episodes, "alert_events": stats.alert_events,
             "waited_s": dict(self.sinks.waits),
             "steps_s": {re.sub(r"\W+", "_", step): round(took, 3) for step, took in stats.steps.items()},
         } if self.sinks is not None else {})
@@ -323,8 +328,9 @@ class BatchRouter:
         with timed(stats.steps, "elasticsearch"):
             refused = self.sinks.elasticsearch.write(docs, batch_id, doc_count)
         self._count_refusals(stats, refused)
-        if stats.alerts:
-            self.sinks.alert_topic.publish(docs["alerts"], batch_id)
+        if self.sinks.episodes is not None:  # once the readings are stored: an alert's evidence is searchable
+            with timed(stats.steps, "alerts"):
+                stats.alert_episodes, stats.alert_events = self.sinks.episodes.apply(plan.readings, batch_id)
         with timed(stats.steps, "archive"):
             stats.normals = archive.stage(normal_df, batch_id, new_normals)
             rolled = archive.roll_if_due()

@@ -378,6 +378,34 @@ class ElasticsearchSink:
                     es_helpers.scan(self.es, index=index, query={"query": {"match_all": {}}}, size=1000)}
         return self._retry(run, what)
 
+    def versioned(self, index: str, ids: Iterable[str], what: str) -> dict[str, tuple[dict, int, int]]:
+        """``{id: (source, seq_no, primary_term)}`` of the documents of ``ids`` that ``index`` holds:
+        what :meth:`put_versioned` writes over, waiting out an outage."""
+        ids = set(ids)
+        if not ids:
+            return {}
+        return self._retry(lambda: {doc["_id"]: (doc["_source"], doc["_seq_no"], doc["_primary_term"])
+                                    for doc in self._found(index, ids)}, what)
+
+    def put_versioned(self, index: str, docs: dict[str, tuple[dict, int | None, int | None]], what: str) -> set[str]:
+        """Write each document only over the version it was read at (``if_seq_no`` and
+        ``if_primary_term``; a document read as absent: only if it still is), so that two writers
+        (the job and a person acknowledging an alert) never overwrite each other. Returns the ids
+        that changed meanwhile (409): read them again and redo. Searchable at once."""
+        if not docs:
+            return set()
+        operations: list = []
+        for doc_id, (source, seq_no, primary_term) in docs.items():
+            meta = {"_index": index, "_id": doc_id}
+            if seq_no is None:
+                operations.append({"create": meta})
+            else:
+                operations.append({"index": {**meta, "if_seq_no": seq_no, "if_primary_term": primary_term}})
+            operations.append(source)
+        results = self._retry(lambda: self._bulk_all_taken(operations, f"{index}: documents not written", refresh=True,
+                                                           accepted=(200, 201, 409)), what)
+        return {r["_id"] for r in results if r.get("status") == 409}
+
     def exists(self, index: str) -> bool:
         """Whether ``index`` exists. One attempt: the caller decides what an outage means."""
         return bool(self.es.indices.exists(index=index))

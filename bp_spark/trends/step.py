@@ -166,7 +166,15 @@ class TrendStep:
                                                    self.config.elasticsearch.alerts_index, t.sustained_window,
                                                    t.sustained_systolic, t.sustained_diastolic, batch_id)
         es.write({"alerts": alerts_df}, batch_id)
-        self.sinks.alert_topic.publish(alerts_df, batch_id)
+        if self.sinks.episodes is not None:  # each onset opens (or joins) the patient's alert episode
+            self.sinks.episodes.onsets([{
+                "trend_id": w["trend_id"], "patient_id": w["patient_id"], "readings": w["readings"],
+                "window_end_ms": int(index_time(w["window_end"]).timestamp() * 1000),
+                "systolic_mean": w["systolic_mean"], "diastolic_mean": w["diastolic_mean"],
+                "reason": (f"sustained hypertension: mean {round(w['systolic_mean'])}/{round(w['diastolic_mean'])} mmHg "
+                           f"over {w['readings']} readings in {t.sustained_window} "
+                           f"(limit {t.sustained_systolic:g}/{t.sustained_diastolic:g})")}
+                for w in sustained_windows if w["trend_id"] in onsets], batch_id)
         return len(rows)
 
 

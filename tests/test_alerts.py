@@ -1,0 +1,157 @@
+"""Alert episodes on the real broker and Elasticsearch (bp_spark/alerts/, jobs/alerts.py): one
+alert and one page for a patient's run of critical readings, acknowledgement, a person and the
+job changing one alert at once, escalation and silence on the sweep's clock across a restart."""
+
+from __future__ import annotations
+
+import time
+from datetime import datetime, timedelta, timezone
+from pathlib import Path
+
+import orjson
+import pytest
+from confluent_kafka import Consumer
+from elasticsearch import Elasticsearch
+from pyspark.sql import SparkSession
+
+import jobs.alerts as alerts_job
+from bp_spark.alerts.episodes import ACKNOWLEDGED, CRITICAL_READING, NO_READINGS, OPEN, RESOLVED, advance
+from bp_spark.alerts.step import EpisodeStep
+from bp_spark.connections import kafka_settings
+from bp_spark.sinks.alert_topic import AlertTopic
+from bp_spark.sinks.es import ElasticsearchSink
+from streams import ids_in, job_env, publish, reading, run_once, stream_config
+
+
+def observation(patient: str, obs_id: str, when: datetime, systolic: int, diastolic: int) -> tuple[bytes, bytes]:
+    key, value = reading(patient, when.strftime("%Y-%m-%dT%H:%M:%SZ"), systolic, diastolic)
+    return key, orjson.dumps(orjson.loads(value) | {"id": obs_id})
+
+
+def events_on(config, wanted: int, wait_s: float = 20.0) -> list[tuple[str, str, str]]:
+    """(patient, kind, event) of the DetectedIssues on the alert topic, from its start."""
+    consumer = Consumer({**kafka_settings(config), "group.id": f"{config.kafka.alerts_topic}-{time.monotonic_ns()}",
+                         "auto.offset.reset": "earliest"})
+    consumer.subscribe([config.kafka.alerts_topic])
+    found, deadline = [], time.monotonic() + wait_s
+    while time.monotonic() < deadline:
+        message = consumer.poll(0.5)
+        if message is not None and not message.error():
+            issue = orjson.loads(message.value())
+            assert issue["resourceType"] == "DetectedIssue"
+            found.append((issue["patient"]["reference"].split("/")[1], issue["code"]["coding"][0]["code"],
+                          issue["identifier"][1]["value"].split("|")[1]))
+            if len(found) >= wanted:  # a moment more, for anything sent twice
+                deadline = min(deadline, time.monotonic() + 2)
+    consumer.close()
+    return found
+
+
+@pytest.fixture
+def alert_config(unique_name: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch):
+    """A test's own topics and indices; jobs/alerts.py, run in the test, reads them from its environment."""
+    config = stream_config(unique_name, tmp_path, **{"kafka.alerts_topic": f"{unique_name}_alerts"})
+    for name, value in {**job_env(config), "BP_KAFKA_ALERTS_TOPIC": config.kafka.alerts_topic}.items():
+        monkeypatch.setenv(name, value)
+    return config
+
+
+def the_alert(es: Elasticsearch, config, patient: str, kind: str) -> dict:
+    (alert,) = [a for a in ids_in(es, config.elasticsearch.episodes_index).values()
+                if a["patient_id"] == patient and a["kind"] == kind]
+    return alert
+
+
+def test_a_run_of_critical_readings_is_one_alert_that_pages_once_and_an_acknowledged_one_stays_quiet(
+    spark: SparkSession, es: Elasticsearch, kafka_admin, alert_config, capsys
+) -> None:
+    config = alert_config
+    t0 = datetime(2026, 3, 2, 8, 0, tzinfo=timezone.utc)
+    publish(config, [observation("pk", f"pk-{m}", t0 + timedelta(minutes=m), 190, 125) for m in (0, 20, 50)])
+    run_once(spark, config, es)
+    alert = the_alert(es, config, "pk", CRITICAL_READING)
+    assert (alert["readings_count"], alert["reading_ids"], alert["confirmed"], alert["status"]) == (
+        3, ["pk-0", "pk-20", "pk-50"], True, OPEN)
+    assert sorted(set(ids_in(es, config.elasticsearch.alerts_index))) == ["pk-0", "pk-20", "pk-50"]  # each reading's evidence
+    # one page for the crisis; three readings above the limits also open the persistent kind
+    assert sorted(events_on(config, 2)) == [("pk", "above_target", "opened"), ("pk", CRITICAL_READING, "opened")]
+
+    assert alerts_job.main(["ack", alert["alert_id"], "--by", "nurse.a", "--note", "called"]) == 0
+    assert capsys.readouterr().out.strip() == f"alert {alert['alert_id']} acknowledged by nurse.a"
+    publish(config, [observation("pk", "pk-90", t0 + timedelta(minutes=90), 195, 126)])
+    run_once(spark, config, es)
+    acked = the_alert(es, config, "pk", CRITICAL_READING)
+    assert (acked["status"], acked["acknowledged_by"], acked["readings_count"]) == (ACKNOWLEDGED, "nurse.a", 4)
+    kinds = [e for e in events_on(config, 3) if e[1] == CRITICAL_READING]
+    assert kinds == [("pk", CRITICAL_READING, "opened"), ("pk", CRITICAL_READING, "acknowledged")]  # no page
+
+    # clear one-line errors: an unknown id, a resolved alert
+    assert alerts_job.main(["resolve", acked["alert_id"], "--by", "dr.b"]) == 0
+    capsys.readouterr()
+    assert alerts_job.main(["ack", acked["alert_id"], "--by", "nurse.a"]) == 2
+    assert capsys.readouterr().err.strip() == f"alerts: alert {acked['alert_id']} is resolved (by dr.b); nothing to acknowledge"
+    assert alerts_job.main(["ack", "critical-reading-0000", "--by", "nurse.a"]) == 2
+    assert "no alert critical-reading-0000" in capsys.readouterr().err
+    assert alerts_job.main(["list", "--status", "all", "--patient", "pk"]) == 0
+    listed = capsys.readouterr().out.splitlines()
+    assert listed[0].startswith("ALERT") and len(listed) == 3  # the active first, the resolved one last
+    assert " open " in listed[1] and "above_target" in listed[1]
+    assert acked["alert_id"] in listed[2] and " resolved " in listed[2]
+
+
+def test_a_persons_acknowledgement_and_the_jobs_update_of_one_alert_are_both_kept(
+    es: Elasticsearch, alert_config
+) -> None:
+    """The person acknowledges while the job is deciding (between its read and its write): the
+    job's write is refused (the version moved), it reads again and decides again."""
+    config = alert_config
+    from bp_spark.elastic import install_templates, pipeline_indices
+    install_templates(es, pipeline_indices(config), 0)
+    step = EpisodeStep(config, ElasticsearchSink(config, es, {}), AlertTopic(config, {}))
+    from bp_spark.alerts.episodes import Reading
+    t0 = 1_780_000_000_000
+    crisis = lambda obs_id, at: Reading(obs_id, at, 190, 125, "critical", frozenset({CRITICAL_READING}), "crisis")  # noqa: E731
+    step._decide(["pc"], lambda state, at: advance(state, [crisis("c1", t0)], at, 1, step.settings), "batch 1")
+    alert_id = the_alert(es, config, "pc", CRITICAL_READING)["alert_id"]
+    rounds = []
+
+    def decide(state, at):  # the job's decision; the first time, a person acknowledges meanwhile
+        if not rounds:
+            assert alerts_job.main(["ack", alert_id, "--by", "nurse.a"]) == 0
+        rounds.append(state.episodes[CRITICAL_READING]["status"])
+        return advance(state, [crisis("c2", t0 + 60_000)], at, 2, step.settings)
+    step._decide(["pc"], decide, "batch 2")
+    assert rounds == [OPEN, ACKNOWLEDGED]  # decided again on the acknowledged alert
+    alert = the_alert(es, config, "pc", CRITICAL_READING)
+    assert (alert["status"], alert["acknowledged_by"], alert["readings_count"], alert["confirmed"]) == (
+        ACKNOWLEDGED, "nurse.a", 2, True)
+
+
+def test_escalation_and_silence_on_the_sweeps_clock_each_once_across_a_restart(
+    spark: SparkSession, es: Elasticsearch, kafka_admin, unique_name: str, tmp_path: Path
+) -> None:
+    config = stream_config(unique_name, tmp_path, **{
+        "kafka.alerts_topic": f"{unique_name}_alerts", "alerts.escalate_after": "2 seconds",  # noqa: E501
+        "alerts.silence_after": "3 seconds", "alerts.silence_window": "1 day"})
+    now = datetime.now(timezone.utc).replace(microsecond=0)
+    publish(config, [observation("pe", "pe-1", now - timedelta(minutes=5), 190, 125),
+                     observation("ps", "ps-1", now - timedelta(seconds=1), 118, 76)])
+    run_once(spark, config, es)  # the job stops: nothing more arrives
+
+    def restarted() -> EpisodeStep:  # a job started again: nothing of the last one's memory
+        return EpisodeStep(config, ElasticsearchSink(config, es, {}), AlertTopic(config, {}))
+    time.sleep(4.5)
+    restarted().sweep()  # levels 1 and 2 (4.5 s past the page), and ps silent for 3 s
+    restarted().sweep()  # straight after: nothing new
+    escalated = the_alert(es, config, "pe", CRITICAL_READING)
+    assert escalated["escalation_level"] == 2
+    silent = the_alert(es, config, "ps", NO_READINGS)
+    assert silent["status"] == OPEN and silent["reason"].startswith("no readings for")
+    events = events_on(config, 5)  # both patients went silent for 3 s too
+    assert sorted(events) == [("pe", CRITICAL_READING, "escalated"), ("pe", CRITICAL_READING, "escalated"),
+                              ("pe", CRITICAL_READING, "opened"), ("pe", NO_READINGS, "opened"),
+                              ("ps", NO_READINGS, "opened")]
+
+    publish(config, [observation("ps", "ps-2", datetime.now(timezone.utc), 120, 78)])
+    run_once(spark, config, es)
+    assert the_alert(es, config, "ps", NO_READINGS)["status"] == RESOLVED  # measuring again
