@@ -13,8 +13,8 @@ ones to the alert index), normal readings to the archive, unusable lines to the 
 
 Run it twice, or run the stream job afterwards on a feed that replays the same observations, and
 each is stored once. Stop the stream job while it runs: both write the archive, which one job at a
-time holds. Historical alerts are not sent to kafka.alerts_topic unless --publish-alerts: a
-backfill of last year must not page anybody today.
+time holds. Historical readings open no alert episode and send nothing to kafka.alerts_topic
+unless --publish-alerts: a backfill of last year must not page anybody today.
 
 Exit status: 0 done; 1 a sink given up on (outages.give_up_after); 2 a configuration problem (a
 bad setting or input, authentication refused, an archive another job holds).
@@ -61,7 +61,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--chunk-lines", type=positive, default=DEFAULT_CHUNK_LINES, metavar="N",
                         help=f"route about this many lines at a time, whole file blocks (default {DEFAULT_CHUNK_LINES:,})")
     parser.add_argument("--publish-alerts", action="store_true",
-                        help="also send the backfill's alerts to kafka.alerts_topic (off: they are history)")
+                        help="also open alert episodes for the backfill's readings and send their events to "
+                             "kafka.alerts_topic (off: they are history)")
     add_config_flags(parser, ["es-url", "archive-dir"])
     args = parser.parse_args(argv)
     configure_logging()
@@ -101,7 +102,7 @@ def run(spark, config, es, args) -> int:
         return 2
     try:
         sinks = Sinks(spark, config, es, archive_tag=archive_tag_for(args.input, datetime.now(timezone.utc)),
-                      alert_episodes=False)  # history: its alerts are documents, not pages
+                      alert_episodes=args.publish_alerts)  # history's alerting readings are documents, not pages
         summary = run_backfill(spark, config, sinks, args.input, args.chunk_lines,
                                progress=lambda line: print(line, flush=True))
     except BackfillInputError as exc:

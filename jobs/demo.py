@@ -186,6 +186,18 @@ def breakdown(counts: Iterable[tuple[str, int]]) -> None:
         print(f"      {name:<28} {n:>8,}")
 
 
+def alert_load(es: Elasticsearch, index: str, alerting_readings: int, patients: int, days: int) -> dict[str, float]:
+    """Alerts and pages per patient per week under the episodes, and alerts at one per alerting
+    reading (the design before them): the figure docs/alerts.md quotes."""
+    result = es.search(index=index, size=0, aggs={"pages": {"sum": {"field": "pages"}},
+                                                  "escalations": {"sum": {"field": "escalation_level"}}})
+    episodes = result["hits"]["total"]["value"]
+    pages = (result["aggregations"]["pages"]["value"] or 0) + (result["aggregations"]["escalations"]["value"] or 0)
+    patient_weeks = patients * max(days, 1) / 7
+    return {"episodes_per_patient_week": episodes / patient_weeks, "pages_per_patient_week": pages / patient_weeks,
+            "readings_per_patient_week": alerting_readings / patient_weeks}
+
+
 def summary(config: Config, es: Elasticsearch, started: float) -> None:
     e = config.elasticsearch
     archive = Path(config.paths.archive_dir)
@@ -219,8 +231,18 @@ def summary(config: Config, es: Elasticsearch, started: float) -> None:
         print(f"      {'of patients with a target (FHIR Goal)':<36} {held:>8,}")
         print(f"      {'  flagged by their target alone':<36} {by_target_alone:>8,}  (normal by the profile; "
               f"{alone_patients} patients)")
-    print(f"  {e.alerts_index:<32} {alerts:>8,}  alerts")
+    print(f"  {e.alerts_index:<32} {alerts:>8,}  alerting readings (critical readings, sustained-hypertension onsets)")
     breakdown(terms(es, e.alerts_index, "alert_type"))
+    episodes = count_documents(es, e.episodes_index)
+    if episodes:
+        print(f"  {e.episodes_index:<32} {episodes:>8,}  alerts a care team works (one per patient and problem "
+              f"while it lasts: docs/alerts.md)")
+        breakdown(terms(es, e.episodes_index, "kind"))
+        breakdown((f"status {status}", n) for status, n in terms(es, e.episodes_index, "status"))
+        load = alert_load(es, e.episodes_index, alerts, max(1, len(patients)), config.generator.days)
+        print(f"      alert load: {load['episodes_per_patient_week']:.2f} alerts and {load['pages_per_patient_week']:.2f} "
+              f"pages per patient per week, against {load['readings_per_patient_week']:.2f} at one alert per "
+              f"alerting reading ({alerts:,} on this workload)")
     print(f"  {str(archive) + '/':<32} {lines:>8,}  normal Observations, {len(patients)} patients"
           + (f" ({2 * split} of them the two halves of {split} reading{'s' * (split != 1)})" if split else "")
           + f", in {published + staged:,} files (one per patient and {config.archive.period})")
