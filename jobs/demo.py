@@ -186,16 +186,16 @@ def breakdown(counts: Iterable[tuple[str, int]]) -> None:
         print(f"      {name:<28} {n:>8,}")
 
 
-def alert_load(es: Elasticsearch, index: str, alerting_readings: int, patients: int, days: int) -> dict[str, float]:
-    """Alerts and pages per patient per week under the episodes, and alerts at one per alerting
-    reading (the design before them): the figure docs/alerts.md quotes."""
+def alert_load(es: Elasticsearch, index: str, qualifying_readings: int, patients: int, days: int) -> dict[str, float]:
+    """Alerts and pages per patient per week under the episodes, and alerts at one per qualifying
+    reading: the figure docs/alerts.md quotes."""
     result = es.search(index=index, size=0, aggs={"pages": {"sum": {"field": "pages"}},
                                                   "escalations": {"sum": {"field": "escalation_level"}}})
     episodes = result["hits"]["total"]["value"]
     pages = (result["aggregations"]["pages"]["value"] or 0) + (result["aggregations"]["escalations"]["value"] or 0)
     patient_weeks = patients * max(days, 1) / 7
     return {"episodes_per_patient_week": episodes / patient_weeks, "pages_per_patient_week": pages / patient_weeks,
-            "readings_per_patient_week": alerting_readings / patient_weeks}
+            "readings_per_patient_week": qualifying_readings / patient_weeks}
 
 
 def summary(config: Config, es: Elasticsearch, started: float) -> None:
@@ -239,10 +239,15 @@ def summary(config: Config, es: Elasticsearch, started: float) -> None:
               f"while it lasts: docs/alerts.md)")
         breakdown(terms(es, e.episodes_index, "kind"))
         breakdown((f"status {status}", n) for status, n in terms(es, e.episodes_index, "status"))
-        load = alert_load(es, e.episodes_index, alerts, max(1, len(patients)), config.generator.days)
+        # One alert per qualifying reading: every critical reading and sustained onset, and every
+        # other reading above the limits or the patient's target (what above_target counts).
+        above = count_documents(es, e.anomalies_index, {"bool": {
+            "filter": [{"terms": {"anomaly_types": ["systolic_high", "diastolic_high", "above_target"]}}],
+            "must_not": [{"term": {"severity": "critical"}}]}})
+        load = alert_load(es, e.episodes_index, alerts + above, max(1, len(patients)), config.generator.days)
         print(f"      alert load: {load['episodes_per_patient_week']:.2f} alerts and {load['pages_per_patient_week']:.2f} "
               f"pages per patient per week, against {load['readings_per_patient_week']:.2f} at one alert per "
-              f"alerting reading ({alerts:,} on this workload)")
+              f"qualifying reading ({alerts + above:,}: {alerts:,} alerting, {above:,} above the limits or a target)")
     print(f"  {str(archive) + '/':<32} {lines:>8,}  normal Observations, {len(patients)} patients"
           + (f" ({2 * split} of them the two halves of {split} reading{'s' * (split != 1)})" if split else "")
           + f", in {published + staged:,} files (one per patient and {config.archive.period})")
