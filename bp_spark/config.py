@@ -186,6 +186,7 @@ class AlertsConfig:
     silence_window: str
     sweep_every: str
     max_reading_ids: int
+    max_age: str
 
     @property
     def persistence_rule(self) -> tuple[int, int, int]:
@@ -511,6 +512,7 @@ VALIDATORS: dict[str, Callable[[Any], str | None]] = {
     "alerts.silence_window": _duration,
     "alerts.sweep_every": _duration,
     "alerts.max_reading_ids": _positive,
+    "alerts.max_age": _never_or_duration,
     "elasticsearch.episodes_index": _index,
     "elasticsearch.alert_state_index": _index,
     "archive.period": _period,

@@ -33,6 +33,7 @@ import orjson
 from confluent_kafka import Consumer, KafkaException, Producer, TopicPartition
 from elasticsearch import Elasticsearch
 
+from bp_spark.alerts.step import settings_for
 from bp_spark.config import Config, ConfigError, load_config
 from bp_spark.connections import check_kafka, kafka_settings
 from bp_spark.elastic import (ElasticsearchUnavailable, count_documents, distinct_count, make_client, probe_cluster,
@@ -186,14 +187,14 @@ def breakdown(counts: Iterable[tuple[str, int]]) -> None:
         print(f"      {name:<28} {n:>8,}")
 
 
-def alert_load(es: Elasticsearch, index: str, qualifying_readings: int, patients: int, days: int) -> dict[str, float]:
+def alert_load(es: Elasticsearch, index: str, qualifying_readings: int, patients: int, days: float) -> dict[str, float]:
     """Alerts and pages per patient per week under the episodes, and alerts at one per qualifying
     reading: the figure docs/alerts.md quotes."""
     result = es.search(index=index, size=0, aggs={"pages": {"sum": {"field": "pages"}},
                                                   "escalations": {"sum": {"field": "escalation_level"}}})
     episodes = result["hits"]["total"]["value"]
     pages = (result["aggregations"]["pages"]["value"] or 0) + (result["aggregations"]["escalations"]["value"] or 0)
-    patient_weeks = patients * max(days, 1) / 7
+    patient_weeks = patients * max(days, 1.0) / 7
     return {"episodes_per_patient_week": episodes / patient_weeks, "pages_per_patient_week": pages / patient_weeks,
             "readings_per_patient_week": qualifying_readings / patient_weeks}
 
@@ -241,13 +242,22 @@ def summary(config: Config, es: Elasticsearch, started: float) -> None:
         breakdown((f"status {status}", n) for status, n in terms(es, e.episodes_index, "status"))
         # One alert per qualifying reading: every critical reading and sustained onset, and every
         # other reading above the limits or the patient's target (what above_target counts).
+        # Over the days alerts look at: the workload's, or alerts.max_age's (older readings are history).
+        days = config.generator.days
+        max_age_s = settings_for(config).max_age_s
+        recent = []
+        if max_age_s and max_age_s < days * 86400:
+            days = max_age_s / 86400
+            recent = [{"range": {"effective_time": {"gte": f"now-{max_age_s}s"}}}]
+        alerting = count_documents(es, e.alerts_index, {"bool": {"filter": recent}})
         above = count_documents(es, e.anomalies_index, {"bool": {
-            "filter": [{"terms": {"anomaly_types": ["systolic_high", "diastolic_high", "above_target"]}}],
+            "filter": [{"terms": {"anomaly_types": ["systolic_high", "diastolic_high", "above_target"]}}, *recent],
             "must_not": [{"term": {"severity": "critical"}}]}})
-        load = alert_load(es, e.episodes_index, alerts + above, max(1, len(patients)), config.generator.days)
+        load = alert_load(es, e.episodes_index, alerting + above, max(1, len(patients)), days)
         print(f"      alert load: {load['episodes_per_patient_week']:.2f} alerts and {load['pages_per_patient_week']:.2f} "
               f"pages per patient per week, against {load['readings_per_patient_week']:.2f} at one alert per "
-              f"qualifying reading ({alerts + above:,}: {alerts:,} alerting, {above:,} above the limits or a target)")
+              f"qualifying reading ({alerting + above:,}: {alerting:,} alerting, {above:,} above the limits or a "
+              f"target), over the last {days:g} days (readings older than alerts.max_age are history: no alert)")
     print(f"  {str(archive) + '/':<32} {lines:>8,}  normal Observations, {len(patients)} patients"
           + (f" ({2 * split} of them the two halves of {split} reading{'s' * (split != 1)})" if split else "")
           + f", in {published + staged:,} files (one per patient and {config.archive.period})")

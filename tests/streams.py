@@ -41,6 +41,7 @@ def stream_config(name: str, tmp_path: Path, **extra) -> Config:
         "elasticsearch.episodes_index": f"{name}_episodes",
         "elasticsearch.alert_state_index": f"{name}_alert_state",
         "alerts.sweep_every": "1 hour",  # a test sweeps when it means to (tests/test_alerts.py)
+        "alerts.max_age": "0",  # the tests' readings keep fixed dates of the past
         "outages.backoff_s": 0.2,
         "outages.max_backoff_s": 2.0,
         "paths.archive_dir": str(tmp_path / "archive"),

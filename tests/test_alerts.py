@@ -132,17 +132,22 @@ def test_escalation_and_silence_on_the_sweeps_clock_each_once_across_a_restart(
 ) -> None:
     config = stream_config(unique_name, tmp_path, **{
         "kafka.alerts_topic": f"{unique_name}_alerts", "alerts.escalate_after": "2 seconds",  # noqa: E501
-        "alerts.silence_after": "3 seconds", "alerts.silence_window": "1 day"})
+        "alerts.silence_after": "3 seconds", "alerts.silence_window": "1 day", "alerts.max_age": "7 days"})
     now = datetime.now(timezone.utc).replace(microsecond=0)
     publish(config, [observation("pe", "pe-1", now - timedelta(minutes=5), 190, 125),
-                     observation("ps", "ps-1", now - timedelta(seconds=1), 118, 76)])
+                     observation("ps", "ps-1", now - timedelta(seconds=1), 118, 76),
+                     observation("po", "po-1", now - timedelta(days=30), 190, 125)])  # history: no page
     run_once(spark, config, es)  # the job stops: nothing more arrives
+    assert "po-1" in ids_in(es, config.elasticsearch.anomalies_index)
+    assert [a for a in ids_in(es, config.elasticsearch.episodes_index).values() if a["patient_id"] == "po"] == []
 
     def restarted() -> EpisodeStep:  # a job started again: nothing of the last one's memory
         return EpisodeStep(config, ElasticsearchSink(config, es, {}), AlertTopic(config, {}))
-    time.sleep(4.5)
-    restarted().sweep()  # levels 1 and 2 (4.5 s past the page), and ps silent for 3 s
-    restarted().sweep()  # straight after: nothing new
+    paged_at = the_alert(es, config, "pe", CRITICAL_READING)["paged_at"]
+    time.sleep(max(0.0, (paged_at + 4_500) / 1000 - time.time()))
+    at = paged_at + 4_500  # the sweeps' clock, as the timer reads it: 4.5 s after the page
+    restarted().sweep(at)  # levels 1 and 2, and both patients silent for 3 s and more
+    restarted().sweep(at + 500)  # a moment later, another job: nothing new
     escalated = the_alert(es, config, "pe", CRITICAL_READING)
     assert escalated["escalation_level"] == 2
     silent = the_alert(es, config, "ps", NO_READINGS)

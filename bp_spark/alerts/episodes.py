@@ -66,6 +66,7 @@ class Settings:
     silence_after_s: int = 3 * 86400
     silence_window_s: int = 14 * 86400
     max_reading_ids: int = 20
+    max_age_s: int = 7 * 86400  # older readings (and onsets) open and join no alert; 0: no limit
 
 
 @dataclass(frozen=True)

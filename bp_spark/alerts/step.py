@@ -49,7 +49,8 @@ def settings_for(config: Config) -> Settings:
                     confirm_within_s=duration_seconds(a.confirm_within), snooze_s=duration_seconds(a.snooze),
                     auto_resolve_after_s=duration_seconds(a.auto_resolve_after),
                     escalate_after_s=never(a.escalate_after), silence_after_s=never(a.silence_after),
-                    silence_window_s=duration_seconds(a.silence_window), max_reading_ids=a.max_reading_ids)
+                    silence_window_s=duration_seconds(a.silence_window), max_reading_ids=a.max_reading_ids,
+                    max_age_s=never(a.max_age))
 
 
 def _millis(moment: datetime) -> int:
@@ -94,8 +95,11 @@ class EpisodeStep:
         """The batch's readings (the plan's, current versions) into the patients' alerts. Returns
         (alerts written, events sent)."""
         target = F.col("target_status") if "target_status" in readings_df.columns else F.lit(None).cast("string")
-        rows = (readings_df.where(F.col("observation_id").isNotNull() & F.col("patient_id").isNotNull()
-                                  & F.col("effective_time").isNotNull())
+        recent = F.col("effective_time").isNotNull()
+        if self.settings.max_age_s:  # history pages nobody (and a replayed year stays off the driver)
+            recent &= F.col("effective_time") >= F.lit(datetime.fromtimestamp(
+                (now_ms() - self.settings.max_age_s * 1000) / 1000, tz=timezone.utc))
+        rows = (readings_df.where(F.col("observation_id").isNotNull() & F.col("patient_id").isNotNull() & recent)
                 .select("patient_id", "observation_id", "effective_time", "systolic", "diastolic", "severity",
                         "category", "anomaly_types", target.alias("target_status")).collect())
         if not rows:
@@ -110,8 +114,12 @@ class EpisodeStep:
     def onsets(self, windows: list[dict], batch_id: int) -> tuple[int, int]:
         """Onsets of sustained hypertension (trend windows) into the patients' alerts."""
         by_patient: dict[str, list[dict]] = defaultdict(list)
+        oldest = now_ms() - self.settings.max_age_s * 1000 if self.settings.max_age_s else None
         for window in windows:
-            by_patient[window["patient_id"]].append(window)
+            if oldest is None or window["window_end_ms"] >= oldest:
+                by_patient[window["patient_id"]].append(window)
+        if not by_patient:
+            return 0, 0
 
         def apply(state: PatientState, at: int):
             written, events = [], []
@@ -125,9 +133,9 @@ class EpisodeStep:
 
     # ------------------------------------------------------------------ the clock
 
-    def sweep(self) -> tuple[int, int]:
-        """Escalations and silences now. Returns (alerts written, events sent)."""
-        at = now_ms()
+    def sweep(self, at_ms: int | None = None) -> tuple[int, int]:
+        """Escalations and silences as of ``at_ms`` (now). Returns (alerts written, events sent)."""
+        at = now_ms() if at_ms is None else at_ms
         s = self.settings
         patients = set()
         if s.escalate_after_s:
@@ -156,7 +164,7 @@ class EpisodeStep:
                     events += escalated
             state, silent, silent_events = silences(state, when, s)
             return state, written + silent, events + silent_events
-        return self._decide(sorted(patients), tick, "the alert sweep", apply_replayed=True)
+        return self._decide(sorted(patients), lambda state, _: tick(state, at), "the alert sweep", apply_replayed=True)
 
     def start_sweeping(self, stopped: threading.Event) -> threading.Thread:
         """Run :meth:`sweep` every ``alerts.sweep_every`` until ``stopped`` is set."""
