@@ -92,8 +92,9 @@ def panel(obj: dict[str, Any], views: dict[str, dict[str, Any]]) -> Panel:
     query = {"bool": {"filter": kql_filters(search.get("query", {}).get("query", ""))}}
     index = _index_of(obj, views)
     if obj["type"] == "search":
-        (sort_field, direction), = attributes["sort"]
-        body = {"size": 20, "query": query, "sort": [{sort_field: direction}], "_source": attributes["columns"] + [sort_field]}
+        sort = [{field: direction} for field, direction in attributes["sort"]]
+        body = {"size": 20, "query": query, "sort": sort,
+                "_source": attributes["columns"] + [field for field, _ in attributes["sort"]]}
         return Panel(obj["id"], attributes["title"], "search", index, body, [], None, attributes["columns"])
     state = json.loads(attributes["visState"])
     aggs = [a for a in state["aggs"] if a.get("enabled", True)]
@@ -116,7 +117,7 @@ def data_view_indices(config: Config) -> dict[str, str]:
     """The index behind each data view of the saved objects, as the configuration names it."""
     e = config.elasticsearch
     return {"bp-anomalies": e.anomalies_index, "bp-alerts": e.alerts_index, "bp-trends": e.trends_index,
-            "bp-metrics": e.metrics_index, "bp-goals": e.goals_index}
+            "bp-metrics": e.metrics_index, "bp-goals": e.goals_index, "bp-episodes": e.episodes_index}
 
 
 def dashboard_panels(objects: list[dict[str, Any]] | None = None,

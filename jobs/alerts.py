@@ -29,7 +29,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 import orjson  # noqa: E402
 
-from bp_spark.alerts.episodes import ACKNOWLEDGED, OPEN, RESOLVED, acknowledge, resolve  # noqa: E402
+from bp_spark.alerts.episodes import ACKNOWLEDGED, OPEN, RESOLVED, acknowledge, resolve, triage_rank  # noqa: E402
 from bp_spark.alerts.fhir import detected_issue  # noqa: E402
 from bp_spark.config import ConfigError, add_config_flags, load_config_from_args  # noqa: E402
 from bp_spark.elastic import ElasticsearchUnavailable, make_client  # noqa: E402
@@ -100,7 +100,8 @@ def change(sink: ElasticsearchSink, topic: AlertTopic, index: str, alert_id: str
             alert, event = action(source, by, note, now)
         except ValueError as exc:
             raise AlertError(str(exc)) from None
-        if not sink.put_versioned(index, {alert_id: ({**alert, "updated_at": now}, seq_no, term)},
+        written = {**alert, "updated_at": now, "triage_rank": triage_rank(alert)}
+        if not sink.put_versioned(index, {alert_id: (written, seq_no, term)},
                                   f"writing alert {alert_id}"):
             topic.send([(alert["patient_id"].encode(), orjson.dumps(detected_issue(event)))],
                        f"alert {alert_id}: sending its {event.kind} event")

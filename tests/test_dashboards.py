@@ -19,6 +19,7 @@ from elasticsearch.helpers import bulk
 from selenium import webdriver
 from selenium.webdriver.chrome.service import Service
 
+from bp_spark.alerts.episodes import triage_rank
 from bp_spark.config import Config, load_config
 from bp_spark.dashboards import (ALERT_RULE, DASHBOARD_ID, dashboard_panels, data_view_indices, kql_filters,
                                  load_saved_objects, rows)
@@ -29,9 +30,10 @@ from test_stream import job_env
 
 ROOT = Path(__file__).resolve().parent.parent
 TEMPLATE_OF_VIEW = {"bp-anomalies": "anomalies", "bp-alerts": "alerts", "bp-trends": "trends", "bp-metrics": "metrics",
-                    "bp-goals": "goals"}
-# Data views without a time field: a patient's target set a year ago still applies today.
-TIMELESS_VIEWS = {"bp-goals"}
+                    "bp-goals": "goals", "bp-episodes": "episodes"}
+# Data views without a time field: a patient's target set a year ago still applies today, and an
+# alert opened last month and still open is still to work.
+TIMELESS_VIEWS = {"bp-goals", "bp-episodes"}
 NUMERIC = {"float", "double", "long", "integer", "short", "byte"}
 SUITABLE = {"terms": {"keyword", "boolean"} | NUMERIC, "date_histogram": {"date"}, "max": NUMERIC | {"date"},
             "sum": NUMERIC, "cardinality": {"keyword"} | NUMERIC}
@@ -69,14 +71,14 @@ def test_saved_objects_reference_existing_fields_with_suitable_types() -> None:
         for ref in obj["references"]:  # every reference resolves to an object of the export
             assert ref["id"] in by_id and by_id[ref["id"]]["type"] == ref["type"], (obj["id"], ref)
     panels = dashboard_panels(objects)
-    assert len(panels) == 7
+    assert len(panels) == 8 and panels[0].id == "bp-alerts-to-work"  # the work list first
     for obj in objects:
         if obj["type"] not in ("visualization", "search"):
             continue
         view = next(r["id"] for r in obj["references"] if r["type"] == "index-pattern")
         types = field_types(TEMPLATE_OF_VIEW[view])
         if obj["type"] == "search":
-            for column in obj["attributes"]["columns"] + [obj["attributes"]["sort"][0][0]]:
+            for column in obj["attributes"]["columns"] + [field for field, _ in obj["attributes"]["sort"]]:
                 assert column in types, (obj["id"], column)
             continue
         for agg in json.loads(obj["attributes"]["visState"])["aggs"]:
@@ -135,6 +137,15 @@ def _docs(config: Config) -> list[dict]:
               "alert_type": "sustained_hypertension", "patient_id": "p1", "effective_time": day(2),
               "reason": "sustained hypertension: mean 158/101 mmHg over 12 readings in 7 days (limit 135/85)",
               "severity": "warning", "processed_at": day(2, 10)}]
+    # alert episodes, as the job and people leave them: (id, patient, kind, status, severity, paged at)
+    episodes = [("a-ack", "p1", "above_target", "acknowledged", "warning", day(1, 10)),
+                ("a-old", "p2", "critical_reading", "resolved", "critical", day(1, 6)),
+                ("a-crit", "p1", "critical_reading", "open", "critical", day(1, 9)),
+                ("a-warn", "p3", "above_target", "open", "warning", day(1, 7))]
+    docs += [{"_index": e.episodes_index, "_id": i, "alert_id": i, "patient_id": p, "kind": k, "status": st,
+              "severity": sev, "paged_at": at, "opened_at": at, "reason": "r", "readings_count": 1,
+              "escalation_level": 0, "triage_rank": triage_rank({"status": st, "severity": sev})}
+             for i, p, k, st, sev, at in episodes]
     docs += [{"_index": e.trends_index, "_id": f"cohort|daily|{d}", "scope": "cohort", "period": "daily",
               "window_start": day(d, 0), "systolic_max": s, "diastolic_max": dia}
              for d, s, dia in ((1, 190, 125), (2, 135, 95))]
@@ -170,6 +181,10 @@ def test_every_panel_query_returns_the_expected_buckets(es: Elasticsearch, dashb
         ("2026-01-01", 190.0, 125.0), ("2026-01-02", 135.0, 95.0)]
     assert [(r["1"], r["3"]) for r in results["bp-pipeline-health"]] == [(100.0, 50.0), (50.0, 0.0)]
     assert [r["patient_id"] for r in results["bp-latest-alerts"]] == ["p1", "p1"]
+    # open before acknowledged before resolved, critical before warning, whatever their age
+    assert [(r["patient_id"], r["status"], r["severity"]) for r in results["bp-alerts-to-work"]] == [
+        ("p1", "open", "critical"), ("p3", "open", "warning"), ("p1", "acknowledged", "warning"),
+        ("p2", "resolved", "critical")]
 
 
 def test_html_report_renders_every_panel_in_headless_chromium(
@@ -377,6 +392,8 @@ def test_the_patient_dashboard_and_the_drilldown_to_it(es: Elasticsearch, dashbo
         ("2026-01-01T08", 150.0, 85.0), ("2026-01-01T09", 190.0, 125.0), ("2026-01-02T08", 135.0, 95.0)]
     assert [(r["key"][:10], r["1"], r["3"]) for r in results["bp-patient-daily"]] == [("2026-01-01", 250.0, 150.0)]
     assert [r["alert_type"] for r in results["bp-patient-alerts"]] == ["sustained_hypertension", "critical_reading"]
+    assert [(r["kind"], r["status"]) for r in results["bp-patient-episodes"]] == [
+        ("critical_reading", "open"), ("above_target", "acknowledged")]
     # the patient's own target, set months before the readings, and where their readings stand
     assert sorted((r["key"], r["1"]) for r in results["bp-patient-target-status"]) == [("above", 1), ("met", 2)]
     assert [(r["goal_id"], r["active"], r["systolic"]["high"], r["diastolic"]["high"])

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from bp_spark.alerts.episodes import (ABOVE_TARGET, ACKNOWLEDGED, CRITICAL_READING, ESCALATED, JOINED, NO_READINGS,
                                       OPEN, OPENED, RESOLVED, PatientState, Reading, Settings, acknowledge, advance,
-                                      escalations, resolve, silences, sustained_onset)
+                                      escalations, resolve, silences, sustained_onset, triage_rank)
 
 MINUTE, HOUR, DAY = 60_000, 3_600_000, 86_400_000
 T0 = 1_780_000_000_000  # a moment in 2026
@@ -165,3 +165,10 @@ def test_the_alert_load_of_one_patient_with_a_bad_week() -> None:
     assert sorted((e.alert["kind"], e.kind) for e in events if e.page) == [(ABOVE_TARGET, OPENED), (CRITICAL_READING, OPENED)]
     assert state.episodes[CRITICAL_READING]["readings_count"] == 14
     assert state.episodes[ABOVE_TARGET]["readings_count"] == 26  # from the third reading on
+
+
+def test_the_care_teams_list_puts_open_before_acknowledged_before_resolved_and_critical_first() -> None:
+    ranks = {(status, severity): triage_rank({"status": status, "severity": severity})
+             for status in (OPEN, ACKNOWLEDGED, RESOLVED) for severity in ("critical", "warning")}
+    assert sorted(ranks, key=ranks.get) == [(OPEN, "critical"), (OPEN, "warning"), (ACKNOWLEDGED, "critical"),
+                                            (ACKNOWLEDGED, "warning"), (RESOLVED, "critical"), (RESOLVED, "warning")]

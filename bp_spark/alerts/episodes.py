@@ -109,6 +109,13 @@ class PatientState:
                 "open_alerts": sorted(a["alert_id"] for a in self.episodes.values())}
 
 
+def triage_rank(alert: dict) -> int:
+    """Where an alert stands in the care team's list: open before acknowledged before resolved,
+    then critical before warning (then the oldest page first, by ``paged_at``)."""
+    status = {OPEN: 0, ACKNOWLEDGED: 1}.get(alert.get("status"), 2)
+    return status * 10 + (2 - LEVELS.get(alert.get("severity"), 0))
+
+
 def alert_id(kind: str, patient_id: str, opened_by: str) -> str:
     """An episode's id: the same whenever the same reading (or window) opens it, so that a replay
     writes the same alert. A FHIR-id-safe digest (64 characters at most), as the DetectedIssue's id."""

@@ -21,7 +21,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
-from bp_spark.alerts.episodes import ACKNOWLEDGED, JOB, RESOLVED, PatientState
+from bp_spark.alerts.episodes import ACKNOWLEDGED, JOB, RESOLVED, PatientState, triage_rank
 
 # What people change on an alert; everything else is the job's.
 PERSON_FIELDS = ("acknowledged_by", "acknowledged_at", "ack_note", "resolved_by", "resolved_at", "resolve_note")
@@ -102,7 +102,7 @@ class EpisodeStore:
                     alert = merged(alert, source)
                 else:
                     seq_no, term = loaded.versions.get(alert["alert_id"], (None, None))
-                docs[alert["alert_id"]] = ({**alert, "updated_at": now_ms}, seq_no, term)
+                docs[alert["alert_id"]] = ({**alert, "updated_at": now_ms, "triage_rank": triage_rank(alert)}, seq_no, term)
                 owner[alert["alert_id"]] = patient_id
         conflicts = self.es.put_versioned(self.episodes_index, docs, f"{what}: writing {len(docs)} alerts")
         redo = {owner[alert_id] for alert_id in conflicts}
