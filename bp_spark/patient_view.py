@@ -1,4 +1,5 @@
-"""The report's patient view: pick a patient, see their pressures, alerts and weekly means.
+"""The report's patient view: pick a patient, see their pressures, alert episodes, alerting
+readings and weekly means.
 
 A nurse or physician first asks "show me this patient's pressures". For the patients with the
 most recent alerts first (then those with most abnormal readings, then the rest of the
@@ -106,7 +107,8 @@ def patient_data(es: Elasticsearch, config: Config, archive: Path | None, limit:
     t = limits(rules, rules.setting)
     patients = chosen_patients(es, config, archive, limit)
     of_chosen = {"terms": {"patient_id": patients}}
-    by_patient: dict[str, dict] = {p: {"id": p, "readings": [], "alerts": [], "weeks": []} for p in patients}
+    by_patient: dict[str, dict] = {p: {"id": p, "readings": [], "alerts": [], "episodes": [], "weeks": []}
+                                   for p in patients}
     if patients:
         for doc in _search_all(es, e.anomalies_index, of_chosen, ["patient_id", "effective_time", "systolic",
                                                                   "diastolic", "category"], [{"effective_time": "asc"}]):
@@ -116,6 +118,13 @@ def patient_data(es: Elasticsearch, config: Config, archive: Path | None, limit:
                                                                "severity"], [{"effective_time": "desc"}]):
             by_patient[doc["patient_id"]]["alerts"].append(
                 [_ms(doc["effective_time"]), doc["alert_type"], doc.get("reason", ""), doc.get("severity", "")])
+        # Their alert episodes as the care team works them: active first, critical first, oldest page first.
+        for doc in _search_all(es, e.episodes_index, of_chosen, ["patient_id", "status", "severity", "kind", "reason",
+                                                                 "opened_at", "readings_count", "escalation_level"],
+                               [{"triage_rank": "asc"}, {"paged_at": "asc"}]):
+            by_patient[doc["patient_id"]]["episodes"].append(
+                [doc.get("status", ""), doc.get("severity", ""), doc.get("kind", ""), _ms(doc.get("opened_at")),
+                 doc.get("readings_count", 0), doc.get("escalation_level", 0), doc.get("reason", "")])
         weekly = {"bool": {"filter": [of_chosen, {"term": {"scope": SUSTAINED}}]}}
         for doc in _search_all(es, e.trends_index, weekly, ["patient_id", "window_end", "systolic_mean",
                                                             "diastolic_mean", "readings", "is_sustained"],
@@ -178,7 +187,10 @@ def section(data: dict) -> str:
 <select id="patient-select">{options}</select></div>
 <div id="patient-readings" class="patient-chart"></div>
 <div id="patient-weeks" class="patient-chart"></div>
-<h3>Alerts</h3>
+<h3>Alert episodes</h3>
+<div class="rows-wrap"><table class="rows" id="patient-episodes"><thead><tr><th>status</th><th>severity</th>
+<th>kind</th><th>opened</th><th>readings</th><th>escalation</th><th>reason</th></tr></thead><tbody></tbody></table></div>
+<h3>Alerting readings</h3>
 <div class="rows-wrap"><table class="rows" id="patient-alerts"><thead><tr><th>effective time</th><th>alert type</th>
 <th>reason</th><th>severity</th></tr></thead><tbody></tbody></table></div>
 </section>
@@ -275,12 +287,32 @@ SCRIPT = r"""
     }
   }
 
+  function drawEpisodes(p) {
+    const body = document.querySelector("#patient-episodes tbody");
+    body.replaceChildren();
+    if (!p.episodes.length) {
+      const cell = body.insertRow().insertCell();
+      cell.colSpan = 7;
+      cell.textContent = "no alert episodes";
+      return;
+    }
+    for (const e of p.episodes) {
+      const row = body.insertRow();
+      [e[0], e[1], e[2], when(e[3]), e[4], e[5], e[6]].forEach((value, i) => {
+        const cell = row.insertCell();
+        cell.textContent = value;
+        if (i === 6) cell.className = "col-reason";
+      });
+    }
+  }
+
   function show(id) {
     const p = byId.get(id);
     if (!p) return;
     document.getElementById("patient-view").dataset.patient = id;
     drawReadings(p);
     drawWeeks(p);
+    drawEpisodes(p);
     drawAlerts(p);
   }
 

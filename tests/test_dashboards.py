@@ -326,7 +326,9 @@ def test_the_report_patient_view_redraws_with_the_chosen_patients_data(
                     red: readings[0].marker.color.filter(c => c === '#d62728').length,
                     weeks: weeks[0].y,
                     alerts: Array.from(document.querySelectorAll('#patient-alerts tbody tr'))
-                                 .map(tr => Array.from(tr.cells).map(td => td.textContent))};""")
+                                 .map(tr => Array.from(tr.cells).map(td => td.textContent)),
+                    episodes: Array.from(document.querySelectorAll('#patient-episodes tbody tr'))
+                                   .map(tr => Array.from(tr.cells).map(td => td.textContent))};""")
     try:
         driver.get(output.as_uri())
         options_shown = driver.execute_script(
@@ -338,6 +340,9 @@ def test_the_report_patient_view_redraws_with_the_chosen_patients_data(
         assert first["red"] == 3 and first["weeks"] == [148.5]
         assert first["target"] == ["target systolic <= 130", "target diastolic < 80"]  # p1's own Goal, dotted
         assert [row[1] for row in first["alerts"]] == ["sustained_hypertension", "critical_reading"]
+        # p1's alert episodes, as the care team works them: the open critical one first
+        assert [(row[0], row[1], row[2]) for row in first["episodes"]] == [
+            ("open", "critical", "critical_reading"), ("acknowledged", "warning", "above_target")]
         assert "sustained hypertension: mean 158/101 mmHg over 12 readings in 7 days (limit 135/85)" in first["alerts"][0]
 
         driver.execute_script("const s = document.getElementById('patient-select'); s.value = 'p2';"
@@ -346,6 +351,7 @@ def test_the_report_patient_view_redraws_with_the_chosen_patients_data(
         assert (second["patient"], second["systolic"], second["red"], second["weeks"]) == ("p2", [85], 1, [])
         assert second["target"] == []  # no Goal
         assert second["alerts"] == [["no alerts"]]
+        assert [row[0] for row in second["episodes"]] == ["resolved"]
 
         driver.find_element("id", "patient-search").send_keys("p3")
         third = shown()
