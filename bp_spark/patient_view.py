@@ -229,16 +229,29 @@ SCRIPT = r"""
     return lines;
   }
 
+  // A line joins points no further apart than this; a longer silence is drawn as a gap.
+  const GAP_MS = 2 * 86400000;
+  const DAY_MS = 86400000;
+  function withGaps(points) {
+    const out = [];
+    points.forEach((point, i) => {
+      if (i > 0 && point[0] - points[i - 1][0] > GAP_MS) out.push(null);
+      out.push(point);
+    });
+    return out;
+  }
+
   function drawReadings(p) {
-    const x = p.readings.map(r => new Date(r[0]));
-    const abnormal = p.readings.map(r => r[3] !== null);
+    const points = withGaps(p.readings);
+    const x = points.map(r => r === null ? null : new Date(r[0]));
+    const abnormal = points.map(r => r !== null && r[3] !== null);
     const marker = base => ({color: abnormal.map(a => a ? "#d62728" : base), size: abnormal.map(a => a ? 8 : 5)});
-    const text = p.readings.map(r => r[3] === null ? "normal" : r[3].replaceAll("_", " "));
+    const text = points.map(r => r === null ? "" : r[3] === null ? "normal" : r[3].replaceAll("_", " "));
     Plotly.react("patient-readings", [
-      {x: x, y: p.readings.map(r => r[1]), name: "systolic", mode: "lines+markers", marker: marker("#1f77b4"),
-       line: {color: "#1f77b4"}, text: text},
-      {x: x, y: p.readings.map(r => r[2]), name: "diastolic", mode: "lines+markers", marker: marker("#2ca02c"),
-       line: {color: "#2ca02c"}, text: text},
+      {x: x, y: points.map(r => r === null ? null : r[1]), name: "systolic", mode: "lines+markers",
+       marker: marker("#1f77b4"), line: {color: "#1f77b4"}, text: text, connectgaps: false},
+      {x: x, y: points.map(r => r === null ? null : r[2]), name: "diastolic", mode: "lines+markers",
+       marker: marker("#2ca02c"), line: {color: "#2ca02c"}, text: text, connectgaps: false},
     ], {
       title: {text: "Readings of " + p.id + " (abnormal in red; AHA systolic bands shaded; " + t.profile
                     + " limits" + (p.target ? ", the patient's own target dotted)" : ")")},
@@ -254,11 +267,17 @@ SCRIPT = r"""
   }
 
   function drawWeeks(p) {
-    const x = p.weeks.map(w => new Date(w[0]));
-    const sustained = p.weeks.map(w => w[4] ? "#d62728" : "#7f7f7f");
+    // Each mean at the end of the week it describes; the windows that end more than a day after
+    // the patient's last reading describe days not lived yet, and are left out.
+    const last = p.readings.length ? Math.max(...p.readings.map(r => r[0])) : Infinity;
+    const points = withGaps(p.weeks.filter(w => w[0] <= last + DAY_MS));
+    const x = points.map(w => w === null ? null : new Date(w[0]));
+    const sustained = points.map(w => w !== null && w[4] ? "#d62728" : "#7f7f7f");
     Plotly.react("patient-weeks", [
-      {x: x, y: p.weeks.map(w => w[1]), name: "7-day mean systolic", mode: "lines+markers", marker: {color: sustained}},
-      {x: x, y: p.weeks.map(w => w[2]), name: "7-day mean diastolic", mode: "lines+markers", marker: {color: sustained}},
+      {x: x, y: points.map(w => w === null ? null : w[1]), name: "7-day mean systolic", mode: "lines+markers",
+       marker: {color: sustained}, connectgaps: false},
+      {x: x, y: points.map(w => w === null ? null : w[2]), name: "7-day mean diastolic", mode: "lines+markers",
+       marker: {color: sustained}, connectgaps: false},
     ], {
       title: {text: "7-day sustained means of " + p.id + " (sustained hypertension in red)"},
       yaxis: {title: "mmHg"}, margin: {l: 50, r: 20, t: 60, b: 50}, legend: {orientation: "h"},

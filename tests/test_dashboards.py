@@ -289,13 +289,19 @@ def test_the_report_patient_view_redraws_with_the_chosen_patients_data(
     for patient, lines in {"p1": [_archive_line("p1", "2026-01-01T20:00:00Z", 118, 76),
                                   _archive_line("p1", "2026-01-02T20:00:00Z", 121, None, "8480-6"),
                                   _archive_line("p1", "2026-01-02T20:00:00Z", None, 79, "8462-4")],
-                           "p3": [_archive_line("p3", "2026-01-03T08:00:00Z", 112, 71)]}.items():
+                           "p3": [_archive_line("p3", "2026-01-03T08:00:00Z", 112, 71),
+                                  _archive_line("p3", "2026-01-10T08:00:00Z", 118, 75)]}.items():  # a week apart
         (archive / f"patient_id={patient}").mkdir(parents=True)
         (archive / f"patient_id={patient}" / "batch-x-000000000000-00000.jsonl").write_bytes(b"\n".join(lines) + b"\n")
     es.index(index=dashboard_data.elasticsearch.trends_index, id="sustained|p1", refresh=True, document={
         "scope": "sustained", "period": "7 days/1 day", "patient_id": "p1", "window_start": "2025-12-27T00:00:00Z",
         "window_end": "2026-01-03T00:00:00Z", "systolic_mean": 148.5, "diastolic_mean": 93.0, "readings": 5,
         "is_sustained": True})
+    # a window ending a week after p1's last reading: a week not lived yet, not drawn
+    es.index(index=dashboard_data.elasticsearch.trends_index, id="sustained|p1|late", refresh=True, document={
+        "scope": "sustained", "period": "7 days/1 day", "patient_id": "p1", "window_start": "2026-01-02T00:00:00Z",
+        "window_end": "2026-01-09T00:00:00Z", "systolic_mean": 121.0, "diastolic_mean": 79.0, "readings": 1,
+        "is_sustained": False})
     es.index(index=dashboard_data.elasticsearch.goals_index, id="goal-p1", refresh=True, document={
         "goal_id": "goal-p1", "patient_id": "p1", "lifecycle_status": "active", "active": True,
         "start": "2025-12-01T00:00:00Z", "systolic": {"high": 130.0, "high_inclusive": True},
@@ -355,7 +361,9 @@ def test_the_report_patient_view_redraws_with_the_chosen_patients_data(
 
         driver.find_element("id", "patient-search").send_keys("p3")
         third = shown()
-        assert (third["patient"], third["systolic"], third["diastolic"], third["red"]) == ("p3", [112], [71], 0)
+        # a week without readings is a gap in the line, not a slope across it
+        assert (third["patient"], third["systolic"], third["diastolic"], third["red"]) == (
+            "p3", [112, None, 118], [71, None, 75], 0)
         assert [e for e in driver.get_log("browser") if e["level"] == "SEVERE"] == []
     finally:
         driver.quit()
