@@ -212,10 +212,10 @@ def test_html_report_renders_every_panel_in_headless_chromium(
     try:
         driver.get(output.as_uri())
         panels = driver.find_elements("css selector", "section.panel")
-        assert len(panels) == 7
+        assert len(panels) == 8
         for section in panels:
-            if section.get_attribute("data-panel") == "bp-latest-alerts":
-                continue  # a table of its own, below
+            if section.get_attribute("data-panel") in ("bp-latest-alerts", "bp-alerts-to-work"):
+                continue  # tables of their own, below
             plot = section.find_element("css selector", ".js-plotly-plot")
             assert plot.find_elements("css selector", "svg.main-svg"), section.get_attribute("data-panel")
         titles = driver.execute_script(
@@ -229,6 +229,14 @@ def test_html_report_renders_every_panel_in_headless_chromium(
         assert "sustained_hypertension" in texts and "critical_reading" in texts
         assert "sustained hypertension: mean 158/101 mmHg over 12 readings in 7 days (limit 135/85)" in texts
         assert all(fits for _, fits in cells), [text for text, fits in cells if not fits]
+        # the work list first, as the care team works it
+        assert panels[0].get_attribute("data-panel") == "bp-alerts-to-work"
+        work = driver.execute_script(
+            "return Array.from(document.querySelectorAll('#panel-bp-alerts-to-work tbody tr'))"
+            ".map(tr => Array.from(tr.cells).map(td => td.textContent))")
+        assert [row[:3] for row in work] == [["open", "critical", "critical_reading"], ["open", "warning", "above_target"],
+                                             ["acknowledged", "warning", "above_target"],
+                                             ["resolved", "critical", "critical_reading"]]
         assert "4" in driver.find_element("id", "summary").text  # 4 abnormal readings
         legend = driver.execute_script(
             "return Array.from(document.querySelectorAll('#panel-bp-by-category .legendtext')).map(e => e.textContent)")
