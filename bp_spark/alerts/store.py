@@ -104,11 +104,14 @@ class EpisodeStore:
                     seq_no, term = loaded.versions.get(alert["alert_id"], (None, None))
                 docs[alert["alert_id"]] = ({**alert, "updated_at": now_ms, "triage_rank": triage_rank(alert)}, seq_no, term)
                 owner[alert["alert_id"]] = patient_id
-        conflicts = self.es.put_versioned(self.episodes_index, docs, f"{what}: writing {len(docs)} alerts")
+        # No refresh per batch: the job and jobs/alerts.py read alerts back by id (a multi-get sees
+        # them at once); searches (the dashboards, the sweep) see them within the 1 s refresh.
+        conflicts = self.es.put_versioned(self.episodes_index, docs, f"{what}: writing {len(docs)} alerts",
+                                          refresh=False)
         redo = {owner[alert_id] for alert_id in conflicts}
         kept = {pid: {**st.as_document(), "episodes": st.episodes, "updated_at": now_ms}
                 for pid, st in states.items() if pid not in redo}
-        self.es.put(self.state_index, kept, f"{what}: writing {len(kept)} patients' alert state")
+        self.es.put(self.state_index, kept, f"{what}: writing {len(kept)} patients' alert state", refresh=False)
         return redo
 
     def active(self, query: dict, size: int, what: str) -> dict[str, dict]:

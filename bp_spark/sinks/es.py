@@ -387,11 +387,13 @@ class ElasticsearchSink:
         return self._retry(lambda: {doc["_id"]: (doc["_source"], doc["_seq_no"], doc["_primary_term"])
                                     for doc in self._found(index, ids)}, what)
 
-    def put_versioned(self, index: str, docs: dict[str, tuple[dict, int | None, int | None]], what: str) -> set[str]:
+    def put_versioned(self, index: str, docs: dict[str, tuple[dict, int | None, int | None]], what: str,
+                      refresh: bool = True) -> set[str]:
         """Write each document only over the version it was read at (``if_seq_no`` and
         ``if_primary_term``; a document read as absent: only if it still is), so that two writers
         (the job and a person acknowledging an alert) never overwrite each other. Returns the ids
-        that changed meanwhile (409): read them again and redo. Searchable at once."""
+        that changed meanwhile (409): read them again and redo. Searchable at once with ``refresh``
+        (a multi-get, as the next read is, finds them either way)."""
         if not docs:
             return set()
         operations: list = []
@@ -402,7 +404,7 @@ class ElasticsearchSink:
             else:
                 operations.append({"index": {**meta, "if_seq_no": seq_no, "if_primary_term": primary_term}})
             operations.append(source)
-        results = self._retry(lambda: self._bulk_all_taken(operations, f"{index}: documents not written", refresh=True,
+        results = self._retry(lambda: self._bulk_all_taken(operations, f"{index}: documents not written", refresh=refresh,
                                                            accepted=(200, 201, 409)), what)
         return {r["_id"] for r in results if r.get("status") == 409}
 
