@@ -366,12 +366,12 @@ def _duration(value: str) -> str | None:
     return None if _DURATION.match(value) else "a duration such as '7 days', '12 hours', '30 minutes'"
 
 
-_PERSISTENCE = re.compile(r"^(\d+) of (\d+) within (\d+\s*(?:second|minute|hour|day|week)s?)$")
+_PERSISTENCE = re.compile(r"^(\d+) of (\d+) within (.+)$")
 
 
 def _persistence(value: str) -> str | None:
     match = _PERSISTENCE.match(value.strip())
-    if match and 1 <= int(match.group(1)) <= int(match.group(2)) <= 100:
+    if match and 1 <= int(match.group(1)) <= int(match.group(2)) <= 100 and _duration(match.group(3)) is None:
         return None
     return "'N of M within DURATION' with 1 <= N <= M <= 100, e.g. '3 of 4 within 7 days'"
 

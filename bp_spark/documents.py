@@ -10,6 +10,8 @@ its first ``processed_at``, so a rule on that field never notifies twice for one
 
 from __future__ import annotations
 
+import math
+
 from pyspark.sql import Column, DataFrame
 from pyspark.sql import functions as F
 
@@ -112,17 +114,23 @@ def archive_docs(archived_df: DataFrame, index: str, period: str, tag: str, batc
         F.lit(batch_id).cast("long").alias("batch_id"))
 
 
-def sustained_alert_docs(onset_df: DataFrame, index: str, window: str, systolic: float, diastolic: float,
-                         batch_id: int) -> DataFrame:
-    """Onsets of sustained hypertension as alerts, ``_id`` = the window's ``trend_id``; ``window``,
-    ``systolic``, ``diastolic``: the rule's (``trends.sustained_*``), for the reason."""
-    reason = F.format_string(
-        "sustained hypertension: mean %s/%s mmHg over %s readings in %s (limit %s/%s)",
-        F.round("systolic_mean").cast("int").cast("string"), F.round("diastolic_mean").cast("int").cast("string"),
-        F.col("readings").cast("string"), F.lit(window), F.lit(f"{systolic:g}"), F.lit(f"{diastolic:g}"))
+def sustained_reason(systolic_mean: float, diastolic_mean: float, readings: int, window: str, systolic: float,
+                     diastolic: float) -> str:
+    """Why an onset of sustained hypertension alerts, for its alerting reading and its alert episode
+    alike: the means rounded half up; ``window``, ``systolic``, ``diastolic``: the rule's
+    (``trends.sustained_*``)."""
+    def half_up(value: float) -> int:
+        return math.floor(value + 0.5)
+    return (f"sustained hypertension: mean {half_up(systolic_mean)}/{half_up(diastolic_mean)} mmHg over {readings} "
+            f"readings in {window} (limit {systolic:g}/{diastolic:g})")
+
+
+def sustained_alert_docs(onset_df: DataFrame, index: str, batch_id: int) -> DataFrame:
+    """Onsets of sustained hypertension (with their ``reason``: :func:`sustained_reason`) as
+    alerts, ``_id`` = the window's ``trend_id``."""
     return onset_df.select(
         F.lit(index).alias("_target"), F.col("trend_id").alias("_doc_id"),
         F.lit(CREATE).alias("_op"), F.lit("sustained_hypertension").alias("alert_type"), F.col("trend_id").alias("alert_id"),
-        reason.alias("reason"), "patient_id", F.col("last_reading_time").alias("effective_time"),
+        "reason", "patient_id", F.col("last_reading_time").alias("effective_time"),
         "window_start", "window_end", "readings", "systolic_mean", "diastolic_mean",
         F.lit("warning").alias("severity"), *written(batch_id))

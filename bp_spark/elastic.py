@@ -166,6 +166,14 @@ def index_time(value: int | float | str | None) -> datetime | None:
     return datetime.fromisoformat(value.replace("Z", "+00:00"))
 
 
+def epoch_ms(moment: datetime) -> int:
+    """A moment in epoch milliseconds, as the indices keep dates (the inverse of :func:`index_time`);
+    a naive one is UTC, as Spark hands timestamps to Python in the session's zone."""
+    if moment.tzinfo is None:
+        moment = moment.replace(tzinfo=timezone.utc)
+    return round(moment.timestamp() * 1000)
+
+
 # Every index the jobs write, by template kind (conf/elasticsearch/<kind>.json, elasticsearch.<kind>_index).
 INDEX_KINDS = ("anomalies", "alerts", "deadletter", "trends", "metrics", "pending", "archive", "versions", "goals",
                "episodes", "alert_state")

@@ -29,7 +29,7 @@ from pyspark.sql import functions as F
 from bp_spark.clinical.classify import Rules, rules_for, with_classification
 from bp_spark.config import Config
 from bp_spark.config import duration_seconds as seconds
-from bp_spark.elastic import index_time
+from bp_spark.elastic import epoch_ms, index_time
 from bp_spark.parse import DIASTOLIC, SYSTOLIC
 from bp_spark.sinks import Sinks
 
@@ -60,21 +60,15 @@ def pending_key(kind: Column) -> Column:
     return F.concat_ws("|", "patient_id", F.floor(F.unix_micros("effective_time") / 1000).cast("string"), kind)
 
 
-def _millis(moment: datetime) -> int:
-    if moment.tzinfo is None:  # Spark hands timestamps to Python in the session's zone, UTC
-        moment = moment.replace(tzinfo=timezone.utc)
-    return round(moment.timestamp() * 1000)
-
-
 def _document(half: dict, state: str, batch_id: int, partner_id: str | None = None) -> dict:
     doc = {
         "state": state, "kind": half["half"], "observation_id": half["observation_id"],
-        "patient_id": half["patient_id"], "effective_time": _millis(half["effective_time"]), "value": half["value"],
+        "patient_id": half["patient_id"], "effective_time": epoch_ms(half["effective_time"]), "value": half["value"],
         "status": half["status"], "content_hash": half["content_hash"], "raw": half["raw"],
         "kafka": {"topic": half["kafka_topic"], "partition": half["kafka_partition"], "offset": half["kafka_offset"],
-                  "timestamp": _millis(half["kafka_timestamp"]) if half["kafka_timestamp"] else None,
+                  "timestamp": epoch_ms(half["kafka_timestamp"]) if half["kafka_timestamp"] else None,
                   "entry": half["bundle_entry"]},
-        "batch_id": batch_id, "processed_at": _millis(datetime.now(timezone.utc)),
+        "batch_id": batch_id, "processed_at": epoch_ms(datetime.now(timezone.utc)),
     }
     if partner_id:
         doc["partner_id"] = partner_id

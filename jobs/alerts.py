@@ -37,8 +37,6 @@ from bp_spark.outages import SinkUnavailable  # noqa: E402
 from bp_spark.sinks.alert_topic import AlertTopic  # noqa: E402
 from bp_spark.sinks.es import ElasticsearchSink  # noqa: E402
 
-SEVERITY_ORDER = {"critical": 0, "warning": 1, "info": 2}
-STATUS_ORDER = {OPEN: 0, ACKNOWLEDGED: 1, RESOLVED: 2}
 ATTEMPTS = 5
 GIVE_UP_AFTER = "1 minute"
 
@@ -59,9 +57,9 @@ def _age(ms: int | None, now_ms: int) -> str:
 
 
 def ordered(alerts: list[dict]) -> list[dict]:
-    """Active first (open, then acknowledged), then by severity, then the oldest first."""
-    return sorted(alerts, key=lambda a: (STATUS_ORDER.get(a["status"], 3), SEVERITY_ORDER.get(a["severity"], 3),
-                                         a.get("paged_at") or a.get("opened_at") or 0))
+    """Active first (open, then acknowledged), then by severity, then the oldest page first: the
+    dashboards' order (``triage_rank``, ``paged_at``)."""
+    return sorted(alerts, key=lambda a: (triage_rank(a), a.get("paged_at") or a.get("opened_at") or 0))
 
 
 def list_alerts(sink: ElasticsearchSink, index: str, status: str, patient: str | None, limit: int) -> list[dict]:

@@ -284,3 +284,10 @@ def test_a_merge_adds_each_batch_once_and_keeps_the_peak_and_the_patients_exact(
     other = merged_windows({"w": finish(again, TRENDS)}, [(0, [_partial("w", 0, 120.0, None)])], "job-b")["w"]
     assert (other["readings"], other["tag"], other["batch_id"]) == (4, "job-b", 0)
     assert merge(None, _partial("w", 0, 1.0, None))["peak"] is not _partial("w", 0, 1.0, None)["peak"]
+
+
+def test_an_onsets_reason_rounds_its_means_half_up_for_its_alerting_reading_and_its_episode_alike() -> None:
+    from bp_spark.documents import sustained_reason
+    assert sustained_reason(150.5, 94.5, 12, "7 days", 135.0, 85.0) == (
+        "sustained hypertension: mean 151/95 mmHg over 12 readings in 7 days (limit 135/85)")
+    assert sustained_reason(149.49, 95.0, 3, "7 days", 130.0, 80.0).startswith("sustained hypertension: mean 149/95 ")

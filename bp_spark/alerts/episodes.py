@@ -38,17 +38,14 @@ CRITICAL_READING = "critical_reading"
 ABOVE_TARGET = "above_target"
 SUSTAINED = "sustained_hypertension"
 NO_READINGS = "no_readings"
-KINDS = (CRITICAL_READING, ABOVE_TARGET, SUSTAINED, NO_READINGS)
 # Kinds opened by readings, in the order a reading is applied to them.
 READING_KINDS = (CRITICAL_READING, ABOVE_TARGET)
 
 OPEN, ACKNOWLEDGED, RESOLVED = "open", "acknowledged", "resolved"
-ACTIVE = (OPEN, ACKNOWLEDGED)
 # Events, as the alert topic and the DetectedIssue carry them.
 OPENED, JOINED, ESCALATED, ACKNOWLEDGED_EVENT, RESOLVED_EVENT = "opened", "joined", "escalated", "acknowledged", "resolved"
 # Severity levels: a reading more severe than its alert holds pages again.
 LEVELS = {"info": 0, "warning": 1, "critical": 2}
-SEVERITY_OF = {level: name for name, level in LEVELS.items()}
 JOB = "bp-monitor"  # who the job resolves as
 
 
@@ -106,7 +103,7 @@ class PatientState:
     def as_document(self) -> dict:
         return {"patient_id": self.patient_id, "recent": {k: v for k, v in self.recent.items() if v},
                 "last_reading_ms": self.last_reading_ms, "batch_id": self.batch_id,
-                "open_alerts": sorted(a["alert_id"] for a in self.episodes.values())}
+                "open_kinds": sorted(self.episodes)}
 
 
 def triage_rank(alert: dict) -> int:
@@ -127,13 +124,12 @@ def _level(severity: str) -> int:
     return LEVELS.get(severity, 0)
 
 
-def _reason(kind: str, reading: Reading | None, settings: Settings, extra: str = "") -> str:
-    if kind == CRITICAL_READING and reading is not None:
+def _reason(kind: str, reading: Reading, settings: Settings) -> str:
+    """Why a reading opened an alert of ``kind`` (critical_reading or above_target)."""
+    if kind == CRITICAL_READING:
         return f"{reading.category.replace('_', ' ') or 'critical reading'}: {reading.systolic:g}/{reading.diastolic:g} mmHg"
-    if kind == ABOVE_TARGET:
-        return (f"{settings.persistence_n} of the last {settings.persistence_m} readings within "
-                f"{settings.persistence_period_s // 86400 or 1} days above the limits" + extra)
-    return extra
+    return (f"{settings.persistence_n} of the last {settings.persistence_m} readings within "
+            f"{settings.persistence_period_s // 86400 or 1} days above the limits")
 
 
 def _event(alert: dict, kind: str, serial: int | str, page: bool) -> Event:

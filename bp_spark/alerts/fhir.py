@@ -16,9 +16,9 @@ reads it without knowing the job's documents.
 from __future__ import annotations
 
 import html
-from datetime import datetime, timezone
 
 from bp_spark.alerts.episodes import READING_KINDS, Event
+from bp_spark.elastic import index_time
 
 KIND_SYSTEM = "https://github.com/bp-monitor/bp-monitor/fhir/CodeSystem/alert-kind"
 ALERT_SYSTEM = "urn:bp-monitor:alert"
@@ -29,9 +29,8 @@ KIND_DISPLAY = {"critical_reading": "Critical blood-pressure reading", "above_ta
 
 
 def _instant(ms: int | None) -> str | None:
-    if ms is None:
-        return None
-    return datetime.fromtimestamp(ms / 1000, tz=timezone.utc).isoformat(timespec="milliseconds").replace("+00:00", "Z")
+    moment = index_time(ms)
+    return None if moment is None else moment.isoformat(timespec="milliseconds").replace("+00:00", "Z")
 
 
 def _mitigation(action: str, display: str, at_ms: int | None, by: str | None, note: str | None) -> dict:

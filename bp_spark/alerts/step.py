@@ -21,6 +21,7 @@ import logging
 import threading
 import time
 from collections import defaultdict
+from dataclasses import replace
 from datetime import datetime, timezone
 
 import orjson
@@ -32,7 +33,8 @@ from bp_spark.alerts.episodes import (ABOVE_TARGET, CRITICAL_READING, NO_READING
 from bp_spark.alerts.fhir import detected_issue
 from bp_spark.alerts.store import EpisodeStore
 from bp_spark.clinical.classify import CRITICAL, DIASTOLIC_HIGH, SYSTOLIC_HIGH
-from bp_spark.config import Config, duration_seconds
+from bp_spark.config import Config, duration_seconds, seconds_or_never
+from bp_spark.elastic import epoch_ms
 
 log = logging.getLogger("bp_spark.alerts")
 
@@ -44,19 +46,13 @@ SWEEP_PAGE = 10_000
 def settings_for(config: Config) -> Settings:
     a = config.alerts
     n, m, period_s = a.persistence_rule
-    never = lambda value: 0 if value.strip() in ("", "0") else duration_seconds(value)  # noqa: E731
+    never = seconds_or_never
     return Settings(persistence_n=n, persistence_m=m, persistence_period_s=period_s,
                     confirm_within_s=duration_seconds(a.confirm_within), snooze_s=duration_seconds(a.snooze),
                     auto_resolve_after_s=duration_seconds(a.auto_resolve_after),
                     escalate_after_s=never(a.escalate_after), silence_after_s=never(a.silence_after),
                     silence_window_s=duration_seconds(a.silence_window), max_reading_ids=a.max_reading_ids,
                     max_age_s=never(a.max_age))
-
-
-def _millis(moment: datetime) -> int:
-    if moment.tzinfo is None:  # Spark hands timestamps to Python in the session's zone, UTC
-        moment = moment.replace(tzinfo=timezone.utc)
-    return round(moment.timestamp() * 1000)
 
 
 def reading_of(row) -> Reading:
@@ -70,7 +66,7 @@ def reading_of(row) -> Reading:
             kinds.add(ABOVE_TARGET)
     elif SYSTOLIC_HIGH in (row.anomaly_types or []) or DIASTOLIC_HIGH in (row.anomaly_types or []):
         kinds.add(ABOVE_TARGET)
-    return Reading(row.observation_id, _millis(row.effective_time), float(row.systolic), float(row.diastolic),
+    return Reading(row.observation_id, epoch_ms(row.effective_time), float(row.systolic), float(row.diastolic),
                    row.severity, frozenset(kinds), row.category or "")
 
 
@@ -146,25 +142,26 @@ class EpisodeStep:
         if s.silence_after_s:
             quiet = self.store.states_matching({"bool": {
                 "filter": [{"range": {"last_reading_ms": {"lte": at - s.silence_after_s * 1000,
-                                                          "gte": at - s.silence_window_s * 1000}}}]}},
+                                                          "gte": at - s.silence_window_s * 1000}}}],
+                "must_not": [{"term": {"open_kinds": NO_READINGS}}]}},  # one alert per silence
                 SWEEP_PAGE, "looking for patients gone silent")
-            patients |= {doc["patient_id"] for doc in quiet.values()
-                         if not any(alert_id.startswith(NO_READINGS.replace("_", "-"))
-                                    for alert_id in doc.get("open_alerts") or [])}
+            patients |= {doc["patient_id"] for doc in quiet.values()}
         if not patients:
             return 0, 0
 
         def tick(state: PatientState, when: int):
-            written, events = [], []
-            for kind, alert in list(state.episodes.items()):
+            written, events, episodes = [], [], dict(state.episodes)
+            for kind, alert in state.episodes.items():
                 alert, escalated = escalations(alert, when, s)
                 if escalated:
-                    state.episodes[kind] = alert
+                    episodes[kind] = alert
                     written.append(alert)
                     events += escalated
+            if written:
+                state = replace(state, episodes=episodes)
             state, silent, silent_events = silences(state, when, s)
             return state, written + silent, events + silent_events
-        return self._decide(sorted(patients), lambda state, _: tick(state, at), "the alert sweep", apply_replayed=True)
+        return self._decide(sorted(patients), lambda state, _: tick(state, at), "the alert sweep")
 
     def start_sweeping(self, stopped: threading.Event) -> threading.Thread:
         """Run :meth:`sweep` every ``alerts.sweep_every`` until ``stopped`` is set."""
@@ -183,7 +180,7 @@ class EpisodeStep:
 
     # ------------------------------------------------------------------ decide, send, write
 
-    def _decide(self, patient_ids: list[str], decide, what: str, apply_replayed: bool = False) -> tuple[int, int]:
+    def _decide(self, patient_ids: list[str], decide, what: str) -> tuple[int, int]:
         written_total = sent_total = 0
         with self.lock:
             pending = list(patient_ids)
@@ -195,9 +192,6 @@ class EpisodeStep:
                 states, alerts, events = {}, {}, []
                 for patient_id in pending:
                     state = loaded.states[patient_id]
-                    if apply_replayed:  # the sweep: no batch id; its state is the truth as read
-                        state = PatientState(state.patient_id, dict(state.episodes), state.recent,
-                                             state.last_reading_ms, state.batch_id)
                     new_state, written, patient_events = decide(state, at)
                     if new_state is state and not written:
                         continue

@@ -27,7 +27,7 @@ from pyspark.sql import types as T
 from bp_spark import documents
 from bp_spark.config import Config, TrendsConfig
 from bp_spark.config import duration_seconds as seconds
-from bp_spark.elastic import index_time
+from bp_spark.elastic import epoch_ms, index_time
 from bp_spark.files import files_at
 from bp_spark.trends.merge import (daily_neighbours, finish, is_daily, merged_windows, stored_window, sustained,
                                    sustained_onsets)
@@ -46,6 +46,7 @@ ONSET_SCHEMA = T.StructType([
     T.StructField("last_reading_time", T.TimestampType()), T.StructField("window_start", T.TimestampType()),
     T.StructField("window_end", T.TimestampType()), T.StructField("readings", T.LongType()),
     T.StructField("systolic_mean", T.DoubleType()), T.StructField("diastolic_mean", T.DoubleType()),
+    T.StructField("reason", T.StringType()),
 ])
 
 
@@ -158,23 +159,21 @@ class TrendStep:
         onsets = set(onsets) - raised
         if not onsets:
             return 0
-        rows = [(w["trend_id"], w["patient_id"], index_time(w["last_reading_time"]), index_time(w["window_start"]),
-                 index_time(w["window_end"]), w["readings"], w["systolic_mean"], w["diastolic_mean"])
-                for w in sustained_windows if w["trend_id"] in onsets]
         t = self.config.trends
+        onset_windows = [{**w, "reason": documents.sustained_reason(
+            w["systolic_mean"], w["diastolic_mean"], w["readings"], t.sustained_window, t.sustained_systolic,
+            t.sustained_diastolic)} for w in sustained_windows if w["trend_id"] in onsets]
+        rows = [(w["trend_id"], w["patient_id"], index_time(w["last_reading_time"]), index_time(w["window_start"]),
+                 index_time(w["window_end"]), w["readings"], w["systolic_mean"], w["diastolic_mean"], w["reason"])
+                for w in onset_windows]
         alerts_df = documents.sustained_alert_docs(self.spark.createDataFrame(rows, ONSET_SCHEMA),
-                                                   self.config.elasticsearch.alerts_index, t.sustained_window,
-                                                   t.sustained_systolic, t.sustained_diastolic, batch_id)
+                                                   self.config.elasticsearch.alerts_index, batch_id)
         es.write({"alerts": alerts_df}, batch_id)
         if self.sinks.episodes is not None:  # each onset opens (or joins) the patient's alert episode
             self.sinks.episodes.onsets([{
                 "trend_id": w["trend_id"], "patient_id": w["patient_id"], "readings": w["readings"],
-                "window_end_ms": int(index_time(w["window_end"]).timestamp() * 1000),
-                "systolic_mean": w["systolic_mean"], "diastolic_mean": w["diastolic_mean"],
-                "reason": (f"sustained hypertension: mean {round(w['systolic_mean'])}/{round(w['diastolic_mean'])} mmHg "
-                           f"over {w['readings']} readings in {t.sustained_window} "
-                           f"(limit {t.sustained_systolic:g}/{t.sustained_diastolic:g})")}
-                for w in sustained_windows if w["trend_id"] in onsets], batch_id)
+                "window_end_ms": epoch_ms(index_time(w["window_end"])), "systolic_mean": w["systolic_mean"],
+                "diastolic_mean": w["diastolic_mean"], "reason": w["reason"]} for w in onset_windows], batch_id)
         return len(rows)
 
 
