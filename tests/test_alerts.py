@@ -4,7 +4,11 @@ job changing one alert at once, escalation and silence on the sweep's clock acro
 
 from __future__ import annotations
 
+import signal
+import subprocess
+import sys
 import time
+from collections import Counter
 from datetime import datetime, timedelta, timezone
 from pathlib import Path
 
@@ -17,6 +21,7 @@ from pyspark.sql import SparkSession
 import jobs.alerts as alerts_job
 from bp_spark.alerts.episodes import ACKNOWLEDGED, CRITICAL_READING, NO_READINGS, OPEN, RESOLVED, advance
 from bp_spark.alerts.step import EpisodeStep
+from bp_spark.config import env_name
 from bp_spark.connections import kafka_settings
 from bp_spark.sinks.alert_topic import AlertTopic
 from bp_spark.sinks.es import ElasticsearchSink
@@ -28,8 +33,30 @@ def observation(patient: str, obs_id: str, when: datetime, systolic: int, diasto
     return key, orjson.dumps(orjson.loads(value) | {"id": obs_id})
 
 
-def events_on(config, wanted: int, wait_s: float = 20.0) -> list[tuple[str, str, str]]:
-    """(patient, kind, event) of the DetectedIssues on the alert topic, from its start."""
+ROOT = Path(__file__).resolve().parent.parent
+# A job's alert sweep (its configuration from the environment), killed with SIGKILL by itself at
+# the moment argv[2] names: between sending the events and writing the alerts, or between the
+# alerts and the patients' state. The real broker and Elasticsearch, a real kill -9.
+SWEEP = """
+import os, signal, sys
+from bp_spark.alerts.step import EpisodeStep
+from bp_spark.config import load_config
+from bp_spark.elastic import make_client
+from bp_spark.sinks.alert_topic import AlertTopic
+from bp_spark.sinks.es import ElasticsearchSink
+config = load_config()
+step = EpisodeStep(config, ElasticsearchSink(config, make_client(config), {}), AlertTopic(config, {}))
+die = lambda *args, **kwargs: os.kill(os.getpid(), signal.SIGKILL)
+if sys.argv[2] == "before the alerts":
+    step.store.es.put_versioned = die
+elif sys.argv[2] == "before the state":
+    step.store.es.put = die
+step.sweep(int(sys.argv[1]))
+"""
+
+
+def _issues_on(config, wanted: int, wait_s: float) -> list[dict]:
+    """The DetectedIssues on the alert topic, from its start."""
     consumer = Consumer({**kafka_settings(config), "group.id": f"{config.kafka.alerts_topic}-{time.monotonic_ns()}",
                          "auto.offset.reset": "earliest"})
     consumer.subscribe([config.kafka.alerts_topic])
@@ -39,12 +66,22 @@ def events_on(config, wanted: int, wait_s: float = 20.0) -> list[tuple[str, str,
         if message is not None and not message.error():
             issue = orjson.loads(message.value())
             assert issue["resourceType"] == "DetectedIssue"
-            found.append((issue["patient"]["reference"].split("/")[1], issue["code"]["coding"][0]["code"],
-                          issue["identifier"][1]["value"].split("|")[1]))
+            found.append(issue)
             if len(found) >= wanted:  # a moment more, for anything sent twice
                 deadline = min(deadline, time.monotonic() + 2)
     consumer.close()
     return found
+
+
+def events_on(config, wanted: int, wait_s: float = 20.0) -> list[tuple[str, str, str]]:
+    """(patient, kind, event) of the DetectedIssues on the alert topic, from its start."""
+    return [(issue["patient"]["reference"].split("/")[1], issue["code"]["coding"][0]["code"],
+             issue["identifier"][1]["value"].split("|")[1]) for issue in _issues_on(config, wanted, wait_s)]
+
+
+def event_ids_on(config, wanted: int, wait_s: float = 20.0) -> list[str]:
+    """The event id of each DetectedIssue on the alert topic, repeats included."""
+    return [issue["identifier"][1]["value"] for issue in _issues_on(config, wanted, wait_s)]
 
 
 @pytest.fixture
@@ -127,7 +164,7 @@ def test_a_persons_acknowledgement_and_the_jobs_update_of_one_alert_are_both_kep
         ACKNOWLEDGED, "nurse.a", 2, True)
 
 
-def test_escalation_and_silence_on_the_sweeps_clock_each_once_across_a_restart(
+def test_escalation_and_silence_on_the_sweeps_clock_each_once_across_a_kill_9(
     spark: SparkSession, es: Elasticsearch, kafka_admin, unique_name: str, tmp_path: Path
 ) -> None:
     config = stream_config(unique_name, tmp_path, **{
@@ -141,13 +178,21 @@ def test_escalation_and_silence_on_the_sweeps_clock_each_once_across_a_restart(
     assert "po-1" in ids_in(es, config.elasticsearch.anomalies_index)
     assert [a for a in ids_in(es, config.elasticsearch.episodes_index).values() if a["patient_id"] == "po"] == []
 
-    def restarted() -> EpisodeStep:  # a job started again: nothing of the last one's memory
-        return EpisodeStep(config, ElasticsearchSink(config, es, {}), AlertTopic(config, {}))
     paged_at = the_alert(es, config, "pe", CRITICAL_READING)["paged_at"]
     time.sleep(max(0.0, (paged_at + 4_500) / 1000 - time.time()))
     at = paged_at + 4_500  # the sweeps' clock, as the timer reads it: 4.5 s after the page
-    restarted().sweep(at)  # levels 1 and 2, and both patients silent for 3 s and more
-    restarted().sweep(at + 500)  # a moment later, another job: nothing new
+    env = {**job_env(config), **{env_name(f"alerts.{k}"): str(getattr(config.alerts, k)) for k in
+                                 ("escalate_after", "silence_after", "silence_window", "max_age")},
+           "BP_KAFKA_ALERTS_TOPIC": config.kafka.alerts_topic}
+
+    def sweep_in_a_job(at_ms: int, killed: str = "") -> int:
+        """A sweep by a job process of its own, ``kill -9``-ed at the moment named, if any."""
+        return subprocess.run([sys.executable, "-c", SWEEP, str(at_ms), killed], env=env, cwd=ROOT).returncode
+
+    # Killed after the events went out and the alerts were written, before the patients' state:
+    # levels 1 and 2, and both patients silent for 3 s and more; the next job sends none again.
+    assert sweep_in_a_job(at, killed="before the state") == -signal.SIGKILL
+    assert sweep_in_a_job(at + 500) == 0
     escalated = the_alert(es, config, "pe", CRITICAL_READING)
     assert escalated["escalation_level"] == 2
     silent = the_alert(es, config, "ps", NO_READINGS)
@@ -156,6 +201,17 @@ def test_escalation_and_silence_on_the_sweeps_clock_each_once_across_a_restart(
     assert sorted(events) == [("pe", CRITICAL_READING, "escalated"), ("pe", CRITICAL_READING, "escalated"),
                               ("pe", CRITICAL_READING, "opened"), ("pe", NO_READINGS, "opened"),
                               ("ps", NO_READINGS, "opened")]
+    # Killed after sending level 3, before writing it: the next job sends it again, with the
+    # same event id (a consumer keeps the first), and records it; then nothing more.
+    assert sweep_in_a_job(paged_at + 6_500, killed="before the alerts") == -signal.SIGKILL
+    assert sweep_in_a_job(paged_at + 6_700) == 0
+    assert the_alert(es, config, "pe", CRITICAL_READING)["escalation_level"] == 3
+    ids = Counter(event_ids_on(config, 8))
+    level_3 = [i for i in ids if i.endswith("|escalated|1.3")]
+    assert len(level_3) == 1 and ids[level_3[0]] == 2
+    assert sorted(ids.values()) == [1, 1, 1, 1, 1, 2]  # every other event once
+    EpisodeStep(config, ElasticsearchSink(config, es, {}), AlertTopic(config, {})).sweep(paged_at + 6_900)
+    assert len(event_ids_on(config, 9, wait_s=4)) == 7  # nothing new
 
     publish(config, [observation("ps", "ps-2", datetime.now(timezone.utc), 120, 78)])
     run_once(spark, config, es)

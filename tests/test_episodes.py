@@ -5,7 +5,8 @@ from __future__ import annotations
 
 from bp_spark.alerts.episodes import (ABOVE_TARGET, ACKNOWLEDGED, CRITICAL_READING, ESCALATED, JOINED, NO_READINGS,
                                       OPEN, OPENED, RESOLVED, PatientState, Reading, Settings, acknowledge, advance,
-                                      escalations, resolve, silences, sustained_onset, triage_rank)
+                                      escalations, recorded, resolve, silences, sustained_onset, triage_rank)
+from bp_spark.alerts.store import merged
 
 MINUTE, HOUR, DAY = 60_000, 3_600_000, 86_400_000
 T0 = 1_780_000_000_000  # a moment in 2026
@@ -126,7 +127,7 @@ def test_escalation_one_level_per_period_unacknowledged_each_level_once() -> Non
     alert = state.episodes[CRITICAL_READING]
     assert escalations(alert, T0 + 14 * MINUTE, SETTINGS) == (alert, [])
     alert, events = escalations(alert, T0 + 16 * MINUTE, SETTINGS)
-    assert [(e.kind, e.event_id.rsplit("|", 1)[1], e.page) for e in events] == [(ESCALATED, "1", True)]
+    assert [(e.kind, e.event_id.rsplit("|", 1)[1], e.page) for e in events] == [(ESCALATED, "1.1", True)]
     assert escalations(alert, T0 + 20 * MINUTE, SETTINGS) == (alert, [])  # level 1 sent: not again
     alert, events = escalations(alert, T0 + 46 * MINUTE, SETTINGS)  # missed a sweep: levels 2 and 3, each once
     assert [e.alert["escalation_level"] for e in events] == [2, 3]
@@ -172,3 +173,35 @@ def test_the_care_teams_list_puts_open_before_acknowledged_before_resolved_and_c
              for status in (OPEN, ACKNOWLEDGED, RESOLVED) for severity in ("critical", "warning")}
     assert sorted(ranks, key=ranks.get) == [(OPEN, "critical"), (OPEN, "warning"), (ACKNOWLEDGED, "critical"),
                                             (ACKNOWLEDGED, "warning"), (RESOLVED, "critical"), (RESOLVED, "warning")]
+
+
+def test_an_event_the_stored_alert_records_is_not_sent_again_and_each_pages_levels_are_news() -> None:
+    """A job stopped after writing an alert and before the patient's state decides again from
+    the old state: the events its alert already records are not sent twice."""
+    state, written, events = advance(PatientState("p1"), [critical("c1", T0)], T0, 1, SETTINGS)
+    (opened,) = events
+    assert not recorded(opened, None) and recorded(opened, written[0])
+    alert, escalated = escalations(state.episodes[CRITICAL_READING], T0 + 16 * MINUTE, SETTINGS)
+    assert not recorded(escalated[0], written[0]) and recorded(escalated[0], alert)
+    acked, _ = acknowledge(alert, "nurse.a", "", T0 + 20 * MINUTE)
+    state.episodes[CRITICAL_READING] = acked
+    later = T0 + 20 * MINUTE + SETTINGS.snooze_s * 1000
+    state, (repaged,), events = advance(state, [critical("c2", later)], later, 2, SETTINGS)
+    assert [(e.kind, e.event_id.rsplit("|", 1)[1]) for e in events] == [(JOINED, "2")]
+    assert not recorded(events[0], alert) and recorded(events[0], repaged)
+    again, escalated_again = escalations(repaged, later + 16 * MINUTE, SETTINGS)
+    # level 1 of the second page: an id of its own, not the first page's level 1 again
+    assert escalated_again[0].event_id != escalated[0].event_id
+    assert not recorded(escalated_again[0], alert) and recorded(escalated_again[0], again)
+
+
+def test_the_stored_alert_keeps_a_level_the_state_missed_and_a_persons_acknowledgement() -> None:
+    state, _, _ = advance(PatientState("p1"), [critical("c1", T0)], T0, 1, SETTINGS)
+    job_copy = state.episodes[CRITICAL_READING]
+    stored, _ = escalations(job_copy, T0 + 31 * MINUTE, SETTINGS)
+    assert merged(job_copy, stored)["escalation_level"] == 2  # not escalated again after a restart
+    assert escalations(merged(job_copy, stored), T0 + 32 * MINUTE, SETTINGS)[1] == []
+    repaged = {**job_copy, "paged_at": T0 + HOUR, "pages": 2}  # a later page starts its levels again
+    assert merged(repaged, stored)["escalation_level"] == 0
+    acked, _ = acknowledge(stored, "nurse.a", "seen", T0 + 40 * MINUTE)
+    assert (merged(job_copy, acked)["status"], merged(job_copy, acked)["acknowledged_by"]) == (ACKNOWLEDGED, "nurse.a")

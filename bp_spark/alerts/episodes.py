@@ -290,8 +290,27 @@ def escalations(alert: dict, now_ms: int, settings: Settings) -> tuple[dict, lis
     events = []
     for level in range(alert.get("escalation_level", 0) + 1, due + 1):
         alert = {**alert, "escalation_level": level, "escalated_at": now_ms}
-        events.append(_event(alert, ESCALATED, level, page=True))
+        # Levels start again at each page: the event's id names both (page 2's level 1 is news).
+        events.append(_event(alert, ESCALATED, f"{alert.get('pages', 1)}.{level}", page=True))
     return alert, events
+
+
+def recorded(event: Event, stored: dict | None) -> bool:
+    """Whether ``stored`` (the alert as its index holds it) records ``event`` already: an earlier
+    attempt sent it and then wrote the alert, and stopped before the patient's state (``kill -9``
+    between the two). Deciding again from the old state makes the event again; it is not sent
+    twice. (Events are sent before the alert is written, so a stored alert's events went out.)"""
+    if stored is None:
+        return False
+    alert = event.alert
+    if event.kind == RESOLVED_EVENT:
+        return stored.get("status") == RESOLVED
+    if event.kind in (OPENED, JOINED):
+        return stored.get("pages", 1) >= alert.get("pages", 1)
+    if event.kind == ESCALATED:
+        return (stored.get("pages", 1) == alert.get("pages", 1)
+                and stored.get("escalation_level", 0) >= alert["escalation_level"])
+    return False
 
 
 def silences(state: PatientState, now_ms: int, settings: Settings) -> tuple[PatientState, list[dict], list[Event]]:

@@ -29,7 +29,8 @@ from pyspark.sql import DataFrame
 from pyspark.sql import functions as F
 
 from bp_spark.alerts.episodes import (ABOVE_TARGET, CRITICAL_READING, NO_READINGS, OPEN, Event, PatientState, Reading,
-                                      Settings, advance, escalations, silences, sustained_onset)
+                                      Settings, advance, escalations, recorded, silences,
+                                      sustained_onset)
 from bp_spark.alerts.fhir import detected_issue
 from bp_spark.alerts.store import EpisodeStore
 from bp_spark.clinical.classify import CRITICAL, DIASTOLIC_HIGH, SYSTOLIC_HIGH
@@ -197,7 +198,11 @@ class EpisodeStep:
                         continue
                     states[patient_id], alerts[patient_id] = new_state, written
                     events += patient_events
-                self._send(events, what)  # before the writes: a crash then sends them again, never loses them
+                self.store.look_up(loaded, alerts, what)
+                # Before the writes: a crash between the two sends them again (same event ids),
+                # never loses one; those an earlier attempt sent and recorded are not sent again.
+                events = [e for e in events if not recorded(e, loaded.stored.get(e.alert["alert_id"]))]
+                self._send(events, what)
                 pending = sorted(self.store.save(loaded, states, alerts, at, what))
                 written_total += sum(len(a) for pid, a in alerts.items() if pid not in pending)
                 sent_total += len(events)

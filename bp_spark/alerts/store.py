@@ -12,9 +12,10 @@
 
 Order, so that a crash at any point loses nothing: the events are sent, then the alerts are
 written, then the patient's state with the batch's id. A batch replayed after a crash before the
-state was written decides the same again from the same state (the alerts' ids are the same, the
-events' ids too: consumers drop repeats by ``event_id``); once the state is written, a replay of
-the batch changes nothing.
+state was written decides the same again from the same state: the alerts' ids are the same, and
+an event the written alert records already is not sent again (``episodes.recorded``); once the
+state is written, a replay of the batch changes nothing. Only a crash between the send and the
+alerts' write sends an event twice, with the same ``event_id`` (consumers keep the first).
 """
 
 from __future__ import annotations
@@ -38,6 +39,11 @@ def merged(job_copy: dict, stored: dict | None) -> dict:
         alert.update({k: stored.get(k) for k in PERSON_FIELDS if stored.get(k) is not None}, status=RESOLVED)
     elif (stored.get("acknowledged_at") or 0) > (job_copy.get("acknowledged_at") or 0) and alert["status"] != RESOLVED:
         alert.update({k: stored.get(k) for k in ("acknowledged_by", "acknowledged_at", "ack_note")}, status=ACKNOWLEDGED)
+    # A level the job recorded on the alert but not yet in its state (stopped between the two):
+    # escalated once, not again.
+    if (stored.get("paged_at") == job_copy.get("paged_at")
+            and (stored.get("escalation_level") or 0) > (job_copy.get("escalation_level") or 0)):
+        alert.update(escalation_level=stored["escalation_level"], escalated_at=stored.get("escalated_at"))
     return alert
 
 
@@ -47,6 +53,8 @@ class Loaded:
 
     states: dict[str, PatientState] = field(default_factory=dict)
     versions: dict[str, tuple[int | None, int | None]] = field(default_factory=dict)  # alert id -> (seq_no, term)
+    stored: dict[str, dict | None] = field(default_factory=dict)  # alert id -> the alert as its index held it
+    replayed: set[str] = field(default_factory=set)  # alerts new to the state that the index held already
 
 
 def state_of(patient_id: str, doc: dict | None) -> PatientState:
@@ -77,7 +85,7 @@ class EpisodeStore:
         for state in loaded.states.values():
             for kind, alert in list(state.episodes.items()):
                 source, seq_no, term = stored.get(alert["alert_id"], (None, None, None))
-                loaded.versions[alert["alert_id"]] = (seq_no, term)
+                loaded.versions[alert["alert_id"]], loaded.stored[alert["alert_id"]] = (seq_no, term), source
                 alert = merged(alert, source)
                 if alert["status"] == RESOLVED:
                     del state.episodes[kind]
@@ -85,23 +93,28 @@ class EpisodeStore:
                     state.episodes[kind] = alert
         return loaded
 
-    def save(self, loaded: Loaded, states: dict[str, PatientState], alerts: dict[str, list[dict]], now_ms: int,
-             what: str) -> set[str]:
-        """Write the patients' alerts over the versions read, then the states of the patients whose
-        alerts all went in. Returns the patients to read again and redo (a person changed one of
-        their alerts meanwhile)."""
-        docs, owner = {}, {}
-        # An alert new to the state may be in the index already: a replay of a batch that wrote
-        # it and then stopped before its state. Write over that version, keeping what people did.
+    def look_up(self, loaded: Loaded, alerts: dict[str, list[dict]], what: str) -> None:
+        """Read the alerts new to the patients' state: one may be in the index already, written by
+        an attempt that stopped before the state (a replayed batch, a sweep killed midway)."""
         unknown = {a["alert_id"] for written in alerts.values() for a in written if a["alert_id"] not in loaded.versions}
         found = self.es.versioned(self.episodes_index, unknown, f"{what}: reading {len(unknown)} new alerts") if unknown else {}
+        for alert_id in unknown:
+            source, seq_no, term = found.get(alert_id, (None, None, None))
+            loaded.versions[alert_id], loaded.stored[alert_id] = (seq_no, term), source
+            if source is not None:
+                loaded.replayed.add(alert_id)
+
+    def save(self, loaded: Loaded, states: dict[str, PatientState], alerts: dict[str, list[dict]], now_ms: int,
+             what: str) -> set[str]:
+        """Write the patients' alerts over the versions read (:meth:`look_up` first), then the
+        states of the patients whose alerts all went in. Returns the patients to read again and
+        redo (a person changed one of their alerts meanwhile)."""
+        docs, owner = {}, {}
         for patient_id, written in alerts.items():
             for alert in written:
-                if alert["alert_id"] in found:
-                    source, seq_no, term = found[alert["alert_id"]]
-                    alert = merged(alert, source)
-                else:
-                    seq_no, term = loaded.versions.get(alert["alert_id"], (None, None))
+                if alert["alert_id"] in loaded.replayed:  # written over, keeping what people did to it
+                    alert = merged(alert, loaded.stored[alert["alert_id"]])
+                seq_no, term = loaded.versions.get(alert["alert_id"], (None, None))
                 docs[alert["alert_id"]] = ({**alert, "updated_at": now_ms, "triage_rank": triage_rank(alert)}, seq_no, term)
                 owner[alert["alert_id"]] = patient_id
         # No refresh per batch: the job and jobs/alerts.py read alerts back by id (a multi-get sees
