@@ -14,6 +14,13 @@ Then it waits for the job to catch up and reconciles every sink, by id, against 
 version of each observation: anomalies, alerts, archive and dead letter, and prints per sink
 what was lost, doubled, stale or unexpected. It must print zeros; the exit status is 0 only then.
 
+Alerts are reconciled by episode too (:func:`reconcile_episodes`): every critical reading is on
+a ``critical_reading`` alert of its patient (the job keeps every reading id on the alert here),
+no reading twice, no second active alert of one kind per patient, the alerts the job's state
+holds are those the care team sees; and every event the alerts record (opened, each page, each
+escalation level, resolved) is on the alert topic as a DetectedIssue, none that they do not.
+Escalation runs every minute meanwhile, so levels are raised across the kills.
+
 The job's own log (no patient data) is kept under ``var/chaos/<run>/``.
 """
 
@@ -39,7 +46,7 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
 import orjson  # noqa: E402
-from confluent_kafka import Producer  # noqa: E402
+from confluent_kafka import Consumer, Producer, TopicPartition  # noqa: E402
 from confluent_kafka.admin import AdminClient, NewTopic  # noqa: E402
 from elasticsearch.helpers import scan  # noqa: E402
 
@@ -53,6 +60,11 @@ MIX = {"normotensive": 0.45, "elevated": 0.1, "stage_1": 0.15, "stage_2": 0.2, "
 STACK = Path(os.environ.get("BP_STACK_DIR", ROOT / ".stack"))
 PID_FILES = {"elasticsearch": STACK / "elasticsearch" / "elasticsearch.pid", "kafka": STACK / "kafka" / "kafka.pid"}
 RETRACTED = None
+# The alerts as the run needs them: the feed's readings are months old (no age limit), every
+# reading id kept on its alert (reconciled by id), escalation and the sweep often enough to
+# happen across the kills.
+ALERT_SETTINGS = {"max_age": "0", "max_reading_ids": 1_000_000, "escalate_after": "1 minute",
+                  "sweep_every": "15 seconds"}
 QUIET = logging.getLogger("chaos.kafka-client")
 QUIET.addHandler(logging.NullHandler())
 QUIET.propagate = False
@@ -179,6 +191,11 @@ def build_feed(scenario: Scenario, seed: int) -> Feed:
     return feed
 
 
+def _critical(config: Config, s: float, d: float) -> bool:
+    t = config.thresholds
+    return s > t.crisis_systolic or d > t.crisis_diastolic or s < t.critical_low_systolic or d < t.critical_low_diastolic
+
+
 def expected_sinks(feed: Feed, config: Config) -> tuple[dict[str, bytes], dict[str, bytes], set[str]]:
     """(anomalies by id, archive by id, alert ids) that the last versions call for."""
     t = config.thresholds
@@ -189,12 +206,24 @@ def expected_sinks(feed: Feed, config: Config) -> tuple[dict[str, bytes], dict[s
         s, d = (c["valueQuantity"]["value"] for c in orjson.loads(value)["component"])
         if s > t.systolic_high or s < t.systolic_low or d > t.diastolic_high or d < t.diastolic_low:
             anomalies[obs_id] = value
-            if (s > t.crisis_systolic or d > t.crisis_diastolic or s < t.critical_low_systolic
-                    or d < t.critical_low_diastolic):
+            if _critical(config, s, d):
                 alerts.add(obs_id)
         else:
             archive[obs_id] = value
     return anomalies, archive, alerts
+
+
+def ever_critical(feed: Feed, config: Config) -> set[str]:
+    """Ids of the observations one of whose versions is critical: those an alert may hold (a
+    version the job routed before its correction arrived)."""
+    ids = set()
+    for _, value, bad in feed.messages:
+        if bad or value is None:
+            continue
+        obs = orjson.loads(value)
+        if len(obs.get("component") or []) == 2 and _critical(config, *(c["valueQuantity"]["value"] for c in obs["component"])):
+            ids.add(obs["id"])
+    return ids
 
 
 class Publisher(threading.Thread):
@@ -284,6 +313,8 @@ def job_env(config: Config) -> dict[str, str]:
     # The job's own defaults (trigger, batch bounds), but for a shorter wait between attempts.
     keys = {"kafka.topic": config.kafka.topic, "paths.archive_dir": config.paths.archive_dir,
             "paths.checkpoint_dir": config.paths.checkpoint_dir, "outages.backoff_s": "0.5", "outages.max_backoff_s": "5",
+            **{f"alerts.{key}": getattr(config.alerts, key) for key in ALERT_SETTINGS},
+            "kafka.alerts_topic": config.kafka.alerts_topic,
             **{f"elasticsearch.{kind}_index": getattr(config.elasticsearch, f"{kind}_index")
                for kind in INDEX_KINDS}}
     return {**os.environ, "SPARK_LOCAL_IP": "127.0.0.1", **{env_name(key): str(value) for key, value in keys.items()}}
@@ -345,6 +376,87 @@ def reconcile(config: Config, feed: Feed, bad: set[str], exact: bool = False) ->
 
     dead = set(index_docs(es, e.deadletter_index))
     table["dead letter"] = Counter(expected=len(bad), stored=len(dead), lost=len(bad - dead), unexpected=len(dead - bad))
+    table.update(reconcile_episodes(config, feed, index_docs(es, e.episodes_index), index_docs(es, e.alert_state_index),
+                                    topic_event_ids(config)))
+    return table
+
+
+def topic_event_ids(config: Config) -> Counter:
+    """How many times each event id is on the alert topic (the DetectedIssues' second identifier)."""
+    consumer = Consumer({**kafka_settings(config), "group.id": f"{config.kafka.alerts_topic}-reconcile",
+                         "enable.auto.commit": False, "logger": QUIET})
+    try:
+        topic = config.kafka.alerts_topic
+        partitions = consumer.list_topics(topic, timeout=30).topics[topic].partitions
+        ends = {p: consumer.get_watermark_offsets(TopicPartition(topic, p), timeout=30) for p in partitions}
+        wanted = {p: high for p, (low, high) in ends.items() if high > low}
+        consumer.assign([TopicPartition(topic, p, low) for p, (low, high) in ends.items() if high > low])
+        ids: Counter = Counter()
+        deadline = time.monotonic() + 120
+        while wanted and time.monotonic() < deadline:
+            message = consumer.poll(1)
+            if message is None or message.error():
+                continue
+            ids[orjson.loads(message.value())["identifier"][1]["value"]] += 1
+            if message.offset() + 1 >= wanted.get(message.partition(), 0):
+                wanted.pop(message.partition(), None)
+        return ids
+    finally:
+        consumer.close()
+
+
+def expected_events(alert: dict) -> set[str]:
+    """The events an alert records: opened, each page since, each escalation level of its last
+    page, and resolved."""
+    alert_id, pages = alert["alert_id"], alert.get("pages", 1)
+    events = {f"{alert_id}|opened|1", *(f"{alert_id}|joined|{n}" for n in range(2, pages + 1)),
+              *(f"{alert_id}|escalated|{pages}.{level}" for level in range(1, alert.get("escalation_level", 0) + 1))}
+    if alert["status"] == "resolved":
+        events.add(f"{alert_id}|resolved|0")
+    return events
+
+
+def explained(event_id: str, alerts: dict[str, dict]) -> bool:
+    """Whether an event on the topic is one its alert records (or an escalation of an earlier page)."""
+    alert_id, kind, serial = event_id.split("|")
+    alert = alerts.get(alert_id)
+    if alert is None:
+        return False
+    if kind == "escalated":
+        page, level = (int(n) for n in serial.split("."))
+        return page < alert.get("pages", 1) or (page == alert.get("pages", 1) and level <= alert.get("escalation_level", 0))
+    return event_id in expected_events(alert)
+
+
+def reconcile_episodes(config: Config, feed: Feed, alerts: dict[str, dict], states: dict[str, dict],
+                       events: Counter) -> dict[str, Counter]:
+    """The alert episodes, by reading id and by event id (see the module's doc)."""
+    _, _, critical = expected_sinks(feed, config)
+    covered: Counter = Counter()
+    active: Counter = Counter()
+    row = Counter(expected=len(critical))
+    for alert in alerts.values():
+        ids = alert.get("reading_ids") or []
+        if alert["kind"] == "critical_reading":
+            covered.update(set(ids))
+            row["doubled"] += alert["readings_count"] - len(set(ids))  # a reading counted twice
+        if alert["status"] != "resolved":
+            active[(alert["patient_id"], alert["kind"])] += 1
+    row["stored"] = sum(covered.values())
+    row["lost"] = len(critical - set(covered))
+    row["unexpected"] = len(set(covered) - ever_critical(feed, config))
+    row["doubled"] += sum(n - 1 for n in covered.values()) + sum(n - 1 for n in active.values())
+    # The state the job decides from and the alerts the care team sees hold the same active alerts.
+    held = {a["alert_id"]: a for st in states.values() for a in (st.get("episodes") or {}).values()}
+    seen = {alert_id for alert_id, a in alerts.items() if a["status"] != "resolved"}
+    row["stale"] = len(seen ^ set(held)) + sum(
+        1 for alert_id in seen & set(held) if any(alerts[alert_id].get(k) != held[alert_id].get(k)
+                                                  for k in ("readings_count", "reading_ids", "pages")))
+    table = {"episodes": row}
+    wanted = set().union(*(expected_events(a) for a in alerts.values())) if alerts else set()
+    table["alert events"] = Counter(expected=len(wanted), stored=len(events), lost=len(wanted - set(events)),
+                                    unexpected=sum(1 for i in events if not explained(i, alerts)))
+    table["alert events"]["sent again"] = sum(n - 1 for n in events.values())
     return table
 
 
@@ -366,6 +478,9 @@ def print_table(table: dict[str, Counter]) -> None:
     print(f"\n{'sink':<12} {'expected':>9} {'stored':>9} " + " ".join(f"{p:>10}" for p in PROBLEMS))
     for sink, row in table.items():
         print(f"{sink:<12} {row['expected']:>9,} {row['stored']:>9,} " + " ".join(f"{row[p]:>10,}" for p in PROBLEMS))
+    again = table.get("alert events", Counter())["sent again"]
+    print(f"\nalert events sent again with the same id (a kill -9 between sending them and writing their "
+          f"alerts; a consumer keeps the first): {again:,}")
 
 
 def clean(table: dict[str, Counter]) -> bool:
@@ -386,12 +501,15 @@ def main(argv: list[str] | None = None) -> int:
     folder = ROOT / "var" / "chaos" / run
     folder.mkdir(parents=True)
     config = load_config(overrides={
-        "kafka.topic": run, "paths.archive_dir": str(folder / "archive"), "paths.checkpoint_dir": str(folder / "checkpoint"),
+        "kafka.topic": run, "kafka.alerts_topic": f"{run}_alerts", "paths.archive_dir": str(folder / "archive"),
+        "paths.checkpoint_dir": str(folder / "checkpoint"), **{f"alerts.{k}": v for k, v in ALERT_SETTINGS.items()},
         **{f"elasticsearch.{kind}_index": f"{run}_{kind}" for kind in INDEX_KINDS}})
     feed = build_feed(scenario, args.seed)
     say(f"run {run}: {len(feed.messages):,} messages: " + ", ".join(f"{n:,} {k}" for k, n in feed.counts.items()))
     admin = AdminClient(kafka_settings(config))
-    admin.create_topics([NewTopic(run, num_partitions=3, replication_factor=1)])[run].result(30)
+    for topic in admin.create_topics([NewTopic(name, num_partitions=3, replication_factor=1)
+                                      for name in (run, config.kafka.alerts_topic)]).values():
+        topic.result(30)
 
     job = Job(config, folder)
     job.start()
@@ -439,7 +557,8 @@ def run_scenario(scenario: Scenario, config: Config, feed: Feed, job: Job, folde
     say(f"all {len(feed.messages):,} messages published; waiting for the job to catch up")
     deadline = time.monotonic() + scenario.catch_up_s
     table = reconcile(config, feed, publisher.bad_coordinates)
-    while not clean(table) and time.monotonic() < deadline:
+    # The alert events are left to the last count: the sweep keeps escalating while the job runs
+    while not clean({k: v for k, v in table.items() if k != "alert events"}) and time.monotonic() < deadline:
         job.check()
         time.sleep(10)
         table = reconcile(config, feed, publisher.bad_coordinates)
@@ -466,7 +585,7 @@ def remove_run(config: Config, folder: Path) -> None:
     es.indices.delete(index=",".join(names), ignore_unavailable=True)
     for name in names:
         es.options(ignore_status=404).indices.delete_index_template(name=f"bp-monitor-{name}")
-    AdminClient(kafka_settings(config)).delete_topics([config.kafka.topic])
+    AdminClient(kafka_settings(config)).delete_topics([config.kafka.topic, config.kafka.alerts_topic])
     for sub in ("archive", "checkpoint"):
         shutil.rmtree(folder / sub, ignore_errors=True)
 
