@@ -50,9 +50,9 @@ def import_payload(config: Config) -> bytes:
 
 
 def rule_body(config: Config) -> dict:
-    """The alert rule of conf/kibana/alert_rule.json on the configured alerts index."""
+    """The alert rule of conf/kibana/alert_rule.json on the configured alert episodes index."""
     rule = json.loads(ALERT_RULE.read_text())
-    rule["params"]["index"] = [config.elasticsearch.alerts_index]
+    rule["params"]["index"] = [config.elasticsearch.episodes_index]
     return rule
 
 

@@ -10,6 +10,7 @@ import shutil
 import socket
 import subprocess
 import sys
+import time
 from datetime import datetime, timezone
 from pathlib import Path
 
@@ -102,16 +103,17 @@ def test_saved_objects_reference_existing_fields_with_suitable_types() -> None:
     assert all(anomaly_fields[c["explicitInput"]["fieldName"]] == "keyword" for c in controls.values())
 
 
-def test_alert_rule_is_an_es_query_rule_on_the_alerts_index() -> None:
+def test_alert_rule_fires_when_an_open_alert_pages_or_escalates_not_per_reading() -> None:
     rule = json.loads(ALERT_RULE.read_text())
     assert rule["rule_type_id"] == ".es-query" and rule["consumer"] == "stackAlerts"
     params = rule["params"]
-    assert params["index"] == [load_config(env={}).elasticsearch.alerts_index]
-    types = field_types("alerts")
+    assert params["index"] == [load_config(env={}).elasticsearch.episodes_index]
+    types = field_types("episodes")
     assert types[params["timeField"]] == "date"
-    query = json.loads(params["esQuery"])["query"]
-    for field in query["term"]:
-        assert types[field] == "keyword"
+    query = json.loads(params["esQuery"])["query"]["bool"]
+    assert query["filter"] == [{"term": {"status": "open"}}] and types["status"] == "keyword"
+    assert {field for clause in query["should"] for field in clause["range"]} == {"paged_at", "escalated_at"}
+    assert all(types[field] == "date" for clause in query["should"] for field in clause["range"])
 
 
 def _docs(config: Config) -> list[dict]:
@@ -164,6 +166,29 @@ def dashboard_data(es: Elasticsearch, unique_name: str) -> Config:
     install_templates(es, pipeline_indices(config), 0)
     bulk(es, _docs(config), refresh=True)
     return config
+
+
+def test_the_alert_rule_finds_the_alerts_that_paged_or_escalated_within_its_window(
+    es: Elasticsearch, dashboard_data: Config
+) -> None:
+    """The rule's query over its time window, on the real Elasticsearch: a page or an escalation
+    in the last 5 minutes of an alert still open; not a reading joining quietly, nor an
+    acknowledged or resolved alert."""
+    params = json.loads(ALERT_RULE.read_text())["params"]
+    index, now = dashboard_data.elasticsearch.episodes_index, int(time.time() * 1000)
+    minute = 60_000
+    cases = {"paged": ("open", now - minute, None), "escalated": ("open", now - 30 * minute, now - 2 * minute),
+             "joined quietly": ("open", now - 60 * minute, None), "acknowledged": ("acknowledged", now - minute, None),
+             "resolved": ("resolved", now - 2 * minute, None), "paged long ago": ("open", now - 20 * minute, None)}
+    bulk(es, [{"_index": index, "_id": i, "alert_id": i, "patient_id": "p9", "kind": "critical_reading", "status": st,
+               "severity": "critical", "paged_at": paged, "escalated_at": escalated,
+               "updated_at": now - minute if i != "paged long ago" else paged}
+              for i, (st, paged, escalated) in cases.items()], refresh=True)
+    window = {"range": {params["timeField"]: {"gte": f"now-{params['timeWindowSize']}{params['timeWindowUnit']}"}}}
+    query = json.loads(params["esQuery"])["query"]
+    hits = es.search(index=index, size=100,
+                     query={"bool": {"filter": [window, query], "must": [{"term": {"patient_id": "p9"}}]}})["hits"]["hits"]
+    assert sorted(h["_id"] for h in hits) == ["escalated", "paged"]
 
 
 def test_every_panel_query_returns_the_expected_buckets(es: Elasticsearch, dashboard_data: Config) -> None:
@@ -254,12 +279,13 @@ def test_kibana_setup_aims_objects_and_rule_at_the_configured_indices() -> None:
     import kibana_setup
 
     config = load_config(env={}, overrides={"elasticsearch.anomalies_index": "ward7_anomalies",
-                                            "elasticsearch.alerts_index": "ward7_alerts"})
+                                            "elasticsearch.alerts_index": "ward7_alerts",
+                                            "elasticsearch.episodes_index": "ward7_episodes"})
     objects = [json.loads(line) for line in kibana_setup.import_payload(config).decode().splitlines()]
     titles = {o["id"]: o["attributes"]["title"] for o in objects if o["type"] == "index-pattern"}
     assert titles["bp-anomalies"] == "ward7_anomalies" and titles["bp-alerts"] == "ward7_alerts"
     assert len(objects) == len(load_saved_objects())
-    assert kibana_setup.rule_body(config)["params"]["index"] == ["ward7_alerts"]
+    assert kibana_setup.rule_body(config)["params"]["index"] == ["ward7_episodes"]
 
 
 def test_kibana_setup_without_kibana_fails_clearly() -> None:
