@@ -22,6 +22,9 @@ trend query's watermark past every later reading) is refused.
 
 from __future__ import annotations
 
+import functools
+
+from pyspark import SparkContext
 from pyspark.sql import Column, DataFrame
 from pyspark.sql import functions as F
 
@@ -244,26 +247,38 @@ def parse_observations(kafka_df: DataFrame, max_future_s: int = DEFAULT_MAX_FUTU
 
     Parse the message once (a Bundle's entries once more each); pull out each piece once (the
     components are searched once per reading); then derive values and the error from those
-    plain columns.
+    plain columns. The columns are built once per process and limits (:func:`_parse_steps`):
+    building them from Python is a few thousand calls into the JVM (0.5-0.6 s), and they name
+    only columns, so every DataFrame parsed (a backfill's chunks, the tests' frames) reuses them.
     """
+    df = kafka_df
+    # Columns are objects of the JVM: kept per JVM gateway (a process has one).
+    for step in _parse_steps(int(max_future_s), int(max_bundle_entries), id(SparkContext._gateway)):
+        df = df.select(*step)
+    return df
+
+
+@functools.lru_cache(maxsize=4)
+def _parse_steps(max_future_s: int, max_bundle_entries: int, _jvm: int) -> tuple[tuple[Column | str, ...], ...]:
+    """The parser as successive selects, each a tuple of columns of the one before."""
+    steps = []
     raw = F.col("value").cast("string")
     message = F.col("_message")
-    message_df = kafka_df.select(
+    steps.append((
         raw.alias("raw"),
         F.from_json(raw, MESSAGE_SCHEMA).alias("_message"),
         F.col("topic").alias("kafka_topic"),
         F.col("partition").alias("kafka_partition"),
         F.col("offset").alias("kafka_offset"),
         F.col("timestamp").alias("kafka_timestamp"),
-    )
+    ))
     is_bundle = F.coalesce(message["resourceType"] == "Bundle", F.lit(False))
-    entries_df = message_df.select(
-        "*", is_bundle.alias("_is_bundle"), F.when(is_bundle, _bundle_entries(message)).alias("_entries"))
+    steps.append(("*", is_bundle.alias("_is_bundle"), F.when(is_bundle, _bundle_entries(message)).alias("_entries")))
     readings = F.filter("_entries", lambda e: is_reading_entry(e["obs"]))
-    problem_df = entries_df.select(
+    steps.append((
         "*", readings.alias("_readings"),
         F.when(F.col("_is_bundle"), _bundle_problem(message, F.col("raw"), F.col("_entries"), readings,
-                                                    max_bundle_entries)).alias("_bundle_problem"))
+                                                    max_bundle_entries)).alias("_bundle_problem")))
     # A Bundle's items: one per reading entry, or the Bundle whole when it cannot be read (its
     # reason set above). A message on its own has none, and stays one row (read from _message).
     whole = F.struct(F.lit(None).cast("int").alias("index"), F.col("raw").alias("raw"),
@@ -275,16 +290,16 @@ def parse_observations(kafka_df: DataFrame, max_future_s: int = DEFAULT_MAX_FUTU
     items = F.when(F.col("_bundle_problem").isNotNull(), F.array(whole)).otherwise(from_entries)
     ignored = F.when(F.col("_is_bundle") & F.col("_bundle_problem").isNull(),
                      F.size("_entries") - F.size("_readings")).otherwise(0)
-    items_df = problem_df.select(
+    steps.append((
         "raw", "_message", "kafka_topic", "kafka_partition", "kafka_offset", "kafka_timestamp", "_is_bundle",
         "_bundle_problem", F.posexplode_outer(F.when(F.col("_is_bundle"), items)).alias("_position", "_item"),
-        ignored.alias("_ignored"))
+        ignored.alias("_ignored")))
     in_bundle = F.col("_is_bundle")
     # Each field of the reading: the Bundle entry's, or the message's own.
     obs = {name: F.when(in_bundle, F.col("_item.obs")[name]).otherwise(message[name])
            for name in OBSERVATION_SCHEMA.fieldNames()}
     alone = F.struct(*[message[name].alias(name) for name in OBSERVATION_SCHEMA.fieldNames()])
-    pieces_df = items_df.select(
+    steps.append((
         F.when(in_bundle, F.col("_item.raw")).otherwise(F.col("raw")).alias("raw"),
         "kafka_topic", "kafka_partition", "kafka_offset", "kafka_timestamp",
         F.col("_item.index").alias("bundle_entry"), "_bundle_problem",
@@ -305,14 +320,14 @@ def parse_observations(kafka_df: DataFrame, max_future_s: int = DEFAULT_MAX_FUTU
         F.coalesce(obs["effectiveDateTime"], obs["effectivePeriod"]["start"]).alias("_effective"),
         component_coded(obs["component"], SYSTOLIC_CODINGS).alias("_systolic_c"),
         component_coded(obs["component"], DIASTOLIC_CODINGS).alias("_diastolic_c"),
-    )
+    ))
     # A panel's values are in its components; a half's one value is the Observation's own. The
     # codes of a half are looked for only in what is not a panel (each search is a lambda Spark
     # runs without generated code), and a half's own value is read from its JSON only for a half.
-    halves_df = (pieces_df.withColumn("half", F.when(~F.col("_is_panel"), half_of(F.col("_code"))))
-                 .withColumn("_alone", F.when(F.col("half").isNotNull(), F.from_json("raw", HALF_VALUE))))
+    steps.append(("*", F.when(~F.col("_is_panel"), half_of(F.col("_code"))).alias("half")))
+    steps.append(("*", F.when(F.col("half").isNotNull(), F.from_json("raw", HALF_VALUE)).alias("_alone")))
     half, alone_value = F.col("half"), quantity_in_mmhg(F.col("_alone")["valueQuantity"])
-    values_df = halves_df.select(
+    steps.append((
         "*",
         F.coalesce(F.col("_bundle_patient"), patient_id_from_reference(F.col("_subject"))).alias("patient_id"),
         F.col("_effective").cast("timestamp").alias("effective_time"),
@@ -320,7 +335,7 @@ def parse_observations(kafka_df: DataFrame, max_future_s: int = DEFAULT_MAX_FUTU
         .alias("systolic"),
         F.when(half == DIASTOLIC, alone_value)
         .when(half.isNull(), quantity_in_mmhg(F.col("_diastolic_c")["valueQuantity"])).alias("diastolic"),
-    )
+    ))
     status = F.col("status")
     arrival = F.least(F.col("kafka_timestamp"), F.current_timestamp())
     too_far_ahead = F.col("effective_time") > arrival + F.expr(f"INTERVAL {int(max_future_s)} SECONDS")
@@ -368,7 +383,7 @@ def parse_observations(kafka_df: DataFrame, max_future_s: int = DEFAULT_MAX_FUTU
         ))
     )
     is_goal = F.coalesce(F.col("_resource_type") == GOAL, F.lit(False))
-    return values_df.select(
+    steps.append((
         "raw", "kafka_topic", "kafka_partition", "kafka_offset", "kafka_timestamp", "bundle_entry",
         # A Goal's id is kept apart from the Observations' (FHIR ids are unique per resource type).
         F.when(is_goal, F.concat(F.lit(f"{GOAL}/"), "observation_id")).otherwise(F.col("observation_id"))
@@ -376,7 +391,8 @@ def parse_observations(kafka_df: DataFrame, max_future_s: int = DEFAULT_MAX_FUTU
         "status", "patient_id", "effective_time", "systolic", "diastolic",
         "version_time", "version_id", error.alias("error"), "ignored_entries", "content_hash", "half",
         "self_measured", is_goal.alias("goal"),
-    )
+    ))
+    return tuple(steps)
 
 
 def is_retraction(status: Column) -> Column:

@@ -11,6 +11,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from functools import reduce
 
+from pyspark import SparkContext
 from pyspark.sql import Column, DataFrame
 from pyspark.sql import functions as F
 
@@ -91,13 +92,11 @@ def _per_setting(setting: Column, home: Column, office: Column, same: bool) -> C
     return home if same else F.when(setting == OFFICE, office).otherwise(home)
 
 
-def setting_of(df: DataFrame, rules: Rules) -> Column:
+def setting_of(rules: Rules, self_measured: bool) -> Column:
     """Where a reading was taken: ``home`` when it says it was self-measured (``self_measured``,
-    from ``meta.profile``), otherwise ``classification.setting``."""
+    from ``meta.profile``, when the frame has that column), otherwise ``classification.setting``."""
     default = F.lit(rules.setting)
-    if "self_measured" not in df.columns:
-        return default
-    return F.when(F.col("self_measured"), F.lit(HOME)).otherwise(default)
+    return F.when(F.col("self_measured"), F.lit(HOME)).otherwise(default) if self_measured else default
 
 
 def category(systolic: Column, diastolic: Column, setting: Column, rules: Rules) -> Column:
@@ -181,19 +180,30 @@ def _interpretations(s: Column, d: Column, setting: Column, rules: Rules) -> Col
 def with_classification(df: DataFrame, rules: Rules) -> DataFrame:
     """Add ``setting``, ``profile``, ``anomaly_types``, ``is_anomaly``, ``category``, ``severity``
     and ``interpretation`` (a struct of the systolic and diastolic codes) from
-    ``systolic``/``diastolic`` in mmHg."""
-    s, d = F.col("systolic"), F.col("diastolic")
-    with_setting = df.withColumn("setting", setting_of(df, rules))
-    setting = F.col("setting")
-    types = anomaly_types(s, d, setting, rules)
-    cat = category(s, d, setting, rules)
-    return with_setting.select(
-        "*",
-        F.lit(rules.profile.name).alias("profile"),
-        types.alias("anomaly_types"),
-        (F.size(types) > 0).alias("is_anomaly"),
-        cat.alias("category"),
-        severity(cat, types, s, d, rules).alias("severity"),
-        _interpretations(s, d, setting, rules).alias("interpretation"),
-    )
+    ``systolic``/``diastolic`` in mmHg. The columns are built once per rules (:func:`_columns`):
+    they name only columns, and building them costs a hundred-odd calls into the JVM (a pair
+    batch, a backfill chunk, each test classifies again)."""
+    setting, columns = _columns(rules, "self_measured" in df.columns)
+    return df.withColumn("setting", setting).select("*", *columns)
 
+
+_BUILT: dict[tuple[str, bool, int], tuple[Column, tuple[Column, ...]]] = {}
+
+
+def _columns(rules: Rules, self_measured: bool) -> tuple[Column, tuple[Column, ...]]:
+    """(the setting, the columns made from it) for ``rules``; kept per JVM gateway."""
+    key = (repr(rules), self_measured, id(SparkContext._gateway))
+    if key not in _BUILT:
+        s, d = F.col("systolic"), F.col("diastolic")
+        setting_col, setting = setting_of(rules, self_measured), F.col("setting")
+        types = anomaly_types(s, d, setting, rules)
+        cat = category(s, d, setting, rules)
+        _BUILT[key] = (setting_col, (
+            F.lit(rules.profile.name).alias("profile"),
+            types.alias("anomaly_types"),
+            (F.size(types) > 0).alias("is_anomaly"),
+            cat.alias("category"),
+            severity(cat, types, s, d, rules).alias("severity"),
+            _interpretations(s, d, setting, rules).alias("interpretation"),
+        ))
+    return _BUILT[key]
