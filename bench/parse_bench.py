@@ -12,11 +12,17 @@ then each variant is run to the end (the ``noop`` sink) and timed, median of the
 - the parser followed by ``where(usable)``, which Spark pushes down into the parser, copying
   ``from_json`` into the condition once per derived field;
 - the parser followed by ``keep_rows(usable)`` (bp_spark/streaming.py), as the trend query of earlier versions did.
+
+Then a live batch (``--live-batch``, 90 observations, about two seconds of a 50 obs/s feed),
+parsed in as many tasks as the Kafka read's ranges (three per core), in one task per core (the
+stream job's ``coalesce``) and in one task: the parser's cost is per task more than per
+reading. Interleaved rounds after a warm-up, medians.
 """
 
 from __future__ import annotations
 
 import argparse
+import statistics
 import sys
 import tempfile
 from pathlib import Path
@@ -57,10 +63,29 @@ def timed(df: DataFrame, repeats: int) -> float:
     return median_seconds(lambda _: df.write.format("noop").mode("overwrite").save(), repeats)
 
 
+def live_batch(kafka_df: DataFrame, size: int, cores: int, rounds: int = 12) -> None:
+    """The live batch's parse in 3 x cores tasks, cores tasks and 1 task; prints the medians."""
+    small = kafka_df.limit(size).repartition(3 * cores).cache()
+    small.count()
+    variants = {f"{3 * cores} tasks (a range each)": small, f"{cores} tasks (one per core)": small.coalesce(cores),
+                "1 task": small.coalesce(1)}
+    runs: dict[str, list[float]] = {label: [] for label in variants}
+    for round_ in range(rounds + 3):  # the first three rounds warm the JVM up
+        for label, df in variants.items():
+            took = timed(parse_observations(df), 1)
+            if round_ >= 3:
+                runs[label].append(took)
+    print(f"\na live batch of {size} observations, parsed: medians of {rounds} interleaved rounds")
+    for label, took in runs.items():
+        print(f"  {label:48s} {statistics.median(took) * 1000:6.0f} ms")
+    small.unpersist()
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--observations", type=int, default=200_000)
     parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument("--live-batch", type=int, default=90, help="observations of the live batch")
     args = parser.parse_args()
     values = [value for _, value in generator_observations(args.observations)]
     spark = build_session("bp-monitor-parse-bench")
@@ -91,6 +116,7 @@ def main() -> int:
         print(f"  {label:48s} {took:6.2f} s   {n / took:>9,.0f} obs/s")
     print(f"  above the floor: from_json with every field {(old - floor) / (ours - floor):.1f}x the whole parser; "
           f"where() {(filtered - floor) / (kept - floor):.1f}x keep_rows()")
+    live_batch(kafka_df, args.live_batch, spark.sparkContext.defaultParallelism)
     stop_session(spark)
     return 0
 
