@@ -22,13 +22,11 @@ trend query's watermark past every later reading) is refused.
 
 from __future__ import annotations
 
-import functools
-
-from pyspark import SparkContext
 from pyspark.sql import Column, DataFrame
 from pyspark.sql import functions as F
 
 from bp_spark.clinical.profiles import SELF_MEASURED_PROFILES
+from bp_spark.columns import once_per_jvm
 from bp_spark.schema import HALF_VALUE, JSON_OBJECT, MESSAGE_SCHEMA, OBSERVATION_SCHEMA
 
 LOINC = "http://loinc.org"
@@ -247,19 +245,17 @@ def parse_observations(kafka_df: DataFrame, max_future_s: int = DEFAULT_MAX_FUTU
 
     Parse the message once (a Bundle's entries once more each); pull out each piece once (the
     components are searched once per reading); then derive values and the error from those
-    plain columns. The columns are built once per process and limits (:func:`_parse_steps`):
-    building them from Python is a few thousand calls into the JVM (0.5-0.6 s), and they name
-    only columns, so every DataFrame parsed (a backfill's chunks, the tests' frames) reuses them.
+    plain columns. The columns are built once per process and limits
+    (:func:`bp_spark.columns.once_per_jvm`).
     """
     df = kafka_df
-    # Columns are objects of the JVM: kept per JVM gateway (a process has one).
-    for step in _parse_steps(int(max_future_s), int(max_bundle_entries), id(SparkContext._gateway)):
+    for step in _parse_steps(int(max_future_s), int(max_bundle_entries)):
         df = df.select(*step)
     return df
 
 
-@functools.lru_cache(maxsize=4)
-def _parse_steps(max_future_s: int, max_bundle_entries: int, _jvm: int) -> tuple[tuple[Column | str, ...], ...]:
+@once_per_jvm
+def _parse_steps(max_future_s: int, max_bundle_entries: int) -> tuple[tuple[Column | str, ...], ...]:
     """The parser as successive selects, each a tuple of columns of the one before."""
     steps = []
     raw = F.col("value").cast("string")

@@ -11,11 +11,11 @@ from __future__ import annotations
 from dataclasses import dataclass
 from functools import reduce
 
-from pyspark import SparkContext
 from pyspark.sql import Column, DataFrame
 from pyspark.sql import functions as F
 
 from bp_spark.clinical.profiles import HOME, OFFICE, Limit, Profile, Rule, profile
+from bp_spark.columns import once_per_jvm
 from bp_spark.config import Config, Thresholds
 
 
@@ -180,30 +180,25 @@ def _interpretations(s: Column, d: Column, setting: Column, rules: Rules) -> Col
 def with_classification(df: DataFrame, rules: Rules) -> DataFrame:
     """Add ``setting``, ``profile``, ``anomaly_types``, ``is_anomaly``, ``category``, ``severity``
     and ``interpretation`` (a struct of the systolic and diastolic codes) from
-    ``systolic``/``diastolic`` in mmHg. The columns are built once per rules (:func:`_columns`):
-    they name only columns, and building them costs a hundred-odd calls into the JVM (a pair
-    batch, a backfill chunk, each test classifies again)."""
+    ``systolic``/``diastolic`` in mmHg. The columns are built once per rules
+    (:func:`bp_spark.columns.once_per_jvm`): a pair batch, a backfill's chunk, each test
+    classifies again."""
     setting, columns = _columns(rules, "self_measured" in df.columns)
     return df.withColumn("setting", setting).select("*", *columns)
 
 
-_BUILT: dict[tuple[str, bool, int], tuple[Column, tuple[Column, ...]]] = {}
-
-
+@once_per_jvm
 def _columns(rules: Rules, self_measured: bool) -> tuple[Column, tuple[Column, ...]]:
-    """(the setting, the columns made from it) for ``rules``; kept per JVM gateway."""
-    key = (repr(rules), self_measured, id(SparkContext._gateway))
-    if key not in _BUILT:
-        s, d = F.col("systolic"), F.col("diastolic")
-        setting_col, setting = setting_of(rules, self_measured), F.col("setting")
-        types = anomaly_types(s, d, setting, rules)
-        cat = category(s, d, setting, rules)
-        _BUILT[key] = (setting_col, (
-            F.lit(rules.profile.name).alias("profile"),
-            types.alias("anomaly_types"),
-            (F.size(types) > 0).alias("is_anomaly"),
-            cat.alias("category"),
-            severity(cat, types, s, d, rules).alias("severity"),
-            _interpretations(s, d, setting, rules).alias("interpretation"),
-        ))
-    return _BUILT[key]
+    """(the setting, the columns made from it) for ``rules``."""
+    s, d = F.col("systolic"), F.col("diastolic")
+    setting_col, setting = setting_of(rules, self_measured), F.col("setting")
+    types = anomaly_types(s, d, setting, rules)
+    cat = category(s, d, setting, rules)
+    return setting_col, (
+        F.lit(rules.profile.name).alias("profile"),
+        types.alias("anomaly_types"),
+        (F.size(types) > 0).alias("is_anomaly"),
+        cat.alias("category"),
+        severity(cat, types, s, d, rules).alias("severity"),
+        _interpretations(s, d, setting, rules).alias("interpretation"),
+    )

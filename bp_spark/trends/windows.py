@@ -21,12 +21,15 @@ from pyspark.sql import Column, DataFrame
 from pyspark.sql import functions as F
 
 from bp_spark.clinical.classify import DIASTOLIC_HIGH, DIASTOLIC_LOW, SYSTOLIC_HIGH, SYSTOLIC_LOW
+from bp_spark.columns import once_per_jvm
 from bp_spark.config import TrendsConfig
 from bp_spark.config import duration_seconds as seconds
 from bp_spark.parse import RETRACTED_STATUS
 
 ANOMALY_TYPES = (SYSTOLIC_HIGH, SYSTOLIC_LOW, DIASTOLIC_HIGH, DIASTOLIC_LOW)
 PATIENT, COHORT, SUSTAINED = "patient", "cohort", "sustained"
+# What a partial window is one of: its scope, period, key (the patient; null for the cohort) and time.
+WINDOW_KEY = ("scope", "period", "key", "window_start", "window_end")
 
 # What the trend windows read of a reading.
 TREND_READING_COLUMNS = ("observation_id", "patient_id", "effective_time", "systolic", "diastolic", "is_anomaly",
@@ -65,6 +68,15 @@ def with_windows(readings_df: DataFrame, config: TrendsConfig) -> DataFrame:
     """One row per reading and tumbling window it belongs to: ``scope``, ``period``, ``key`` (the
     patient; null for the cohort), ``window_start``, ``window_end``. Windows are aligned to the
     epoch in UTC, as Spark's ``window()`` aligns them."""
+    return (readings_df.withColumn("slot", _slots(config))
+            .select("*", "slot.scope", "slot.period", "slot.key", "slot.window.window_start",
+                    "slot.window.window_end")
+            .drop("slot"))
+
+
+@once_per_jvm
+def _slots(config: TrendsConfig) -> Column:
+    """Each reading's windows, exploded: one per patient window and cohort window."""
     t = F.unix_seconds("effective_time")
     slots = []
     for scope, key, windows in ((PATIENT, F.col("patient_id"), config.patient_window_list),
@@ -72,10 +84,7 @@ def with_windows(readings_df: DataFrame, config: TrendsConfig) -> DataFrame:
         for label, duration in windows:
             length = seconds(duration)
             slots.append(_slot(scope, label, key, _window(F.floor(t / length) * length, length)))
-    return (readings_df.withColumn("slot", F.explode(F.array(*slots)))
-            .select("*", "slot.scope", "slot.period", "slot.key", "slot.window.window_start",
-                    "slot.window.window_end")
-            .drop("slot"))
+    return F.explode(F.array(*slots))
 
 
 def trend_id(*parts: Column | str) -> Column:
@@ -100,7 +109,14 @@ def aggregate_windows(windowed_df: DataFrame) -> DataFrame:
     """The partial of each (scope, period, key, window): readings, sum/max/min systolic and
     diastolic, the peak reading and its time, anomalies per type, abnormal readings, the last
     reading's time; for the cohort the set of abnormal patients (``abnormal_patient_set``)."""
-    aggregated_df = windowed_df.groupBy("scope", "period", "key", "window_start", "window_end").agg(
+    measures, out = _aggregation()
+    return windowed_df.groupBy(*WINDOW_KEY).agg(*measures).select(*out)
+
+
+@once_per_jvm
+def _aggregation() -> tuple[tuple[Column, ...], tuple[Column | str, ...]]:
+    """(the measures of a window, the partial's columns made from them)."""
+    measures = (
         F.count(F.lit(1)).alias("readings"),
         F.sum("systolic").alias("systolic_sum"), F.max("systolic").alias("systolic_max"),
         F.min("systolic").alias("systolic_min"),
@@ -114,10 +130,10 @@ def aggregate_windows(windowed_df: DataFrame) -> DataFrame:
         .alias("abnormal_patient_set"),  # the cohort's: a set, merged by union (exact)
         F.max("effective_time").alias("last_reading_time"),
     )
-    return aggregated_df.select(
-        trend_id("scope", "period", "key", "window_start").alias("trend_id"),
-        "scope", "period", F.col("key").alias("patient_id"), "window_start", "window_end",
-        *[c for c in aggregated_df.columns if c not in ("scope", "period", "key", "window_start", "window_end")])
+    names = ("readings", "systolic_sum", "systolic_max", "systolic_min", "diastolic_sum", "diastolic_max",
+             "diastolic_min", "peak", "anomalies", "abnormal_readings", "abnormal_patient_set", "last_reading_time")
+    return measures, (trend_id("scope", "period", "key", "window_start").alias("trend_id"),
+                      "scope", "period", F.col("key").alias("patient_id"), "window_start", "window_end", *names)
 
 
 def partial_windows(readings_df: DataFrame, config: TrendsConfig) -> DataFrame:
@@ -125,20 +141,26 @@ def partial_windows(readings_df: DataFrame, config: TrendsConfig) -> DataFrame:
     return aggregate_windows(with_windows(readings_df, config))
 
 
+@once_per_jvm
+def _partial_json(names: tuple[str, ...]) -> Column:
+    """A partial window as JSON, times in epoch milliseconds (``names``: the partial's columns)."""
+    ms = {name: F.unix_millis(name).alias(name) for name in ("window_start", "window_end", "last_reading_time")}
+    peak = F.struct(F.col("peak.observation_id").alias("observation_id"),
+                    F.unix_millis("peak.effective_time").alias("effective_time"),
+                    F.col("peak.systolic").alias("systolic"), F.col("peak.diastolic").alias("diastolic"))
+    columns = [ms.get(name, F.col(name)) for name in names if name not in ("peak", "abnormal_patient_set")]
+    patients = F.when(F.col("scope") == COHORT, F.array_sort("abnormal_patient_set"))
+    row = F.struct(*columns, peak.alias("peak"), patients.alias("abnormal_patient_ids"))
+    return F.to_json(row, {"ignoreNullFields": "false"}).alias("json")
+
+
 def collect_partials(partials_df: DataFrame) -> list[dict]:
     """The rows of :func:`partial_windows` as the plain dicts the merge takes, times in epoch
     milliseconds (as Elasticsearch returns them), the cohort's abnormal patients as a sorted list.
     Spark writes each as JSON: a hundred thousand windows (a backfill-sized batch) come to the
     driver in a second or two, where Row objects took ten."""
-    ms = {name: F.unix_millis(name).alias(name) for name in ("window_start", "window_end", "last_reading_time")}
-    peak = F.struct(F.col("peak.observation_id").alias("observation_id"),
-                    F.unix_millis("peak.effective_time").alias("effective_time"),
-                    F.col("peak.systolic").alias("systolic"), F.col("peak.diastolic").alias("diastolic"))
-    columns = [ms.get(name, F.col(name)) for name in partials_df.columns if name not in ("peak", "abnormal_patient_set")]
-    patients = F.when(F.col("scope") == COHORT, F.array_sort("abnormal_patient_set"))
-    row = F.struct(*columns, peak.alias("peak"), patients.alias("abnormal_patient_ids"))
     out = []
-    for r in partials_df.select(F.to_json(row, {"ignoreNullFields": "false"}).alias("json")).collect():
+    for r in partials_df.select(_partial_json(tuple(partials_df.columns))).collect():
         window = orjson.loads(r.json)
         if window["abnormal_patient_ids"] is None:
             del window["abnormal_patient_ids"]
