@@ -72,8 +72,8 @@ def kafka_source(spark: SparkSession, config: Config) -> DataFrame:
     # one task per core: a big batch keeps every core busy to the end, and a live batch of a
     # hundred readings pays the parser's fixed cost per task (~75 ms of CPU: its converters for
     # the FHIR schema, the Kafka fetch) twice, not six times (docs/performance.md).
-    return reader.option("minPartitions", read_tasks(spark, config)).load().coalesce(
-        min(read_tasks(spark, config), spark.sparkContext.defaultParallelism))
+    ranges = read_tasks(spark, config)
+    return reader.option("minPartitions", ranges).load().coalesce(min(ranges, spark.sparkContext.defaultParallelism))
 
 
 def parsed(source_df: DataFrame, config: Config) -> DataFrame:

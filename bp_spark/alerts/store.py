@@ -54,7 +54,6 @@ class Loaded:
     states: dict[str, PatientState] = field(default_factory=dict)
     versions: dict[str, tuple[int | None, int | None]] = field(default_factory=dict)  # alert id -> (seq_no, term)
     stored: dict[str, dict | None] = field(default_factory=dict)  # alert id -> the alert as its index held it
-    replayed: set[str] = field(default_factory=set)  # alerts new to the state that the index held already
 
 
 def state_of(patient_id: str, doc: dict | None) -> PatientState:
@@ -101,8 +100,6 @@ class EpisodeStore:
         for alert_id in unknown:
             source, seq_no, term = found.get(alert_id, (None, None, None))
             loaded.versions[alert_id], loaded.stored[alert_id] = (seq_no, term), source
-            if source is not None:
-                loaded.replayed.add(alert_id)
 
     def save(self, loaded: Loaded, states: dict[str, PatientState], alerts: dict[str, list[dict]], now_ms: int,
              what: str) -> set[str]:
@@ -112,8 +109,9 @@ class EpisodeStore:
         docs, owner = {}, {}
         for patient_id, written in alerts.items():
             for alert in written:
-                if alert["alert_id"] in loaded.replayed:  # written over, keeping what people did to it
-                    alert = merged(alert, loaded.stored[alert["alert_id"]])
+                # Written over the version read, keeping what people did to it (an alert the state
+                # held was merged so when loaded; merging again changes nothing).
+                alert = merged(alert, loaded.stored.get(alert["alert_id"]))
                 seq_no, term = loaded.versions.get(alert["alert_id"], (None, None))
                 docs[alert["alert_id"]] = ({**alert, "updated_at": now_ms, "triage_rank": triage_rank(alert)}, seq_no, term)
                 owner[alert["alert_id"]] = patient_id

@@ -116,24 +116,22 @@ def aggregate_windows(windowed_df: DataFrame) -> DataFrame:
 @once_per_jvm
 def _aggregation() -> tuple[tuple[Column, ...], tuple[Column | str, ...]]:
     """(the measures of a window, the partial's columns made from them)."""
-    measures = (
-        F.count(F.lit(1)).alias("readings"),
-        F.sum("systolic").alias("systolic_sum"), F.max("systolic").alias("systolic_max"),
-        F.min("systolic").alias("systolic_min"),
-        F.sum("diastolic").alias("diastolic_sum"), F.max("diastolic").alias("diastolic_max"),
-        F.min("diastolic").alias("diastolic_min"),
-        _peak().alias("peak"),
-        F.struct(*[F.count(F.when(F.array_contains("anomaly_types", kind), 1)).alias(kind) for kind in ANOMALY_TYPES])
-        .alias("anomalies"),
-        F.count(F.when(F.col("is_anomaly"), 1)).alias("abnormal_readings"),
-        F.collect_set(F.when(F.col("is_anomaly") & (F.col("scope") == COHORT), F.col("patient_id")))
-        .alias("abnormal_patient_set"),  # the cohort's: a set, merged by union (exact)
-        F.max("effective_time").alias("last_reading_time"),
-    )
-    names = ("readings", "systolic_sum", "systolic_max", "systolic_min", "diastolic_sum", "diastolic_max",
-             "diastolic_min", "peak", "anomalies", "abnormal_readings", "abnormal_patient_set", "last_reading_time")
-    return measures, (trend_id("scope", "period", "key", "window_start").alias("trend_id"),
-                      "scope", "period", F.col("key").alias("patient_id"), "window_start", "window_end", *names)
+    measures = {
+        "readings": F.count(F.lit(1)),
+        "systolic_sum": F.sum("systolic"), "systolic_max": F.max("systolic"), "systolic_min": F.min("systolic"),
+        "diastolic_sum": F.sum("diastolic"), "diastolic_max": F.max("diastolic"), "diastolic_min": F.min("diastolic"),
+        "peak": _peak(),
+        "anomalies": F.struct(*[F.count(F.when(F.array_contains("anomaly_types", kind), 1)).alias(kind)
+                                for kind in ANOMALY_TYPES]),
+        "abnormal_readings": F.count(F.when(F.col("is_anomaly"), 1)),
+        # the cohort's: a set, merged by union (exact)
+        "abnormal_patient_set": F.collect_set(F.when(F.col("is_anomaly") & (F.col("scope") == COHORT),
+                                                     F.col("patient_id"))),
+        "last_reading_time": F.max("effective_time"),
+    }
+    return (tuple(measure.alias(name) for name, measure in measures.items()),
+            (trend_id("scope", "period", "key", "window_start").alias("trend_id"),
+             "scope", "period", F.col("key").alias("patient_id"), "window_start", "window_end", *measures))
 
 
 def partial_windows(readings_df: DataFrame, config: TrendsConfig) -> DataFrame:
