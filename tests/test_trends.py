@@ -19,9 +19,9 @@ from bp_spark.clinical.classify import rules_for, with_classification
 from bp_spark.config import Config, TrendsConfig, load_config
 from bp_spark.routing.query import readings_stream
 from bp_spark.streaming import keep_rows
-from bp_spark.trends.merge import finish, is_daily, merge, merged_windows, sustained, sustained_onsets
+from bp_spark.trends.merge import finish, is_daily, merge, merged_windows, partials_of, sustained, sustained_onsets
 from bp_spark.trends.step import all_trends
-from bp_spark.trends.windows import collect_partials, partial_windows
+from bp_spark.trends.windows import TREND_READING_COLUMNS, collect_partials, collect_readings, partial_windows
 from test_parse import BASE
 
 TRENDS = TrendsConfig(enabled=True, trigger="", windows="hourly=1 hour, daily=1 day",
@@ -241,6 +241,27 @@ def test_windows_merged_batch_by_batch_equal_the_windows_of_all_readings_at_once
             assert again == {}
     _same({k: {n: v for n, v in d.items() if n != "previous_trend_id"} for k, d in store.items()},
           {k: {n: v for n, v in d.items() if n != "previous_trend_id"} for k, d in want.items()})
+
+
+def test_a_small_batchs_windows_made_on_the_driver_are_sparks_value_for_value(spark, config) -> None:
+    """A live batch makes its partial windows on the driver (no Spark aggregation): the same
+    windows as Spark's, every measure equal, peaks chosen alike where only the microsecond or
+    the id tells two readings apart, and a reading without an id losing a tie as Spark has it."""
+    month_df = _month(spark, config).unionByName(readings(spark, config, [
+        ("t-b", "p9", datetime(2026, 1, 3, 10, 0, 0, 500), 170.0, 100.0),  # the same millisecond:
+        ("t-a", "p9", datetime(2026, 1, 3, 10, 0, 0, 900), 170.0, 100.0),  # the later microsecond peaks
+        (None, "p8", at(4, 9), 180.0, 110.0),  # no id: below the one with an id, all else equal
+        ("x", "p8", at(4, 9), 180.0, 110.0),
+        (None, "p8", at(4, 23, 59), 90.0, 58.0),
+    ]))
+    want = sorted(collect_partials(partial_windows(month_df.select(*TREND_READING_COLUMNS), TRENDS)),
+                  key=lambda w: w["trend_id"])
+    got = sorted(partials_of(collect_readings(month_df), TRENDS), key=lambda w: w["trend_id"])
+    assert len(got) == len(want) > 100
+    assert got == want
+    peaks = {w["trend_id"]: w["peak"]["observation_id"] for w in got}
+    assert peaks["patient|hourly|p9|2026-01-03 10:00:00"] == "t-a"
+    assert peaks["patient|hourly|p8|2026-01-04 09:00:00"] == "x"
 
 
 def test_sustained_windows_match_sparks_own_sliding_windows(spark, config) -> None:

@@ -338,7 +338,8 @@ class BatchRouter:
             stats.rolled_batches, stats.rolled_files = rolled.batches, rolled.files
         if self.trends is not None and seen is not None:
             with timed(stats.steps, "trends"):
-                stats.trend_windows = self.trends.add(self._trend_readings(plan.readings, seen), batch_id)
+                stats.trend_windows = self.trends.add(self._trend_readings(plan.readings, seen), batch_id,
+                                                      at_most=stats.rows + stats.paired)
         if paired is not None:
             self.pairing.save(paired, batch_id)
 

@@ -65,6 +65,53 @@ def _peak_key(peak: dict | None) -> tuple:
                                peak.get("observation_id")))
 
 
+def _reading_peak(reading: tuple) -> tuple:
+    """:data:`~bp_spark.trends.windows.PEAK_ORDER` of a reading of :func:`partials_of` (nulls first)."""
+    observation_id, _, micros, systolic, diastolic = reading[:5]
+    return systolic, diastolic, micros, (observation_id is not None, observation_id or "")
+
+
+def partials_of(readings: Iterable[tuple], config: TrendsConfig) -> list[dict]:
+    """The partial windows of ``readings``, computed on the driver: for a small batch, what
+    :func:`~bp_spark.trends.windows.collect_partials` of :func:`~bp_spark.trends.windows.partial_windows`
+    gives, without a Spark aggregation (its shuffle's stages cost a live batch a quarter of a
+    second). ``readings``: tuples of :data:`~bp_spark.trends.windows.DRIVER_READING_COLUMNS`, as
+    :func:`~bp_spark.trends.windows.collect_readings` brings them (usable readings: both values and
+    the time are there). The same windows, measures and peaks (tests/test_trends.py compares them
+    value for value); the peak's time is compared to the microsecond, as Spark compares it."""
+    slots = [(scope, label, seconds(duration))
+             for scope, windows in ((PATIENT, config.patient_window_list), (COHORT, config.window_list))
+             for label, duration in windows]
+    groups: dict[tuple, list[tuple]] = {}
+    for reading in readings:
+        second = reading[2] // 1_000_000
+        for scope, label, length in slots:
+            start = second // length * length
+            groups.setdefault((scope, label, reading[1] if scope == PATIENT else None, start, length), []).append(reading)
+    out = []
+    for (scope, label, key, start, length), rows in groups.items():
+        peak = max(rows, key=_reading_peak)
+        kinds = [set(r[6] or ()) for r in rows]
+        window = {
+            "trend_id": window_id(scope, label, key, start * 1000), "scope": scope, "period": label,
+            "patient_id": key, "window_start": start * 1000, "window_end": (start + length) * 1000,
+            "readings": len(rows),
+            "systolic_sum": sum(r[3] for r in rows), "systolic_max": max(r[3] for r in rows),
+            "systolic_min": min(r[3] for r in rows),
+            "diastolic_sum": sum(r[4] for r in rows), "diastolic_max": max(r[4] for r in rows),
+            "diastolic_min": min(r[4] for r in rows),
+            "peak": {"observation_id": peak[0], "effective_time": peak[2] // 1000, "systolic": peak[3],
+                     "diastolic": peak[4]},
+            "anomalies": {kind: sum(kind in k for k in kinds) for kind in ANOMALY_TYPES},
+            "abnormal_readings": sum(1 for r in rows if r[5]),
+            "last_reading_time": max(r[2] for r in rows) // 1000,
+        }
+        if scope == COHORT:
+            window["abnormal_patient_ids"] = sorted({r[1] for r in rows if r[5] and r[1] is not None})
+        out.append(window)
+    return out
+
+
 def stored_window(doc: dict) -> dict:
     """A document of the trends index as a window to merge into: its measures, times in epoch
     milliseconds. A document written before the sums were stored gives them from its means."""

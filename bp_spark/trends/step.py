@@ -29,9 +29,9 @@ from bp_spark.config import Config, TrendsConfig
 from bp_spark.config import duration_seconds as seconds
 from bp_spark.elastic import epoch_ms, index_time
 from bp_spark.files import files_at
-from bp_spark.trends.merge import (daily_neighbours, finish, is_daily, merged_windows, stored_window, sustained,
-                                   sustained_onsets)
-from bp_spark.trends.windows import TREND_READING_COLUMNS, collect_partials, partial_windows
+from bp_spark.trends.merge import (daily_neighbours, finish, is_daily, merged_windows, partials_of, stored_window,
+                                   sustained, sustained_onsets)
+from bp_spark.trends.windows import TREND_READING_COLUMNS, collect_partials, collect_readings, partial_windows
 
 log = logging.getLogger("bp_spark.pipeline")
 
@@ -39,6 +39,9 @@ log = logging.getLogger("bp_spark.pipeline")
 PENDING_FOLDER = "trends-pending"
 # Documents per bulk request.
 WRITE_CHUNK = 5_000
+# A batch of up to this many readings makes its partial windows on the driver (one narrow Spark
+# job brings the readings); a bigger one in a Spark aggregation (bench/trends_bench.py).
+DRIVER_READINGS = 20_000
 
 # The columns of a sustained window that its onset's alert reads (bp_spark.documents.sustained_alert_docs).
 ONSET_SCHEMA = T.StructType([
@@ -79,10 +82,15 @@ class TrendStep:
 
     # ------------------------------------------------------------------ each batch
 
-    def add(self, readings_df: DataFrame, batch_id: int) -> int:
+    def add(self, readings_df: DataFrame, batch_id: int, at_most: int | None = None) -> int:
         """Keep the partial windows of a batch's readings (rows counted in trends, each reading
-        once); return how many windows they touch."""
-        partials = collect_partials(partial_windows(readings_df.select(*TREND_READING_COLUMNS), self.config.trends))
+        once); return how many windows they touch. ``at_most``: how many readings the batch can
+        hold (its rows), when known: a small batch's windows are made on the driver."""
+        if at_most is not None and at_most <= DRIVER_READINGS:
+            partials = partials_of(collect_readings(readings_df), self.config.trends)
+        else:
+            partials = collect_partials(partial_windows(readings_df.select(*TREND_READING_COLUMNS),
+                                                        self.config.trends))
         if partials:
             if self.files is None:
                 self.held[batch_id] = partials

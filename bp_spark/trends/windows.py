@@ -35,6 +35,11 @@ WINDOW_KEY = ("scope", "period", "key", "window_start", "window_end")
 TREND_READING_COLUMNS = ("observation_id", "patient_id", "effective_time", "systolic", "diastolic", "is_anomaly",
                          "anomaly_types")
 
+# What the driver's windows read of a reading (bp_spark.trends.merge.partials_of), the time in
+# epoch microseconds.
+DRIVER_READING_COLUMNS = ("observation_id", "patient_id", "effective_us", "systolic", "diastolic", "is_anomaly",
+                          "anomaly_types")
+
 
 def counts_in_trends() -> Column:
     """A reading the trend windows count: usable, not a retraction, not a half waiting for its
@@ -137,6 +142,14 @@ def _aggregation() -> tuple[tuple[Column, ...], tuple[Column | str, ...]]:
 def partial_windows(readings_df: DataFrame, config: TrendsConfig) -> DataFrame:
     """The partial window of every (scope, period, key, window) that ``readings_df`` touches."""
     return aggregate_windows(with_windows(readings_df, config))
+
+
+def collect_readings(readings_df: DataFrame) -> list[tuple]:
+    """A small batch's readings on the driver, as :func:`bp_spark.trends.merge.partials_of` takes
+    them (:data:`DRIVER_READING_COLUMNS`): one narrow Spark job, no shuffle."""
+    columns = [F.unix_micros("effective_time").alias(name) if name == "effective_us" else name
+               for name in DRIVER_READING_COLUMNS]
+    return [tuple(row) for row in readings_df.select(*columns).collect()]
 
 
 @once_per_jvm
