@@ -1,7 +1,7 @@
 """Latency of the stream job on a live feed: from publication to the anomaly being searchable.
 
     .venv/bin/python bench/latency_bench.py [--rate 1000] [--seconds 120] [--warmup-seconds 30] [--trigger T]
-                                            [--seed-versions N]
+                                            [--seed-versions N] [--goals SHARE]
 
 On the local stack (`make up` first), over its TLS and authentication:
 
@@ -15,6 +15,9 @@ On the local stack (`make up` first), over its TLS and authentication:
 4. prints p50, p95 and max of the anomalies' latency, how many came, and whether each critical
    alert was searchable no later than its anomaly; and, from the routing query's health records
    after the warm-up, its batch duration and the seconds of its repeats lookup and versions record.
+
+``--goals SHARE`` gives that share of the feed's patients a target (a FHIR Goal published before
+the readings): every batch then holds its readings to the patients' targets.
 
 ``--seed-versions N`` fills the versions index with N observations seen before the job starts
 (what a week of a feed leaves there): the repeats lookup must cost the same with a million.
@@ -117,6 +120,8 @@ def main() -> int:
     parser.add_argument("--seconds", type=float, default=120, help="how long the feed runs (default 120)")
     parser.add_argument("--warmup-seconds", type=float, default=30, help="feed not counted at first (default 30)")
     parser.add_argument("--trigger", default=None, help="the job's --trigger (default: its configuration's)")
+    parser.add_argument("--goals", type=float, default=0.0,
+                        help="share of the feed's patients with a target (a FHIR Goal published first; default 0)")
     parser.add_argument("--seed-versions", type=int, default=0,
                         help="observations in the versions index before the job starts (default 0)")
     args = parser.parse_args()
@@ -148,7 +153,7 @@ def main() -> int:
             time.sleep(0.5)
         feed_started = time.time()
         feed = subprocess.Popen([sys.executable, str(ROOT / "jobs" / "generate.py"), "--live", "--rate", str(args.rate),
-                                 "--patients", str(max(args.rate, 200)), "--topic", name],
+                                 "--patients", str(max(args.rate, 200)), "--topic", name, "--goals", str(args.goals)],
                                 env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
         while time.time() - feed_started < args.seconds:
             anomalies.poll()

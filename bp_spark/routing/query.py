@@ -166,7 +166,7 @@ class BatchRouter:
                 if seen.repeats:
                     batch_df = routed_df.persist()
                     cached.append(batch_df)
-            stats = self._route(batch_df, batch_id, seen)
+            stats = self._route(batch_df, batch_id, seen, cached)
             if seen is not None:
                 stats.repeats += seen.repeats
                 # Reading the batch's ids reads and parses it (the first action on its cache).
@@ -247,9 +247,11 @@ class BatchRouter:
             self.sinks.archive.remove(ids - in_anomalies, batch_id)
         return latest_df
 
-    def _route(self, batch_df: DataFrame, batch_id: int, seen: Seen | None = None) -> BatchStats:
+    def _route(self, batch_df: DataFrame, batch_id: int, seen: Seen | None = None,
+               cached: list[DataFrame] | None = None) -> BatchStats:
         """Count the batch, clear what its corrections replace, pair its halves, then write its
-        plan (:mod:`bp_spark.routing.plan`): Elasticsearch, the alert topic, the archive, trends."""
+        plan (:mod:`bp_spark.routing.plan`): Elasticsearch, the alert topic, the archive, trends.
+        ``cached``: frames the caller unpersists when the batch ends (this adds its own)."""
         started = time.monotonic()
         counts = batch_counts(batch_df).first()
         stats = BatchStats(batch_id, counts.rows, counts.anomalies, counts.alerts, counts.normals, counts.dead,
@@ -266,7 +268,11 @@ class BatchRouter:
         with timed(stats.steps, "targets"):
             held_df = self.sinks.goals.applied(batch_df)
         if held_df is not None:  # some patients have targets: a reading outside its own is an anomaly too
-            batch_df, stats.targets_held = held_df, 1
+            # Kept once held: each sink's action would otherwise join the targets again (with Goals
+            # for a fifth of the patients, a live batch took 2.9 s instead of 1.3; bench/latency_bench.py).
+            batch_df, stats.targets_held = held_df.persist(), 1
+            if cached is not None:
+                cached.append(batch_df)
             counts = batch_counts(batch_df).first()
             stats.anomalies, stats.normals = counts.anomalies, counts.normals
         latest_df = None

@@ -74,8 +74,14 @@ class GoalStore:
         if self._goals is None or time.monotonic() - self._loaded_at > RELOAD_S:
             self._goals = self.elasticsearch.every_document(self.index, "reading the patients' targets")
             self._loaded_at = time.monotonic()
-            self._active_df = None
+            self._forget_active()
         return self._goals
+
+    def _forget_active(self) -> None:
+        """Drop the active goals' rows (the goals changed, or were read again)."""
+        if self._active_df is not None:
+            self._active_df.unpersist()
+        self._active_df = None
 
     def record(self, goal_rows: DataFrame, batch_id: int) -> tuple[DataFrame | None, int, int]:
         """Read the batch's Goal rows, keep the latest version of each; return the Goals that
@@ -105,7 +111,7 @@ class GoalStore:
             self.elasticsearch.put(self.index, changed, f"batch {batch_id}: writing {len(changed)} patient targets")
             known.update(changed)
             if changed:
-                self._active_df = None
+                self._forget_active()
             return dead, len(bad), len(changed)
         finally:
             parsed.unpersist()
@@ -135,7 +141,9 @@ class GoalStore:
                 b = doc.get(side)
                 return None if b is None else tuple(b.get(name) for name in ("low", "low_inclusive", "high",
                                                                              "high_inclusive"))
+            # Kept in Spark's memory: every action of a batch joins them again, and rows made on the
+            # driver are otherwise read back through a Python worker each time (0.1 s an action).
             self._active_df = self.spark.createDataFrame(
                 [(doc["goal_id"], doc["patient_id"], True, _time(doc.get("start")), _time(doc.get("version_time")),
-                  bounds(doc, "systolic"), bounds(doc, "diastolic"), None) for doc in active], GOAL_ROW)
+                  bounds(doc, "systolic"), bounds(doc, "diastolic"), None) for doc in active], GOAL_ROW).persist()
         return with_targets(readings_df, self._active_df)
