@@ -247,8 +247,8 @@ class BatchRouter:
             self.sinks.archive.remove(ids - in_anomalies, batch_id)
         return latest_df
 
-    def _route(self, batch_df: DataFrame, batch_id: int, seen: Seen | None = None,
-               cached: list[DataFrame] | None = None) -> BatchStats:
+    def _route(self, batch_df: DataFrame, batch_id: int, seen: Seen | None,
+               cached: list[DataFrame]) -> BatchStats:
         """Count the batch, clear what its corrections replace, pair its halves, then write its
         plan (:mod:`bp_spark.routing.plan`): Elasticsearch, the alert topic, the archive, trends.
         ``cached``: frames the caller unpersists when the batch ends (this adds its own)."""
@@ -271,8 +271,7 @@ class BatchRouter:
             # Kept once held: each sink's action would otherwise join the targets again (with Goals
             # for a fifth of the patients, a live batch took 2.9 s instead of 1.3; bench/latency_bench.py).
             batch_df, stats.targets_held = held_df.persist(), 1
-            if cached is not None:
-                cached.append(batch_df)
+            cached.append(batch_df)
             counts = batch_counts(batch_df).first()
             stats.anomalies, stats.normals = counts.anomalies, counts.normals
         latest_df = None

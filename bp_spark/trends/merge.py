@@ -65,10 +65,18 @@ def _peak_key(peak: dict | None) -> tuple:
                                peak.get("observation_id")))
 
 
-def _reading_peak(reading: tuple) -> tuple:
-    """:data:`~bp_spark.trends.windows.PEAK_ORDER` of a reading of :func:`partials_of` (nulls first)."""
-    observation_id, _, micros, systolic, diastolic = reading[:5]
-    return systolic, diastolic, micros, (observation_id is not None, observation_id or "")
+def _reading(observation_id: str | None, patient_id: str, micros: int, systolic: float, diastolic: float,
+             is_anomaly: bool | None, anomaly_types: list[str] | None) -> dict:
+    """One reading as a window of one reading: its measures, its peak's time in microseconds
+    (Spark compares the peak's time to the microsecond)."""
+    kinds = set(anomaly_types or ())
+    return {"readings": 1, "systolic_sum": systolic, "diastolic_sum": diastolic,
+            "abnormal_readings": 1 if is_anomaly else 0, "systolic_max": systolic, "diastolic_max": diastolic,
+            "last_reading_time": micros // 1000, "systolic_min": systolic, "diastolic_min": diastolic,
+            "peak": {"observation_id": observation_id, "effective_time": micros, "systolic": systolic,
+                     "diastolic": diastolic},
+            "anomalies": {kind: int(kind in kinds) for kind in ANOMALY_TYPES},
+            "_patient": patient_id if is_anomaly else None}
 
 
 def partials_of(readings: Iterable[tuple], config: TrendsConfig) -> list[dict]:
@@ -77,37 +85,26 @@ def partials_of(readings: Iterable[tuple], config: TrendsConfig) -> list[dict]:
     gives, without a Spark aggregation (its shuffle's stages cost a live batch a quarter of a
     second). ``readings``: tuples of :data:`~bp_spark.trends.windows.DRIVER_READING_COLUMNS`, as
     :func:`~bp_spark.trends.windows.collect_readings` brings them (usable readings: both values and
-    the time are there). The same windows, measures and peaks (tests/test_trends.py compares them
-    value for value); the peak's time is compared to the microsecond, as Spark compares it."""
+    the time are there). Each reading is a window of one, and a partial the merge's total of its
+    readings (:func:`_total`): the same windows, measures and peaks as Spark's (tests/test_trends.py
+    compares them value for value)."""
     slots = [(scope, label, seconds(duration))
              for scope, windows in ((PATIENT, config.patient_window_list), (COHORT, config.window_list))
              for label, duration in windows]
-    groups: dict[tuple, list[tuple]] = {}
+    groups: dict[tuple, list[dict]] = {}
     for reading in readings:
-        second = reading[2] // 1_000_000
+        one, second = _reading(*reading), reading[2] // 1_000_000
         for scope, label, length in slots:
-            start = second // length * length
-            groups.setdefault((scope, label, reading[1] if scope == PATIENT else None, start, length), []).append(reading)
+            key = (scope, label, reading[1] if scope == PATIENT else None, second // length * length, length)
+            groups.setdefault(key, []).append(one)
     out = []
-    for (scope, label, key, start, length), rows in groups.items():
-        peak = max(rows, key=_reading_peak)
-        kinds = [set(r[6] or ()) for r in rows]
-        window = {
-            "trend_id": window_id(scope, label, key, start * 1000), "scope": scope, "period": label,
-            "patient_id": key, "window_start": start * 1000, "window_end": (start + length) * 1000,
-            "readings": len(rows),
-            "systolic_sum": sum(r[3] for r in rows), "systolic_max": max(r[3] for r in rows),
-            "systolic_min": min(r[3] for r in rows),
-            "diastolic_sum": sum(r[4] for r in rows), "diastolic_max": max(r[4] for r in rows),
-            "diastolic_min": min(r[4] for r in rows),
-            "peak": {"observation_id": peak[0], "effective_time": peak[2] // 1000, "systolic": peak[3],
-                     "diastolic": peak[4]},
-            "anomalies": {kind: sum(kind in k for k in kinds) for kind in ANOMALY_TYPES},
-            "abnormal_readings": sum(1 for r in rows if r[5]),
-            "last_reading_time": max(r[2] for r in rows) // 1000,
-        }
+    for (scope, label, patient, start, length), members in groups.items():
+        window = {"trend_id": window_id(scope, label, patient, start * 1000), "scope": scope, "period": label,
+                  "patient_id": patient, "window_start": start * 1000, "window_end": (start + length) * 1000,
+                  **_total(members)}
+        window["peak"]["effective_time"] //= 1000  # in epoch milliseconds, as the partials' JSON has it
         if scope == COHORT:
-            window["abnormal_patient_ids"] = sorted({r[1] for r in rows if r[5] and r[1] is not None})
+            window["abnormal_patient_ids"] = sorted({w["_patient"] for w in members if w["_patient"] is not None})
         out.append(window)
     return out
 
