@@ -30,6 +30,7 @@ from pyspark.sql import functions as F
 from pyspark.sql import types as T
 
 from bp_spark.clinical.classify import WARNING
+from bp_spark.columns import once_per_jvm
 from bp_spark.parse import (DIASTOLIC_CODINGS, FHIR_ID, SYSTOLIC_CODINGS, has_coding, patient_id_from_reference,
                             quantity_in_mmhg, quoted)
 from bp_spark.schema import CODEABLE_CONCEPT, QUANTITY, REFERENCE
@@ -65,30 +66,6 @@ def _target_of(targets: Column, codings: tuple[tuple[str, str], ...]) -> Column:
     return F.element_at(F.filter(targets, lambda t: F.coalesce(has_coding(t["measure"], codings), F.lit(False))), 1)
 
 
-def _bounds(target: Column) -> tuple[Column, Column, Column, Column, Column]:
-    """(low, low inclusive, high, high inclusive, problem) of one target."""
-    range_, quantity = target["detailRange"], target["detailQuantity"]
-    comparator = quantity["comparator"]
-    as_low = comparator.isin(">", ">=")
-    low = F.when(range_.isNotNull(), quantity_in_mmhg(range_["low"])).when(as_low, quantity_in_mmhg(quantity))
-    high = (F.when(range_.isNotNull(), quantity_in_mmhg(range_["high"]))
-            .when(quantity.isNotNull() & ~F.coalesce(as_low, F.lit(False)), quantity_in_mmhg(quantity)))
-    low_inclusive = F.when(low.isNotNull(), F.when(range_.isNotNull(), True).otherwise(comparator == ">="))
-    high_inclusive = F.when(high.isNotNull(), F.when(range_.isNotNull(), True).otherwise(
-        F.coalesce(comparator, F.lit("<=")) == "<="))
-    given = [range_["low"], range_["high"], quantity]
-    unreadable = reduce_or([q.isNotNull() & quantity_in_mmhg(q).isNull() for q in given])
-    problem = (
-        F.when(range_.isNull() & quantity.isNull(), F.lit("has neither detailRange nor detailQuantity"))
-        .when(quantity.isNotNull() & comparator.isNotNull() & ~comparator.isin(*COMPARATORS),
-              F.concat(F.lit("comparator '"), quoted(comparator), F.lit("' is not <, <=, > or >=")))
-        .when(unreadable, F.lit("a value that is not a number in mm[Hg], mmHg or kPa"))
-        .when(low.isNull() & high.isNull(), F.lit("has no low and no high"))
-        .when(low > high, F.format_string("low %s mmHg is above high %s mmHg", low, high))
-    )
-    return low, low_inclusive, high, high_inclusive, problem
-
-
 def reduce_or(conditions: list[Column]) -> Column:
     out = F.coalesce(conditions[0], F.lit(False))
     for condition in conditions[1:]:
@@ -100,17 +77,42 @@ def parse_goals(goal_df: DataFrame) -> DataFrame:
     """Rows with a Goal's JSON (``raw``) and ``kafka_timestamp`` -> ``goal_id``, ``patient_id``,
     ``lifecycle_status``, ``active``, ``start``, ``version_time``, ``systolic`` and ``diastolic``
     (structs of :data:`GOAL_BOUNDS`, null where the Goal sets none), and ``error`` (null when read).
-    Other columns are kept."""
-    goal = F.from_json("raw", GOAL_SCHEMA)
-    read_df = goal_df.withColumn("_goal", goal)
+    Other columns are kept.
+
+    Successive selects, as the Observations' parser: each piece (a target, a bound in mmHg, a
+    problem) is a column of its own that later steps name, so no expression is copied into the
+    ones that use it (written as one select, the plan was 320 KB and took seconds to plan and ship
+    for a few Goals; Spark keeps a projection apart rather than copy a costly expression twice)."""
+    df = goal_df
+    for step in _goal_steps():
+        df = df.select("*", *step)
+    return df.select(*goal_df.columns, *GOAL_COLUMNS)
+
+
+GOAL_COLUMNS = ("goal_id", "patient_id", "lifecycle_status", "active", "start", "version_time", "systolic",
+                "diastolic", "error")
+_SIDES = ("_sys", "_dia")
+
+
+@once_per_jvm
+def _goal_steps() -> tuple[tuple[Column, ...], ...]:
+    """The Goal parser as successive selects of new columns over the ones before, the last
+    step's being the parser's outputs."""
     g = F.col("_goal")
-    targets = g["target"]
-    systolic, diastolic = _target_of(targets, SYSTOLIC_CODINGS), _target_of(targets, DIASTOLIC_CODINGS)
-    s_low, s_low_in, s_high, s_high_in, s_problem = _bounds(systolic)
-    d_low, d_low_in, d_high, d_high_in, d_problem = _bounds(diastolic)
+    steps = [(F.from_json("raw", GOAL_SCHEMA).alias("_goal"),),
+             (_target_of(g["target"], SYSTOLIC_CODINGS).alias("_sys"),
+              _target_of(g["target"], DIASTOLIC_CODINGS).alias("_dia"),
+              patient_id_from_reference(g["subject"]["reference"]).alias("patient_id"),
+              F.to_timestamp(g["startDate"]).alias("_start"))]
+    # Each side's given values in mmHg, then its bounds, then what is wrong with them.
+    steps.append(tuple(column for side in _SIDES for column in (
+        quantity_in_mmhg(F.col(side)["detailRange"]["low"]).alias(f"{side}_range_low"),
+        quantity_in_mmhg(F.col(side)["detailRange"]["high"]).alias(f"{side}_range_high"),
+        quantity_in_mmhg(F.col(side)["detailQuantity"]).alias(f"{side}_quantity"))))
+    steps.append(tuple(column for side in _SIDES for column in _bounds(side)))
+    steps.append(tuple(_problem(side).alias(f"{side}_problem") for side in _SIDES))
     status, subject, start = g["lifecycleStatus"], g["subject"]["reference"], g["startDate"]
-    patient = patient_id_from_reference(subject)
-    start_time = F.to_timestamp(start)
+    systolic, diastolic = F.col("_sys"), F.col("_dia")
     error = (
         F.when(F.coalesce(g["resourceType"] != "Goal", F.lit(True)), F.lit("not a Goal"))
         .when(F.coalesce(F.length(g["id"]), F.lit(0)) == 0, F.lit("Goal has no id"))
@@ -120,30 +122,72 @@ def parse_goals(goal_df: DataFrame) -> DataFrame:
         .when(~status.isin(*ACTIVE_STATUSES, *ENDING_STATUSES, *WAITING_STATUSES),
               F.concat(F.lit("Goal lifecycleStatus '"), quoted(status), F.lit("' is not a FHIR Goal status")))
         .when(subject.isNull(), F.lit("Goal has no subject reference"))
-        .when(patient.isNull(), F.concat(F.lit("Goal subject '"), quoted(subject),
-                                         F.lit("' is not a Patient reference")))
-        .when(start.isNotNull() & start_time.isNull(),
+        .when(F.col("patient_id").isNull(), F.concat(F.lit("Goal subject '"), quoted(subject),
+                                                     F.lit("' is not a Patient reference")))
+        .when(start.isNotNull() & F.col("_start").isNull(),
               F.concat(F.lit("Goal startDate '"), quoted(start), F.lit("' is not a FHIR date")))
         .when(status.isin(*ENDING_STATUSES), F.lit(None))  # ending a Goal needs only its id and subject
         .when(systolic.isNull() & diastolic.isNull(),
               F.lit("Goal has no blood-pressure target (target.measure LOINC 8480-6 or 8462-4, with its system)"))
-        .when(systolic.isNotNull() & s_problem.isNotNull(), F.concat(F.lit("Goal systolic target "), s_problem))
-        .when(diastolic.isNotNull() & d_problem.isNotNull(), F.concat(F.lit("Goal diastolic target "), d_problem))
+        .when(systolic.isNotNull() & F.col("_sys_problem").isNotNull(),
+              F.concat(F.lit("Goal systolic target "), F.col("_sys_problem")))
+        .when(diastolic.isNotNull() & F.col("_dia_problem").isNotNull(),
+              F.concat(F.lit("Goal diastolic target "), F.col("_dia_problem")))
+    )
+    steps.append((
+        g["id"].alias("goal_id"), status.alias("lifecycle_status"),
+        F.coalesce(status.isin(*ACTIVE_STATUSES), F.lit(False)).alias("active"),
+        F.coalesce(F.col("_start"), F.col("kafka_timestamp")).alias("start"),
+        g["meta"]["lastUpdated"].cast("timestamp").alias("version_time"),
+        *[_bounds_struct(side).alias(name) for side, name in zip(_SIDES, ("systolic", "diastolic"))],
+        error.alias("error"),
+    ))
+    return tuple(steps)
+
+
+def _comparator_is_low(side: str) -> Column:
+    return F.col(side)["detailQuantity"]["comparator"].isin(">", ">=")
+
+
+def _bounds(side: str) -> tuple[Column, Column]:
+    """A target's low and high in mmHg, from the side's converted values: a range's own, or a
+    quantity's as its comparator says (none: a ceiling)."""
+    range_, quantity = F.col(side)["detailRange"], F.col(side)["detailQuantity"]
+    as_low = _comparator_is_low(side)
+    low = F.when(range_.isNotNull(), F.col(f"{side}_range_low")).when(as_low, F.col(f"{side}_quantity"))
+    high = (F.when(range_.isNotNull(), F.col(f"{side}_range_high"))
+            .when(quantity.isNotNull() & ~F.coalesce(as_low, F.lit(False)), F.col(f"{side}_quantity")))
+    return low.alias(f"{side}_low"), high.alias(f"{side}_high")
+
+
+def _problem(side: str) -> Column:
+    """Why a side's target cannot be used, or null."""
+    range_, quantity = F.col(side)["detailRange"], F.col(side)["detailQuantity"]
+    comparator = quantity["comparator"]
+    low, high = F.col(f"{side}_low"), F.col(f"{side}_high")
+    unreadable = reduce_or([given.isNotNull() & F.col(f"{side}_{converted}").isNull()
+                            for given, converted in ((range_["low"], "range_low"), (range_["high"], "range_high"),
+                                                     (quantity, "quantity"))])
+    return (
+        F.when(range_.isNull() & quantity.isNull(), F.lit("has neither detailRange nor detailQuantity"))
+        .when(quantity.isNotNull() & comparator.isNotNull() & ~comparator.isin(*COMPARATORS),
+              F.concat(F.lit("comparator '"), quoted(comparator), F.lit("' is not <, <=, > or >=")))
+        .when(unreadable, F.lit("a value that is not a number in mm[Hg], mmHg or kPa"))
+        .when(low.isNull() & high.isNull(), F.lit("has no low and no high"))
+        .when(low > high, F.format_string("low %s mmHg is above high %s mmHg", low, high))
     )
 
-    def bounds(low, low_in, high, high_in, target) -> Column:
-        return F.when(target.isNotNull(), F.struct(low.alias("low"), low_in.alias("low_inclusive"),
-                                                   high.alias("high"), high_in.alias("high_inclusive")))
-    return read_df.select(
-        *[c for c in goal_df.columns],
-        g["id"].alias("goal_id"), patient.alias("patient_id"), status.alias("lifecycle_status"),
-        F.coalesce(status.isin(*ACTIVE_STATUSES), F.lit(False)).alias("active"),
-        F.coalesce(start_time, F.col("kafka_timestamp")).alias("start"),
-        g["meta"]["lastUpdated"].cast("timestamp").alias("version_time"),
-        bounds(s_low, s_low_in, s_high, s_high_in, systolic).alias("systolic"),
-        bounds(d_low, d_low_in, d_high, d_high_in, diastolic).alias("diastolic"),
-        error.alias("error"),
-    )
+
+def _bounds_struct(side: str) -> Column:
+    """The side's :data:`GOAL_BOUNDS`, null without a target: a range's bounds are inclusive, a
+    quantity's as its comparator says (none: at most)."""
+    range_, comparator = F.col(side)["detailRange"], F.col(side)["detailQuantity"]["comparator"]
+    low, high = F.col(f"{side}_low"), F.col(f"{side}_high")
+    low_inclusive = F.when(low.isNotNull(), F.when(range_.isNotNull(), True).otherwise(comparator == ">="))
+    high_inclusive = F.when(high.isNotNull(), F.when(range_.isNotNull(), True).otherwise(
+        F.coalesce(comparator, F.lit("<=")) == "<="))
+    return F.when(F.col(side).isNotNull(), F.struct(low.alias("low"), low_inclusive.alias("low_inclusive"),
+                                                    high.alias("high"), high_inclusive.alias("high_inclusive")))
 
 
 def _above(value: Column, bounds: Column) -> Column:
@@ -167,9 +211,12 @@ def with_targets(readings_df: DataFrame, goals_df: DataFrame) -> DataFrame:
     entry = F.struct(F.col("start").alias("start"), F.col("version_time").alias("version_time"),
                      F.col("goal_id").alias("goal_id"), F.col("systolic").alias("systolic"),
                      F.col("diastolic").alias("diastolic"))
-    per_patient = (goals_df.where(F.col("error").isNull() & F.col("active"))
-                   .groupBy(F.col("patient_id").alias("_g_patient"))
-                   .agg(F.sort_array(F.collect_list(entry), asc=False).alias("_g_goals")))
+    # The inactive and unreadable goals are left out by collect_list (it skips nulls), not by a
+    # filter: Spark would push a filter on `error` down through the parser's selects, copying the
+    # whole error expression into it (a 700 KB plan over parse_goals' rows).
+    usable = F.when(F.col("error").isNull() & F.col("active"), entry)
+    per_patient = (goals_df.groupBy(F.col("patient_id").alias("_g_patient"))
+                   .agg(F.sort_array(F.collect_list(usable), asc=False).alias("_g_goals")))
     joined = readings_df.join(F.broadcast(per_patient), F.col("patient_id") == F.col("_g_patient"), "left")
     s, d, when = F.col("systolic"), F.col("diastolic"), F.col("effective_time")
     applies = F.element_at(F.filter("_g_goals", lambda g: g["start"] <= when), 1)
