@@ -8,8 +8,7 @@ import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 
-from pyspark.sql import Column, DataFrame, SparkSession
-from pyspark.sql import functions as F
+from pyspark.sql import DataFrame, SparkSession
 
 from bp_spark.config import Config
 from bp_spark.config import duration_seconds as seconds
@@ -85,17 +84,6 @@ def parsed(source_df: DataFrame, config: Config) -> DataFrame:
 def read_tasks(spark: SparkSession, config: Config) -> int:
     """How many tasks at least read a micro-batch: ``kafka.min_partitions``, or three per core."""
     return config.kafka.min_partitions or 3 * spark.sparkContext.defaultParallelism
-
-
-def keep_rows(df: DataFrame, condition: Column) -> DataFrame:
-    """``df.where(condition)``, written so that Spark cannot push it down into the parser.
-
-    A filter above the parser is pushed below its projections, and each column of the condition
-    is replaced by the expression that made it: ``from_json`` is copied once for every field
-    the parser derives (133 copies; parsing becomes 15x slower, see ``bench/parse_bench.py``).
-    Exploding ``[true]`` or null keeps or drops each row the same, and is not a filter.
-    """
-    return df.withColumn("_keep", F.explode(F.when(condition, F.array(F.lit(True))))).drop("_keep")
 
 
 def configure_state(spark: SparkSession, config: Config) -> None:

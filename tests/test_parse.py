@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import copy
 import json
-from datetime import datetime, timezone
+from datetime import datetime, timedelta, timezone
 
 import orjson
 import pytest
@@ -243,6 +243,28 @@ def test_the_future_limit_is_a_parameter(spark: SparkSession) -> None:
         lambda df: parse_observations(df, max_future_s=5)).first()
     assert row.error == ("effective time 2026-01-02T00:00:10Z is more than 5 s after the message arrived "
                          "(stream.max_future_skew)")
+
+
+def test_a_kafka_timestamp_ahead_of_the_clock_does_not_vouch_for_a_future_reading(spark: SparkSession) -> None:
+    """A producer whose clock runs ahead stamps its messages in the future: the arrival is then
+    now, so a reading far ahead of now is refused even within the limit of its Kafka timestamp;
+    one taken now is read. "Now" is read from the clock at run time, not written into the code
+    Spark generates (with generated code, as under `make test`: a new plan, as each micro-batch's,
+    compiles nothing again)."""
+    now = datetime.now(timezone.utc).replace(tzinfo=None, microsecond=0)
+    stamp = now + timedelta(days=30)
+    when = lambda t: t.strftime("%Y-%m-%dT%H:%M:%SZ")  # noqa: E731
+    rows = spark.createDataFrame(
+        [(b"k", json.dumps(variant(id=f"x{i}", effectiveDateTime=when(t))).encode(), "t", 0, i, stamp)
+         for i, t in enumerate([now + timedelta(days=29, hours=23), now])], KAFKA_SCHEMA)
+    compiled = spark._jvm.org.apache.spark.metrics.source.CodegenMetrics.METRIC_COMPILATION_TIME()
+    first = parse_observations(rows).orderBy("kafka_offset").collect()
+    before = compiled.getCount()
+    again = parse_observations(rows).orderBy("kafka_offset").collect()
+    assert [r.error for r in first] == [
+        f"effective time {when(now + timedelta(days=29, hours=23))} is more than 3600 s after the "
+        "message arrived (stream.max_future_skew)", None]
+    assert [r.error for r in again] == [r.error for r in first] and compiled.getCount() == before
 
 
 # --- Bundles: each blood-pressure entry read as if it had arrived alone -----------------------
