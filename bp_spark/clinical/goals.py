@@ -145,15 +145,11 @@ def _goal_steps() -> tuple[tuple[Column, ...], ...]:
     return tuple(steps)
 
 
-def _comparator_is_low(side: str) -> Column:
-    return F.col(side)["detailQuantity"]["comparator"].isin(">", ">=")
-
-
 def _bounds(side: str) -> tuple[Column, Column]:
     """A target's low and high in mmHg, from the side's converted values: a range's own, or a
     quantity's as its comparator says (none: a ceiling)."""
     range_, quantity = F.col(side)["detailRange"], F.col(side)["detailQuantity"]
-    as_low = _comparator_is_low(side)
+    as_low = quantity["comparator"].isin(">", ">=")
     low = F.when(range_.isNotNull(), F.col(f"{side}_range_low")).when(as_low, F.col(f"{side}_quantity"))
     high = (F.when(range_.isNotNull(), F.col(f"{side}_range_high"))
             .when(quantity.isNotNull() & ~F.coalesce(as_low, F.lit(False)), F.col(f"{side}_quantity")))
