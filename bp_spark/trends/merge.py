@@ -83,9 +83,9 @@ def partials_of(readings: Iterable[tuple], config: TrendsConfig) -> list[dict]:
     """The partial windows of ``readings``, computed on the driver: for a small batch, what
     :func:`~bp_spark.trends.windows.collect_partials` of :func:`~bp_spark.trends.windows.partial_windows`
     gives, without a Spark aggregation (its shuffle's stages cost a live batch a quarter of a
-    second). ``readings``: tuples of :data:`~bp_spark.trends.windows.DRIVER_READING_COLUMNS`, as
-    :func:`~bp_spark.trends.windows.collect_readings` brings them (usable readings: both values and
-    the time are there). Each reading is a window of one, and a partial the merge's total of its
+    second). ``readings``: tuples of :data:`~bp_spark.trends.windows.TREND_READING_COLUMNS`, the time in
+    epoch microseconds, as :func:`~bp_spark.trends.windows.collect_readings` brings them (usable
+    readings: both values and the time are there). Each reading is a window of one, and a partial the merge's total of its
     readings (:func:`_total`): the same windows, measures and peaks as Spark's (tests/test_trends.py
     compares them value for value)."""
     slots = [(scope, label, seconds(duration))

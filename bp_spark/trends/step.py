@@ -82,11 +82,11 @@ class TrendStep:
 
     # ------------------------------------------------------------------ each batch
 
-    def add(self, readings_df: DataFrame, batch_id: int, at_most: int | None = None) -> int:
+    def add(self, readings_df: DataFrame, batch_id: int, at_most: int) -> int:
         """Keep the partial windows of a batch's readings (rows counted in trends, each reading
         once); return how many windows they touch. ``at_most``: how many readings the batch can
-        hold (its rows), when known: a small batch's windows are made on the driver."""
-        if at_most is not None and at_most <= DRIVER_READINGS:
+        hold (its rows): a small batch's windows are made on the driver."""
+        if at_most <= DRIVER_READINGS:
             partials = partials_of(collect_readings(readings_df), self.config.trends)
         else:
             partials = collect_partials(partial_windows(readings_df.select(*TREND_READING_COLUMNS),

@@ -35,11 +35,6 @@ WINDOW_KEY = ("scope", "period", "key", "window_start", "window_end")
 TREND_READING_COLUMNS = ("observation_id", "patient_id", "effective_time", "systolic", "diastolic", "is_anomaly",
                          "anomaly_types")
 
-# What the driver's windows read of a reading (bp_spark.trends.merge.partials_of), the time in
-# epoch microseconds.
-DRIVER_READING_COLUMNS = ("observation_id", "patient_id", "effective_us", "systolic", "diastolic", "is_anomaly",
-                          "anomaly_types")
-
 
 def counts_in_trends() -> Column:
     """A reading the trend windows count: usable, not a retraction, not a half waiting for its
@@ -146,9 +141,10 @@ def partial_windows(readings_df: DataFrame, config: TrendsConfig) -> DataFrame:
 
 def collect_readings(readings_df: DataFrame) -> list[tuple]:
     """A small batch's readings on the driver, as :func:`bp_spark.trends.merge.partials_of` takes
-    them (:data:`DRIVER_READING_COLUMNS`): one narrow Spark job, no shuffle."""
-    columns = [F.unix_micros("effective_time").alias(name) if name == "effective_us" else name
-               for name in DRIVER_READING_COLUMNS]
+    them (:data:`TREND_READING_COLUMNS`, the time in epoch microseconds): one narrow Spark job, no
+    shuffle."""
+    columns = [F.unix_micros(name).alias(name) if name == "effective_time" else name
+               for name in TREND_READING_COLUMNS]
     return [tuple(row) for row in readings_df.select(*columns).collect()]
 
 
