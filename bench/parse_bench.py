@@ -24,7 +24,6 @@ from __future__ import annotations
 import argparse
 import statistics
 import sys
-import tempfile
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
@@ -33,7 +32,7 @@ from pyspark.sql import DataFrame
 from pyspark.sql import functions as F
 from pyspark.sql import types as T
 
-from bench.workload import generator_observations, median_seconds
+from bench.workload import cached_kafka_records, generator_observations, median_seconds
 from bp_spark.parse import parse_observations
 from bp_spark.session import build_session, stop_session
 
@@ -89,15 +88,8 @@ def main() -> int:
     values = [value for _, value in generator_observations(args.observations)]
     spark = build_session("bp-monitor-parse-bench")
     spark.sparkContext.setLogLevel("WARN")
-    with tempfile.TemporaryDirectory(prefix="bp-parse-bench-") as folder:
-        lines = Path(folder) / "observations.jsonl"
-        lines.write_bytes(b"\n".join(values) + b"\n")
-        # The Kafka source's columns, from a file read by the JVM alone (no Python workers).
-        kafka_df = spark.read.text(str(lines)).select(
-            F.col("value").cast("binary").alias("value"), F.lit("t").alias("topic"), F.lit(0).alias("partition"),
-            F.monotonically_increasing_id().alias("offset"), F.current_timestamp().alias("timestamp"))
-        kafka_df = kafka_df.repartition(spark.sparkContext.defaultParallelism * 3).cache()
-        print(f"{kafka_df.count():,} observations of {len(values[0])} bytes cached", flush=True)
+    kafka_df = cached_kafka_records(spark, values, spark.sparkContext.defaultParallelism * 3)
+    print(f"{kafka_df.count():,} observations of {len(values[0])} bytes cached", flush=True)
     raw = F.col("value").cast("string")
     floor = timed(kafka_df.select(raw.alias("raw")).where(F.length("raw") > 0), args.repeats)
     old = timed(kafka_df.select(F.from_json(raw, EVERY_FIELD, {"columnNameOfCorruptRecord": "_corrupt_record"})

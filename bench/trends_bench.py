@@ -20,15 +20,13 @@ from __future__ import annotations
 import argparse
 import statistics
 import sys
-import tempfile
 import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from pyspark.sql import functions as F
 
-from bench.workload import generator_observations
+from bench.workload import cached_kafka_records, generator_observations
 from bp_spark.clinical.classify import rules_for, with_classification
 from bp_spark.config import load_config
 from bp_spark.parse import parse_observations
@@ -65,14 +63,7 @@ def main() -> int:
     spark = build_session("bp-monitor-trends-bench", {"spark.driver.memory": "4g"})
     spark.sparkContext.setLogLevel("WARN")
     values = [value for _, value in generator_observations(max(sizes))]
-    with tempfile.TemporaryDirectory(prefix="bp-trends-bench-") as folder:
-        lines = Path(folder) / "observations.jsonl"
-        lines.write_bytes(b"\n".join(values) + b"\n")
-        # The Kafka source's columns, from a file read by the JVM alone (no Python workers).
-        kafka_df = spark.read.text(str(lines)).select(
-            F.col("value").cast("binary").alias("value"), F.lit("t").alias("topic"), F.lit(0).alias("partition"),
-            F.monotonically_increasing_id().alias("offset"), F.current_timestamp().alias("timestamp")).cache()
-        kafka_df.count()
+    kafka_df = cached_kafka_records(spark, values)
     readings_df = (parse_observations(kafka_df).transform(lambda df: with_classification(df, rules_for(config)))
                    .where(counts_in_trends()).select(*TREND_READING_COLUMNS).localCheckpoint(eager=True))
     kafka_df.unpersist()
