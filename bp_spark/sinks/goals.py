@@ -23,7 +23,7 @@ from pyspark.sql import DataFrame, SparkSession
 from pyspark.sql import functions as F
 from pyspark.sql import types as T
 
-from bp_spark.clinical.goals import GOAL_BOUNDS, parse_goals, with_targets
+from bp_spark.clinical.goals import GOAL_BOUNDS, GOAL_COLUMNS, parse_goals, with_targets
 
 log = logging.getLogger("bp_spark.sinks")
 
@@ -88,9 +88,8 @@ class GoalStore:
         cannot be read (as dead-letter rows), how many, and how many targets were written."""
         parsed = parse_goals(goal_rows.select(*MESSAGE_COLUMNS)).cache()
         try:
-            rows = parsed.select("goal_id", "patient_id", "lifecycle_status", "active", "start", "version_time",
-                                 "systolic", "diastolic", "error", "kafka_topic", "kafka_partition",
-                                 "kafka_offset", "bundle_entry").collect()
+            rows = parsed.select(*GOAL_COLUMNS, "kafka_topic", "kafka_partition", "kafka_offset",
+                                 "bundle_entry").collect()
             bad = [row for row in rows if row.error is not None]
             dead = None
             if bad:
