@@ -51,10 +51,11 @@ from confluent_kafka.admin import AdminClient, NewTopic  # noqa: E402
 from elasticsearch.helpers import scan  # noqa: E402
 
 from bp_spark.archive.layout import archived_lines, file_count  # noqa: E402
-from bp_spark.config import Config, env_name, load_config  # noqa: E402
+from bp_spark.config import Config, duration_seconds, env_name, load_config  # noqa: E402
 from bp_spark.connections import kafka_settings  # noqa: E402
 from bp_spark.elastic import INDEX_KINDS, make_client, pipeline_indices  # noqa: E402
 from bp_spark.generator import encode, make_patients, readings, window  # noqa: E402
+from bp_spark.trends.merge import epoch_ms  # noqa: E402
 
 MIX = {"normotensive": 0.45, "elevated": 0.1, "stage_1": 0.15, "stage_2": 0.2, "hypotensive": 0.1}
 STACK = Path(os.environ.get("BP_STACK_DIR", ROOT / ".stack"))
@@ -103,6 +104,7 @@ class Feed:
 
     messages: list[tuple[bytes | None, bytes | None, bool]] = field(default_factory=list)  # key, value, is_bad
     last: dict[str, bytes | None] = field(default_factory=dict)  # id -> last version's bytes (None: retracted)
+    first: dict[str, tuple[str, int]] = field(default_factory=dict)  # id -> (patient, effective time, epoch s)
     counts: Counter = field(default_factory=Counter)
 
 
@@ -162,7 +164,9 @@ def build_feed(scenario: Scenario, seed: int) -> Feed:
     last_at: dict[str, float] = {}
     feed = Feed()
     for i, (key, value) in enumerate(base):
-        obs_id = orjson.loads(value)["id"]
+        obs = orjson.loads(value)
+        obs_id = obs["id"]
+        feed.first[obs_id] = (key.decode(), int(datetime.fromisoformat(obs["effectiveDateTime"]).timestamp()))
         placed.append((float(i), len(placed), key, value, False))
         feed.last[obs_id] = value
         last_at[obs_id] = float(i)
@@ -376,8 +380,41 @@ def reconcile(config: Config, feed: Feed, bad: set[str], exact: bool = False) ->
 
     dead = set(index_docs(es, e.deadletter_index))
     table["dead letter"] = Counter(expected=len(bad), stored=len(dead), lost=len(bad - dead), unexpected=len(dead - bad))
+    table.update(reconcile_trends(config, feed, es))
     table.update(reconcile_episodes(config, feed, index_docs(es, e.episodes_index), index_docs(es, e.alert_state_index),
                                     topic_event_ids(config)))
+    return table
+
+
+def reconcile_trends(config: Config, feed: Feed, es) -> dict[str, Counter]:
+    """The trend windows against the readings: every observation counted once, in its patient's
+    day and in the cohort's day of its effective time (the version it first came as; a later
+    correction or retraction is not counted again, nor subtracted). Per window, a count above
+    the expected one is doubled readings, below it lost ones; a window no reading calls for is
+    unexpected."""
+    t = config.trends
+    day_s = 86_400
+    daily = next(label for label, duration in t.window_list if duration_seconds(duration) == day_s)
+    patient_day = next(label for label, duration in t.patient_window_list if duration_seconds(duration) == day_s)
+    expected = {"patient days": Counter(), "cohort days": Counter()}
+    for patient, at in feed.first.values():
+        start_ms = at // day_s * day_s * 1000
+        expected["patient days"][(patient, start_ms)] += 1
+        expected["cohort days"][(None, start_ms)] += 1
+    stored = {"patient days": Counter(), "cohort days": Counter()}
+    for doc in index_docs(es, config.elasticsearch.trends_index).values():
+        if doc.get("scope") == "patient" and doc.get("period") == patient_day:
+            stored["patient days"][(doc["patient_id"], epoch_ms(doc["window_start"]))] += doc["readings"]
+        elif doc.get("scope") == "cohort" and doc.get("period") == daily:
+            stored["cohort days"][(None, epoch_ms(doc["window_start"]))] += doc["readings"]
+    table = {}
+    for name, wanted in expected.items():
+        held = stored[name]
+        row = table[f"trends ({name})"] = Counter(expected=sum(wanted.values()), stored=sum(held.values()))
+        for key, count in wanted.items():
+            row["lost"] += max(count - held.get(key, 0), 0)
+            row["doubled"] += max(held.get(key, 0) - count, 0)
+        row["unexpected"] = sum(count for key, count in held.items() if key not in wanted)
     return table
 
 
@@ -475,9 +512,9 @@ PROBLEMS = ("lost", "doubled", "stale", "unexpected")
 
 
 def print_table(table: dict[str, Counter]) -> None:
-    print(f"\n{'sink':<12} {'expected':>9} {'stored':>9} " + " ".join(f"{p:>10}" for p in PROBLEMS))
+    print(f"\n{'sink':<22} {'expected':>9} {'stored':>9} " + " ".join(f"{p:>10}" for p in PROBLEMS))
     for sink, row in table.items():
-        print(f"{sink:<12} {row['expected']:>9,} {row['stored']:>9,} " + " ".join(f"{row[p]:>10,}" for p in PROBLEMS))
+        print(f"{sink:<22} {row['expected']:>9,} {row['stored']:>9,} " + " ".join(f"{row[p]:>10,}" for p in PROBLEMS))
     again = table.get("alert events", Counter())["sent again"]
     print(f"\nalert events sent again with the same id (a kill -9 between sending them and writing their "
           f"alerts; a consumer keeps the first): {again:,}")
@@ -558,7 +595,9 @@ def run_scenario(scenario: Scenario, config: Config, feed: Feed, job: Job, folde
     deadline = time.monotonic() + scenario.catch_up_s
     table = reconcile(config, feed, publisher.bad_coordinates)
     # The alert events are left to the last count: the sweep keeps escalating while the job runs
-    while not clean({k: v for k, v in table.items() if k != "alert events"}) and time.monotonic() < deadline:
+    # (and the trends, which the job merges every trends.trigger and when it stops).
+    while (not clean({k: v for k, v in table.items() if k != "alert events" and not k.startswith("trends")})
+           and time.monotonic() < deadline):
         job.check()
         time.sleep(10)
         table = reconcile(config, feed, publisher.bad_coordinates)

@@ -324,6 +324,36 @@ def test_give_up_after_stops_the_job_and_a_restart_completes(
     assert sorted(archive_lines(config)) == sorted(normal)
 
 
+def test_trends_count_a_reading_once_whatever_batch_brings_its_correction_or_retraction(
+    spark: SparkSession, es: Elasticsearch, kafka_admin, unique_name: str, tmp_path: Path
+) -> None:
+    """A reading counts once in its windows, as it first came: its correction, or its retraction
+    (whole or by id alone), in the same batch or a later one, neither counts it again nor takes
+    it back; the anomaly index holds only the last versions."""
+    config = stream_config(unique_name, tmp_path, **{"trends.enabled": True})
+    corrected, retracted, by_id = (reading("pt", f"2026-01-01T0{h}:00:00Z", 150, 95) for h in (7, 8, 9))
+    later_corrected, later_retracted = (reading("pt", f"2026-01-01T1{h}:00:00Z", 160, 100) for h in (0, 1))
+
+    def retraction(value: bytes, whole: bool) -> bytes:
+        obs = orjson.loads(value)
+        return orjson.dumps({**obs, "status": "entered-in-error"} if whole else
+                            {"resourceType": "Observation", "id": obs["id"], "status": "entered-in-error"})
+    publish(config, [corrected, (b"pt", version(corrected[1], "amended", 182, 121)),
+                     retracted, (b"pt", retraction(retracted[1], True)), by_id, (b"pt", retraction(by_id[1], False)),
+                     later_corrected, later_retracted])
+    run_once(spark, config, es)
+    publish(config, [(b"pt", version(later_corrected[1], "corrected", 120, 70)),
+                     (b"pt", retraction(later_retracted[1], False))])
+    run_once(spark, config, es)
+
+    day = ids_in(es, config.elasticsearch.trends_index)["patient|daily|pt|2026-01-01 00:00:00"]
+    assert (day["readings"], day["systolic_max"], day["systolic_min"]) == (5, 160.0, 150.0)  # as they first came
+    cohort_day = ids_in(es, config.elasticsearch.trends_index, scope="cohort", period="daily")
+    assert [doc["readings"] for doc in cohort_day.values()] == [5]
+    assert {doc_id: doc["systolic"] for doc_id, doc in ids_in(es, config.elasticsearch.anomalies_index).items()} == {
+        orjson.loads(corrected[1])["id"]: 182.0}
+
+
 def test_trends_sustained_onsets_and_late_readings(
     spark: SparkSession, es: Elasticsearch, kafka_admin, unique_name: str, tmp_path: Path
 ) -> None:

@@ -79,6 +79,7 @@ class BatchPlan:
     """Where a batch's rows go: lazy frames of the batch's cached rows."""
 
     readings: DataFrame  # usable, not retracted, not a half: the anomaly index or the archive
+    counted: DataFrame  # what trends may count: every version that is a reading (a later one may retract it)
     dead: DataFrame | None  # the dead letter
     halves: DataFrame  # usable, not retracted, halves: for the pairing
     normals: DataFrame  # the archive's rows (ARCHIVE_COLUMNS): a line per Observation
@@ -101,6 +102,9 @@ def plan_batch(batch_df: DataFrame, latest_df: DataFrame | None = None) -> Batch
     readings_df = live_df.where(F.col("half").isNull())
     return BatchPlan(
         readings=readings_df,
+        # Not the latest version alone: a reading and its retraction in one batch count once, as
+        # they do in two batches (trends count a reading once, in the batch that first routes it).
+        counted=batch_df.where(panel()),
         dead=batch_df.where(~usable()),
         halves=live_df.where(F.col("half").isNotNull()),
         normals=readings_df.where(~F.col("is_anomaly")).select(*ARCHIVE_COLUMNS),
@@ -116,6 +120,7 @@ def with_pairs(plan: BatchPlan, pairs_df: DataFrame) -> BatchPlan:
     return replace(
         plan,
         readings=plan.readings.unionByName(pairs_df.where(usable()).drop("_halves"), allowMissingColumns=True),
+        counted=plan.counted.unionByName(pairs_df.where(usable()).drop("_halves"), allowMissingColumns=True),
         dead=bad if plan.dead is None else plan.dead.unionByName(bad, allowMissingColumns=True),
         normals=plan.normals.unionByName(archive_rows(pairs_df.where(usable() & ~F.col("is_anomaly")))),
     )

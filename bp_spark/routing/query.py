@@ -218,17 +218,22 @@ class BatchRouter:
                      "sustained-hypertension onsets; %.2f s", merged.batches, merged.windows, merged.sustained,
                      merged.onsets, stats.steps.get("trends merge", 0.0))
 
-    def _trend_readings(self, current_df: DataFrame, seen: Seen) -> DataFrame:
+    def _trend_readings(self, counted_df: DataFrame, seen: Seen) -> DataFrame:
         """The batch's readings that count in trends: each observation once, in the batch that
-        routes its first version (a correction is not counted again, nor subtracted)."""
-        readings_df = current_df.where(counts_in_trends())
+        routes its first version, as that version came (a correction is not counted again, nor
+        subtracted; a retraction does not take back what was counted). ``counted_df``: the plan's
+        :attr:`~bp_spark.routing.plan.BatchPlan.counted`, every version of the batch."""
+        readings_df = counted_df.where(counts_in_trends())
         earlier = self.ledger.routed_before(seen)
         if earlier:
             earlier_df = self.sinks.spark.createDataFrame([(doc_id,) for doc_id in earlier], "observation_id string")
             readings_df = readings_df.join(F.broadcast(earlier_df), "observation_id", "left_anti")
         if any(len(hashes) > 1 for hashes in seen.keys.values()):  # several new versions of one id
             with_id = F.col("observation_id").isNotNull()
-            readings_df = (readings_df.where(with_id).dropDuplicates(["observation_id"])
+            first = Window.partitionBy("observation_id").orderBy(  # the first to arrive
+                "kafka_topic", "kafka_partition", "kafka_offset", F.col("bundle_entry").asc_nulls_first())
+            readings_df = (readings_df.where(with_id).withColumn("_first", F.row_number().over(first))
+                           .where(F.col("_first") == 1).drop("_first")
                            .unionByName(readings_df.where(~with_id)))
         return readings_df
 
@@ -343,7 +348,7 @@ class BatchRouter:
             stats.rolled_batches, stats.rolled_files = rolled.batches, rolled.files
         if self.trends is not None and seen is not None:
             with timed(stats.steps, "trends"):
-                stats.trend_windows = self.trends.add(self._trend_readings(plan.readings, seen), batch_id,
+                stats.trend_windows = self.trends.add(self._trend_readings(plan.counted, seen), batch_id,
                                                       at_most=stats.rows + stats.paired)
         if paired is not None:
             self.pairing.save(paired, batch_id)
