@@ -107,6 +107,57 @@ def _pss_bytes(pid: int) -> int:
     return 0
 
 
+def event_log_figures(folder: Path) -> dict:
+    """Spark's own figures from the job's event log (``spark.eventLog.enabled``): the application's
+    wall time, the tasks' time summed, the cores, and the seconds in which no task ran at all
+    (only the driver worked: planning, collecting, its own Python), from each task's launch and
+    finish times."""
+    logs = sorted(folder.glob("*"))
+    if not logs:
+        return {}
+    start = end = None
+    cores, intervals = 0, []
+    with logs[0].open("rb") as f:
+        for line in f:
+            event = orjson.loads(line)
+            kind = event.get("Event")
+            if kind == "SparkListenerApplicationStart":
+                start = event["Timestamp"]
+            elif kind == "SparkListenerApplicationEnd":
+                end = event["Timestamp"]
+            elif kind == "SparkListenerExecutorAdded":
+                cores += event["Executor Info"]["Total Cores"]
+            elif kind == "SparkListenerTaskEnd":
+                info = event["Task Info"]
+                intervals.append((info["Launch Time"], info["Finish Time"]))
+    if start is None or end is None:
+        return {}
+    busy, reach = 0, start
+    for launched, finished in sorted(intervals):  # the union of the tasks' intervals
+        if finished > reach:
+            busy += finished - max(launched, reach)
+            reach = finished
+    task_s = sum(finished - launched for launched, finished in intervals) / 1000
+    wall_s = (end - start) / 1000
+    cores = cores or 1
+    return {"wall_s": wall_s, "task_s": task_s, "cores": cores, "tasks": len(intervals),
+            "driver_only_s": wall_s - busy / 1000, "idle_core_s": wall_s - task_s / cores}
+
+
+def sink_costs(es, name: str, observations: int, archive: Path) -> dict:
+    """What the run left and did, per reading: documents indexed and read (multi-get items and
+    gets, from each index's statistics) per index kind, and the archive's files and bytes."""
+    stats = es.indices.stats(index=f"{name}_*", metric="indexing,get")["indices"]
+    per_kind = {}
+    for index, figures in stats.items():
+        kind = index[len(name) + 1:]
+        total = figures["total"]
+        per_kind[kind] = {"written": total["indexing"]["index_total"] / observations,
+                          "read": total["get"]["total"] / observations}
+    files = [f for f in archive.glob("patient_id=*/*.jsonl")]
+    return {"per_kind": per_kind, "files": len(files), "archive_bytes": sum(f.stat().st_size for f in files)}
+
+
 def run_job(topic: str, observations: int, no_sinks: bool, workdir: Path, trends: bool = False) -> dict:
     name = f"bench_{uuid.uuid4().hex[:8]}"
     env = {**os.environ, "SPARK_LOCAL_IP": "127.0.0.1", "BP_KAFKA_TOPIC": topic, "PYSPARK_PYTHON": sys.executable,
@@ -115,7 +166,11 @@ def run_job(topic: str, observations: int, no_sinks: bool, workdir: Path, trends
            "BP_PATHS_CHECKPOINT_DIR": str(workdir / name / "checkpoint"),
            "BP_TRENDS_ENABLED": str(trends).lower()}
     spark_submit = Path(sys.executable).parent / "spark-submit"
-    command = [str(spark_submit), *versions.submit_args(), str(ROOT / "jobs" / "stream.py"), "--trigger", "available-now"]
+    events = workdir / name / "events"
+    events.mkdir(parents=True)
+    command = [str(spark_submit), *versions.submit_args(), "--conf", "spark.eventLog.enabled=true",
+               "--conf", f"spark.eventLog.dir={events.as_uri()}",
+               str(ROOT / "jobs" / "stream.py"), "--trigger", "available-now"]
     if no_sinks:
         command.append("--no-sinks")
     log_path = workdir / f"{name}.log"
@@ -142,6 +197,8 @@ def run_job(topic: str, observations: int, no_sinks: bool, workdir: Path, trends
         stored += sum(1 for f in (workdir / name / "archive").glob("patient_id=*/*.jsonl")
                       for _ in f.open("rb"))
         assert stored == observations, f"sinks hold {stored}, expected {observations}"
+    costs = sink_costs(es, name, observations, workdir / name / "archive") if not no_sinks else {}
+    spark_figures = event_log_figures(events)
     names = [n for n in es.indices.get(index=f"{name}_*", allow_no_indices=True)]
     if names:
         es.indices.delete(index=",".join(names))
@@ -150,7 +207,42 @@ def run_job(topic: str, observations: int, no_sinks: bool, workdir: Path, trends
     return {"e2e": observations / elapsed, "in_batches": rows / in_batches, "peak_mb": peak / 2**20, "seconds": elapsed,
             "outside_s": elapsed - sum(s for _, s in batches),
             "roll_at_stop_s": sum(float(s) for s in ROLL_LINE.findall(after_last)),
-            "merge_at_stop_s": sum(float(s) for s in MERGE_LINE.findall(after_last))}
+            "merge_at_stop_s": sum(float(s) for s in MERGE_LINE.findall(after_last)),
+            "costs": costs, "spark": spark_figures, "batches": len(batches), "steps": step_seconds(text)}
+
+
+STEP = re.compile(r"([a-z+ ]+) ([\d.]+)")
+
+
+def step_seconds(text: str) -> dict[str, float]:
+    """The seconds of each step summed over the job's batches (their log lines' ``seconds per step``)."""
+    totals: dict[str, float] = {}
+    for line in text.splitlines():
+        if " rows in " not in line or "seconds per step:" not in line:
+            continue
+        for step, took in STEP.findall(line.split("seconds per step:", 1)[1]):
+            totals[step.strip()] = totals.get(step.strip(), 0.0) + float(took)
+    return totals
+
+
+def print_costs(label: str, run: dict) -> None:
+    """One run's cost model: Spark's time against the wall, the documents and files per reading."""
+    spark = run.get("spark") or {}
+    if spark:
+        print(f"  {label}: wall {spark['wall_s']:.0f} s on {spark['cores']} cores, {spark['tasks']:,} tasks "
+              f"{spark['task_s']:.0f} s (cores busy {spark['task_s'] / spark['cores'] / spark['wall_s']:.0%}); "
+              f"only the driver working (no task running) {spark['driver_only_s']:.0f} s "
+              f"({spark['driver_only_s'] / spark['wall_s']:.0%}); wall minus task time per core "
+              f"{spark['idle_core_s']:.0f} s ({spark['idle_core_s'] / spark['wall_s']:.0%})")
+    costs = run.get("costs") or {}
+    if costs:
+        kinds = ", ".join(f"{kind} {c['written']:.2f} written / {c['read']:.2f} read"
+                          for kind, c in sorted(costs["per_kind"].items()) if c["written"] or c["read"])
+        print(f"    Elasticsearch documents per reading: {kinds}")
+        print(f"    archive: {costs['files']:,} files, {costs['archive_bytes'] / 1e6:,.1f} MB "
+              f"({costs['archive_bytes'] / max(costs['files'], 1) / 1e3:,.1f} kB a file); {run['batches']} batches")
+    if run.get("steps"):
+        print("    seconds per step, all batches: " + ", ".join(f"{k} {v:.1f}" for k, v in run["steps"].items()))
 
 
 @contextlib.contextmanager
@@ -305,6 +397,9 @@ def main() -> int:
         if mode in runs:
             print(f"  {labels[mode]:<38} end to end {med(mode):>9,.0f} obs/s   inside batches "
                   f"{med(mode, 'in_batches'):>9,.0f} obs/s   {outside(mode)}peak memory {med(mode, 'peak_mb'):,.0f} MB")
+    for mode in ("routing", "trends"):
+        if mode in runs:
+            print_costs(f"cost model, {labels[mode]} (the last run)", runs[mode][-1])
     if "prototype" in runs:
         print(f"  {'prototype-style consumer':<38} {med('prototype'):>9,.0f} obs/s (first {args.prototype_seconds:.0f} s of the topic)")
     if "reference" in runs:

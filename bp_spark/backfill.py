@@ -11,7 +11,7 @@ same when the backfill runs again.
 
 The input is routed in chunks of whole file blocks (``--chunk-lines``), each one micro-batch of
 the routing query's :class:`~bp_spark.routing.query.BatchRouter`, with the stream job's memory of the
-versions it routed (:mod:`bp_spark.sinks.repeats`): a reading routed before, by an earlier
+versions it routed (:mod:`bp_spark.routing.repeats`): a reading routed before, by an earlier
 backfill or by the stream job, is a repeat and is left out, so that a backfill run twice, or
 followed by the stream job on a feed that replays it, stores and counts each observation once.
 Abnormal readings, alerts and dead letters are written under their ids, and the archive leaves

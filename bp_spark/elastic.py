@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from collections.abc import Callable, Iterator
 from datetime import datetime, timezone
 from dataclasses import dataclass
 from pathlib import Path
@@ -11,9 +12,11 @@ from urllib.parse import urlparse
 from elasticsearch import Elasticsearch
 from elasticsearch import exceptions as es_exceptions
 from elastic_transport import TlsError, TransportError
+from pyspark.sql import DataFrame, Row
 
 from bp_spark.config import Config, env_name
 from bp_spark.connections import AccessRefused
+from bp_spark.outages import SinkFailure
 from bp_spark.versions import elasticsearch_version
 
 
@@ -216,3 +219,46 @@ def install_templates(client: Elasticsearch, indices: dict[str, str], replicas: 
             client.indices.put_settings(index=index, settings={
                 "refresh_interval": settings["refresh_interval"], "number_of_replicas": replicas})
     return written
+
+
+# Ids a multi-get asks for at once, in a task's lookup (:func:`lookup_in_tasks`).
+TASK_MGET_CHUNK = 5_000
+
+
+def lookup_in_tasks(df: DataFrame, config: Config, index: str, fields: list[str],
+                    answer: Callable[[Row, dict | None], tuple | None], schema: str) -> DataFrame:
+    """``df``'s rows, each with what ``index`` holds under its ``observation_id``, read in Spark's
+    tasks: each task opens a client of its own and asks for its partition's ids by multi-get
+    (``fields`` of each document), so the lookup runs on every core and every worker and the
+    driver sees none of the ids. ``answer(row, source)`` (``source`` None: not there) gives the
+    output row of ``schema``, or None to leave the row out. A document whose shard cannot answer
+    (a node just restarted) fails the task, and the Spark action with it: the caller retries
+    that action as a whole (:func:`bp_spark.outages.with_retries`), never taking it for missing."""
+
+    def read(rows: Iterator[Row]) -> Iterator[tuple]:
+        rows = list(rows)
+        if not rows:
+            return
+        client = make_client(config)
+        try:
+            present = client.indices.exists(index=index)
+            for start in range(0, len(rows), TASK_MGET_CHUNK):
+                chunk = rows[start:start + TASK_MGET_CHUNK]
+                found: dict[str, dict] = {}
+                if present:
+                    docs = client.mget(index=index, ids=[row.observation_id for row in chunk],
+                                       source_includes=fields)["docs"]
+                    errors = [doc["error"] for doc in docs if doc.get("error")]
+                    if errors:  # never quotes an id: the message reaches the driver's log
+                        first = errors[0] if isinstance(errors[0], dict) else {"type": str(errors[0])}
+                        raise SinkFailure(f"{index}: {len(errors)} of {len(docs)} documents could not be read "
+                                          f"({first.get('type', 'error')})")
+                    found = {doc["_id"]: doc.get("_source") or {} for doc in docs if doc.get("found")}
+                for row in chunk:
+                    out = answer(row, found.get(row.observation_id))
+                    if out is not None:
+                        yield out
+        finally:
+            client.close()
+
+    return df.rdd.mapPartitions(read).toDF(schema)

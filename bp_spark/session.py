@@ -9,6 +9,7 @@ from __future__ import annotations
 import logging
 import os
 import subprocess
+import sys
 from collections.abc import Mapping
 
 from py4j.protocol import Py4JError
@@ -82,6 +83,15 @@ def local_files_conf() -> dict[str, str]:
     return {"spark.driver.extraClassPath": str(JVM_JAR), **NO_FORK_FILE_SYSTEM}
 
 
+def python_workers() -> None:
+    """Spark's Python workers (the tasks that read Elasticsearch with their own client) run this
+    interpreter, with the project's packages, where this process starts the JVM and nothing says
+    otherwise (``PYSPARK_PYTHON``); PySpark's default is whichever ``python3`` the PATH finds
+    first. Under spark-submit, ``python -m bp_spark.versions`` passes ``spark.pyspark.python``."""
+    if "PYSPARK_GATEWAY_PORT" not in os.environ:
+        os.environ.setdefault("PYSPARK_PYTHON", sys.executable)
+
+
 def private_files_conf(umask: str) -> dict[str, str]:
     """Files and folders Hadoop creates (archive, checkpoints) masked with ``umask`` (``paths.archive_umask``).
 
@@ -122,6 +132,7 @@ SCHEDULER_CONF = {
 
 def build_session(app_name: str, extra_conf: Mapping[str, str] | None = None) -> SparkSession:
     """Get or create the session with the Kafka and Elasticsearch connectors on its classpath."""
+    python_workers()
     builder = SparkSession.builder.appName(app_name)
     for key, value in connector_conf().items():
         builder = builder.config(key, value)

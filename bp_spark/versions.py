@@ -146,6 +146,11 @@ def submit_args() -> list[str]:
     written without a chmod process each (``build/bp-monitor-jvm.jar``, when built: on the driver's
     class path and, through ``--jars``, the executors')."""
     args = ["--driver-memory", driver_memory()]
+    # The driver's and the tasks' Python: this one, with the project's packages (the tasks read
+    # Elasticsearch with its client), unless PYSPARK_PYTHON says otherwise; on a cluster, pass
+    # the workers' own after these flags (a later --conf wins).
+    if not os.environ.get("PYSPARK_PYTHON"):
+        args += ["--conf", f"spark.pyspark.python={sys.executable}"]
     jars = connector_jars()
     if jars is None:
         for key, value in package_conf().items():

@@ -10,7 +10,7 @@ now and then and sends its readings since the last sync in a burst; 5% of readin
 (one hour to three days); about 1% of messages are corrections of an earlier reading, 0.5%
 retract one (``entered-in-error``) and 2% repeat an earlier message byte for byte. Every
 ``--report-every`` seconds it prints the routing batches' duration (p50/p95 of the period) and
-their lookup of repeats in the versions index (p95), the trend step's partial windows and its
+their first job (reading and parsing the batch, and looking up its repeats in the versions index; p95), the trend step's partial windows and its
 merges into the trends index (p95 ms), the archive's files and bytes, the documents of each index and the job's resident memory. At the end it stops the feed, lets the job catch up,
 stops it with SIGTERM, reconciles every sink by id (lost, doubled, stale, unexpected), and
 prints the table and the checks:
@@ -224,7 +224,7 @@ def report(es, config: Config, job: subprocess.Popen, since: datetime, elapsed_s
     """One line of figures for the period since ``since``; returns them."""
     routing = [r for r in records(es, config, ROUTING_QUERY, since) if r["input_rows"]]
     seconds = [r["batch_duration_ms"] / 1000 for r in routing]
-    lookups = [r["sinks"].get("steps_s", {}).get("repeats", 0.0) for r in routing]
+    lookups = [r["sinks"].get("steps_s", {}).get("read_parse_repeats", 0.0) for r in routing]
     steps = [r["sinks"].get("steps_s", {}) for r in routing]
     merges = [step["trends_merge"] for step in steps if "trends_merge" in step]
     published_files, staged_files, size = file_count(Path(config.paths.archive_dir))
@@ -238,7 +238,7 @@ def report(es, config: Config, job: subprocess.Popen, since: datetime, elapsed_s
                "files": published_files, "staged": staged_files, "mb": size / 1e6, "docs": docs,
                "rss_mb": job_rss_mb(job.pid)}
     say(f"{figures['elapsed_min']:5.1f} min, {published:,} published; routing batches {len(seconds)}: "
-        f"p50 {figures['p50']:.2f} s, p95 {figures['p95']:.2f} s, repeats lookup p95 {figures['lookup_ms']:.0f} ms; trends step p95 {figures['trends_ms']:.0f} ms, "
+        f"p50 {figures['p50']:.2f} s, p95 {figures['p95']:.2f} s, read, parse and repeats lookup p95 {figures['lookup_ms']:.0f} ms; trends step p95 {figures['trends_ms']:.0f} ms, "
         f"merge p95 {figures['merge_ms']:.0f} ms; archive {published_files:,} files + {staged_files:,} staged, "
         f"{figures['mb']:.1f} MB; " + ", ".join(f"{k} {n:,}" for k, n in docs.items())
         + f"; job RSS {figures['rss_mb']:,.0f} MB")

@@ -19,7 +19,8 @@ from pyspark.sql import SparkSession
 from bp_spark.config import Config, default_stack_env, load_config
 from bp_spark.connections import kafka_settings
 from bp_spark.elastic import ClusterInfo, ElasticsearchUnavailable, make_client, probe_cluster
-from bp_spark.session import REDACTION_CONF, SCHEDULER_CONF, local_files_conf, log_conf, private_files_conf, stop_session
+from bp_spark.session import (REDACTION_CONF, SCHEDULER_CONF, local_files_conf, log_conf, private_files_conf,
+                              python_workers, stop_session)
 from bp_spark.versions import connector_conf
 
 os.environ.setdefault("SPARK_LOCAL_IP", "127.0.0.1")
@@ -94,6 +95,7 @@ INTERPRETED_CONF = {"spark.sql.codegen.wholeStage": "false", "spark.sql.codegen.
 def spark(request) -> Iterator[SparkSession]:
     """The one SparkSession of the run: local[2], few shuffle partitions, UI off, connectors on;
     interpreted expressions when the run has no integration test (the static lane)."""
+    python_workers()
     builder = SparkSession.builder
     conf = {**connector_conf(), **local_files_conf(), **log_conf(), **REDACTION_CONF, **SCHEDULER_CONF,
             **private_files_conf("077")}

@@ -1,4 +1,4 @@
-"""The versions index (bp_spark/sinks/repeats.py) on the real Elasticsearch node: which rows of a
+"""The versions index (bp_spark/routing/repeats.py) on the real Elasticsearch node: which rows of a
 batch are repeats, a replayed batch that is not its own repeat, and the horizon's end."""
 
 from __future__ import annotations
@@ -11,7 +11,7 @@ from pyspark.sql import SparkSession
 
 from bp_spark.elastic import install_templates, pipeline_indices
 from bp_spark.sinks.es import ElasticsearchSink
-from bp_spark.sinks.repeats import VersionLedger
+from bp_spark.routing.repeats import VersionLedger
 from bp_spark.sinks.retention import apply_retention, rules_for
 from streams import ids_in, stream_config
 

@@ -74,3 +74,16 @@ def test_each_query_runs_its_jobs_in_its_scheduler_pool(spark: SparkSession) -> 
     scheduler = spark.sparkContext._jsc.sc()
     assert scheduler.getSchedulingMode().toString() == "FAIR"
     assert (scheduler.getPoolForName("routing").get().weight(), scheduler.getPoolForName("trends").get().weight()) == (100, 1)
+
+
+def test_tasks_run_the_jobs_python_with_its_packages(spark: SparkSession) -> None:
+    """Spark's Python workers run this interpreter (bp_spark.session.python_workers), so a task can
+    import the project and its clients (the repeats' lookup opens an Elasticsearch client in each
+    task), whichever python3 the PATH finds first."""
+
+    def where(_):
+        import bp_spark.elastic
+        import elasticsearch
+        yield sys.executable, Path(bp_spark.elastic.__file__).parent.parent.name, elasticsearch.__name__
+    assert set(spark.sparkContext.parallelize([0, 1], 2).mapPartitions(where).collect()) == {
+        (sys.executable, Path(__file__).resolve().parent.parent.name, "elasticsearch")}

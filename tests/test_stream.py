@@ -473,7 +473,7 @@ def test_health_metrics_are_logged_and_indexed_per_batch(
     assert routing[-1]["kafka_lag"] == 0  # the lag reaches zero
     assert all(r["batch_duration_ms"] > 0 and r["processed_rows_per_second"] > 0 for r in routing)
     # each step's seconds, the versions index's lookup and record among them; the routing query holds no state
-    assert all({"read_parse", "repeats", "elasticsearch", "versions"} <= set(r["sinks"]["steps_s"]) for r in routing)
+    assert all({"read_parse_repeats", "counts", "elasticsearch", "versions"} <= set(r["sinks"]["steps_s"]) for r in routing)
     assert all(r["state_operators"] == [] for r in routing)
     # each batch's partial trend windows (merged when the job stops: trends.trigger is a minute)
     assert all(r["sinks"]["trend_windows"] > 0 and "trends" in r["sinks"]["steps_s"] for r in routing)

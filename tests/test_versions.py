@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import sys
 from importlib.metadata import version
 from pathlib import Path
 
@@ -9,7 +10,7 @@ import pyspark
 
 from bp_spark.config import load_config
 from bp_spark.versions import (connector_conf, connector_jars, elasticsearch_version, package_conf, read_env_file,
-                               spark_submit_args)
+                               spark_submit_args, submit_args)
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -51,3 +52,13 @@ def test_spark_submit_args_carry_what_the_job_sets_itself() -> None:
     assert pairs["--driver-java-options"] == f"-Dlog4j2.configurationFile=file://{ROOT}/conf/spark-log4j2.properties"
     assert pairs["--driver-class-path"] == str(ROOT / "build" / "bp-monitor-jvm.jar")
     assert confs["spark.hadoop.fs.file.impl"] == "bpmonitor.NoForkLocalFileSystem"
+
+
+def test_spark_submit_args_give_the_tasks_this_python_unless_told(monkeypatch) -> None:
+    """The tasks read Elasticsearch with the project's client: spark-submit is told this
+    interpreter, not whichever python3 the PATH finds; PYSPARK_PYTHON, when set, decides."""
+    monkeypatch.delenv("PYSPARK_PYTHON", raising=False)
+    args = submit_args()
+    assert args[args.index(f"spark.pyspark.python={sys.executable}") - 1] == "--conf"
+    monkeypatch.setenv("PYSPARK_PYTHON", "/opt/python/bin/python3")
+    assert not any(arg.startswith("spark.pyspark.python=") for arg in submit_args())

@@ -5,7 +5,7 @@ index. Corrections (``amended``/``corrected``) replace the earlier version under
 wherever it was stored, under any patient; ``entered-in-error`` removes it, also when it
 carries nothing but its id. The same observation delivered twice (same id, same content), or a
 late repeat of a version corrected since, is dropped by asking the versions index
-(:mod:`bp_spark.sinks.repeats`).
+(:mod:`bp_spark.routing.repeats`).
 """
 
 from __future__ import annotations
@@ -30,7 +30,7 @@ from bp_spark.routing.plan import (BatchPlan, batch_counts, elasticsearch_docume
                                    usable, with_dead, with_pairs)
 from bp_spark.sinks import Sinks, SinkUnavailable
 from bp_spark.sinks.es import Refused
-from bp_spark.sinks.repeats import Seen, VersionLedger, version_hash
+from bp_spark.routing.repeats import Seen, VersionLedger, version_hash
 from bp_spark.outages import summarise
 from bp_spark.streaming import (checkpointed, configure_state, kafka_source, parsed, per_step, remember, start_in_pool,
                                 timed)
@@ -56,7 +56,7 @@ def with_dedup_key(df: DataFrame) -> DataFrame:
 
 def readings_stream(source_df: DataFrame, config: Config) -> DataFrame:
     """Parse and classify the Kafka stream (pure: the same plan serves tests on static data). It
-    keeps no state: repeats are left out per batch (:mod:`bp_spark.sinks.repeats`)."""
+    keeps no state: repeats are left out per batch (:mod:`bp_spark.routing.repeats`)."""
     return (
         source_df.transform(lambda df: parsed(df, config))
         .transform(lambda df: with_classification(df, rules_for(config)))
@@ -162,6 +162,7 @@ class BatchRouter:
             if self.ledger is not None and self.sinks is not None:
                 took = time.monotonic()
                 routed_df, seen = self.ledger.drop_repeats(batch_df, batch_id)
+                cached.extend(seen.frames)
                 took = time.monotonic() - took
                 if seen.repeats:
                     batch_df = routed_df.persist()
@@ -169,9 +170,8 @@ class BatchRouter:
             stats = self._route(batch_df, batch_id, seen, cached)
             if seen is not None:
                 stats.repeats += seen.repeats
-                # Reading the batch's ids reads and parses it (the first action on its cache).
-                stats.steps = {"read+parse": stats.steps.get("read+parse", 0.0) + took - seen.lookup_s,
-                               "repeats": seen.lookup_s, **{k: v for k, v in stats.steps.items() if k != "read+parse"}}
+                # The lookup is the first Spark job on the batch's cache: it reads and parses the batch.
+                stats.steps = {"read+parse+repeats": took, **stats.steps}
                 with timed(stats.steps, "versions"):  # last: every sink has the batch's rows
                     self.ledger.record(seen)
             if self.trends is not None and self.trends.due():
@@ -224,11 +224,10 @@ class BatchRouter:
         subtracted; a retraction does not take back what was counted). ``counted_df``: the plan's
         :attr:`~bp_spark.routing.plan.BatchPlan.counted`, every version of the batch."""
         readings_df = counted_df.where(counts_in_trends())
-        earlier = self.ledger.routed_before(seen)
-        if earlier:
-            earlier_df = self.sinks.spark.createDataFrame([(doc_id,) for doc_id in earlier], "observation_id string")
-            readings_df = readings_df.join(F.broadcast(earlier_df), "observation_id", "left_anti")
-        if any(len(hashes) > 1 for hashes in seen.keys.values()):  # several new versions of one id
+        earlier_df = seen.routed_before()
+        if earlier_df is not None:
+            readings_df = readings_df.join(earlier_df, "observation_id", "left_anti")
+        if seen.several:  # several new versions of one id
             with_id = F.col("observation_id").isNotNull()
             first = Window.partitionBy("observation_id").orderBy(  # the first to arrive
                 "kafka_topic", "kafka_partition", "kafka_offset", F.col("bundle_entry").asc_nulls_first())
@@ -261,7 +260,8 @@ class BatchRouter:
         counts = batch_counts(batch_df).first()
         stats = BatchStats(batch_id, counts.rows, counts.anomalies, counts.alerts, counts.normals, counts.dead,
                            counts.updates, ignored_entries=counts.ignored or 0, repeats=counts.repeats or 0)
-        stats.steps["read+parse"] = time.monotonic() - started
+        # The first job on the batch's cache reads and parses it; after the repeats' lookup, it counts.
+        stats.steps["read+parse" if seen is None else "counts"] = time.monotonic() - started
         if self.sinks is None or stats.rows == 0:
             return stats
 
@@ -306,14 +306,14 @@ class BatchRouter:
                 stats.dead_letters += paired.dead
             stats.paired, stats.halves_waiting, stats.halves_expired = paired.paired, paired.waiting, paired.expired
         try:
-            self._write(plan, stats, paired, batch_id, seen)
+            self._write(plan, stats, paired, batch_id, seen, cached)
         finally:
             if paired is not None and paired.readings_df is not None:
                 paired.readings_df.unpersist()
         return stats
 
     def _write(self, plan: BatchPlan, stats: BatchStats, paired: Paired | None, batch_id: int,
-               seen: Seen | None) -> None:
+               seen: Seen | None, cached: list[DataFrame]) -> None:
         """Apply the plan. Elasticsearch first (one pass for all its indices), the archive last:
         if Elasticsearch fails, the archive holds none of the batch, and the replay writes
         everything once. The pairing's state is saved last of all: a batch that fails before is
@@ -324,7 +324,7 @@ class BatchRouter:
                                        anomalies=bool(stats.anomalies), alerts=bool(stats.alerts))
         if stats.normals and not archive.replayed(batch_id):
             with timed(stats.steps, "archive index"):
-                normal_df, stats.already_archived = archive.new_readings(plan.normals, batch_id)
+                normal_df, stats.already_archived = archive.new_readings(plan.normals, batch_id, cached)
             new_normals = stats.normals - stats.already_archived
             if new_normals:
                 docs["archive index"] = documents.archive_docs(normal_df, self.indices["archive"], self.config.archive.period,

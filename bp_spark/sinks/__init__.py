@@ -3,7 +3,7 @@
 - :mod:`bp_spark.sinks.es`: the Elasticsearch indices (anomalies, alerts, trends, dead letter);
 - :mod:`bp_spark.sinks.archive`: the normal-reading archive, files per patient and period (:mod:`bp_spark.archive`);
 - :mod:`bp_spark.sinks.alert_topic`: alert events (FHIR DetectedIssues) on a Kafka topic for downstream systems;
-- :mod:`bp_spark.sinks.repeats`: the versions of each observation seen, so that repeats are dropped.
+- :mod:`bp_spark.routing.repeats`: the versions of each observation seen, so that repeats are dropped.
 
 Each rides out an outage the same way (:mod:`bp_spark.outages`).
 
@@ -24,7 +24,7 @@ from bp_spark.sinks.archive import ArchiveSink
 from bp_spark.sinks.es import ElasticsearchSink
 from bp_spark.outages import SinkUnavailable
 from bp_spark.sinks.goals import GoalStore
-from bp_spark.sinks.repeats import VersionLedger
+from bp_spark.routing.repeats import VersionLedger
 
 __all__ = ["Sinks", "SinkUnavailable"]
 

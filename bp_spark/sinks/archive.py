@@ -35,6 +35,7 @@ from bp_spark.files import HadoopFiles, LocalFiles, files_at, hadoop_fs
 from bp_spark.archive.layout import LEGACY, PATIENT_PREFIX, PERIOD_PREFIX, UNDATED, period_of, staged_batch
 from bp_spark.archive.roll import Roller, RollResult
 from bp_spark.config import Config
+from bp_spark.elastic import lookup_in_tasks
 from bp_spark.config import duration_seconds as seconds
 from bp_spark.outages import with_retries
 
@@ -108,33 +109,38 @@ class ArchiveSink:
 
     # ------------------------------------------------------------------ what is new
 
-    def new_readings(self, normal_df: DataFrame, batch_id: int) -> tuple[DataFrame, int]:
+    def new_readings(self, normal_df: DataFrame, batch_id: int, keep: list[DataFrame]) -> tuple[DataFrame, int]:
         """The normal readings the archive does not hold yet, and how many it holds already: by id
         and content hash in the archive index, where the batch that wrote the document was rolled
         or staged whole (a document this very batch wrote in an earlier attempt, or one whose
-        batch broke off before it was staged, does not count: those readings are staged again)."""
-        keys = {(row.observation_id, row.content_hash) for row in
-                normal_df.select("observation_id", "content_hash").collect()}
-        if not keys or self.elasticsearch is None:
+        batch broke off before it was staged, does not count: those readings are staged again).
+        The index is asked in Spark's tasks (:func:`~bp_spark.elastic.lookup_in_tasks`); the driver
+        decides per batch that wrote a document, not per reading. ``keep``: frames persisted here,
+        for the caller to unpersist when the batch ends."""
+        if self.elasticsearch is None:
             return normal_df, 0
-        stored = self.elasticsearch.documents(self.config.elasticsearch.archive_index, {k for k, _ in keys},
-                                              f"batch {batch_id}: asking the archive index")
-        archived: dict[tuple, bool] = {}
+        tag = self.tag
 
-        def in_archive(doc: dict) -> bool:
-            """A document's batch is rolled, or staged whole (not this very batch, not one that broke off)."""
-            key = (doc.get("tag"), doc.get("batch_id"))
-            if key not in archived:
-                tag, staged = key
-                archived[key] = key != (self.tag, batch_id) and tag is not None and staged is not None and (
-                    staged <= self.roller.rolled_through(tag) or self.files.exists(staged_batch(tag, staged)))
-            return archived[key]
-        held = [(doc_id, doc.get("content_hash")) for doc_id, doc in stored.items()
-                if (doc_id, doc.get("content_hash")) in keys and in_archive(doc)]
-        if not held:
+        def held(row, doc: dict | None) -> tuple | None:
+            """The row's archive-index document, when it names this content and another batch."""
+            if doc is None or doc.get("content_hash") != row.content_hash or doc.get("tag") is None \
+                    or doc.get("batch_id") is None or (doc["tag"], doc["batch_id"]) == (tag, batch_id):
+                return None
+            return row.observation_id, row.content_hash, doc["tag"], doc["batch_id"]
+        held_df = lookup_in_tasks(normal_df.select("observation_id", "content_hash"), self.config,
+                                  self.config.elasticsearch.archive_index, ["content_hash", "tag", "batch_id"], held,
+                                  "observation_id string, content_hash long, tag string, batch_id long").persist()
+        keep.append(held_df)
+        writers = self.elasticsearch.retried(lambda: held_df.select("tag", "batch_id").distinct().collect(),
+                                             f"batch {batch_id}: asking the archive index")
+        archived = [(w.tag, w.batch_id) for w in writers
+                    if w.batch_id <= self.roller.rolled_through(w.tag) or self.files.exists(staged_batch(w.tag, w.batch_id))]
+        if not archived:
             return normal_df, 0
-        held_df = self.spark.createDataFrame(held, "observation_id string, content_hash long")
-        return normal_df.join(F.broadcast(held_df), ["observation_id", "content_hash"], "left_anti"), len(held)
+        archived_df = self.spark.createDataFrame(archived, "tag string, batch_id long")
+        held_df = held_df.join(F.broadcast(archived_df), ["tag", "batch_id"]).select("observation_id", "content_hash")
+        count = held_df.count()
+        return normal_df.join(held_df, ["observation_id", "content_hash"], "left_anti"), count
 
     # ------------------------------------------------------------------ staging and rolling
 

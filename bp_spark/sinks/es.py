@@ -147,6 +147,23 @@ class ElasticsearchSink:
     def _retry(self, action, what: str):
         return with_retries(action, what, SINK, self.config.outages, self.waits)
 
+    def retried(self, action, what: str):
+        """``action`` (a Spark job whose tasks read Elasticsearch) until it succeeds, waiting out an outage."""
+        return self._retry(action, what)
+
+    def index_frame(self, index: str, docs_df: DataFrame, documents: int, what: str) -> None:
+        """Index the documents of ``docs_df`` (``_doc_id`` and the fields) into ``index``, every one
+        taken or the whole tried again (they are idempotent: the same ids, the same content): by
+        the connector in Spark's tasks, or from the driver in one bulk request when ``documents``
+        is at most ``elasticsearch.driver_write_max_docs`` (a live batch's few)."""
+        if documents <= self.config.elasticsearch.driver_write_max_docs:
+            fields = [c for c in docs_df.columns if c != "_doc_id"]
+            self.put(index, {row._doc_id: {f: row[f] for f in fields} for row in docs_df.collect()}, what,
+                     refresh=False)
+            return
+        options = {**self._options, "es.mapping.exclude": "_doc_id", "es.write.operation": "index"}
+        self._retry(lambda: docs_df.write.format(ES_FORMAT).options(**options).mode("append").save(index), what)
+
     # ------------------------------------------------------------------ writes
 
     def write(self, docs: dict[str, DataFrame], batch_id: int, documents: int | None = None) -> Refused:

@@ -5,7 +5,7 @@
   (expired, hence dead letters; superseded by a correction); a paired half stays, since a later
   correction of its partner needs it.
 - Health records, after ``elasticsearch.metrics_retention``.
-- The versions seen of an observation (:mod:`bp_spark.sinks.repeats`), once none new came for
+- The versions seen of an observation (:mod:`bp_spark.routing.repeats`), once none new came for
   ``stream.dedup_horizon``.
 
 Each rule is a range query on a date its documents carry, so a pass costs what expires, not
