@@ -34,6 +34,10 @@ from bp_spark.trends.step import PENDING_FOLDER, TrendStep
 log = logging.getLogger("bp_spark.pipeline")
 
 
+# How long a stop waits for the batch in flight to end; then the batch is stopped half-way and
+# routed again by the next start.
+STOP_WAIT_S = 90
+
 # The checkpoints of the trend query that earlier versions ran beside the routing query.
 EARLIER_TRENDS_CHECKPOINTS = ("trends", "trends-v2", "trends-v3", "trends-v4")
 
@@ -148,11 +152,31 @@ class Pipeline:
             log.warning("could not roll the archive's staged readings at stop (%s); the next start will",
                         summarise(exc))
 
+    def _await_commit(self, timeout_s: float = 10.0) -> None:
+        """Once the router's last batch has ended, let Spark write its commit (a few milliseconds
+        after the batch function returns): a stop then costs no replay."""
+        last = self.router.last
+        routing = [query for query in self.queries if query.name == ROUTING_QUERY and query.isActive]
+        if last is None or not routing:
+            return
+        deadline = time.monotonic() + timeout_s
+        while time.monotonic() < deadline:
+            progress = routing[0].lastProgress
+            if not routing[0].isActive or (progress is not None and progress["batchId"] >= last.batch_id):
+                return
+            time.sleep(0.05)
+
     def stop(self) -> None:
-        """Stop the queries, roll the archive, merge the kept trend windows, let the listener record
-        their last batches, remove it, release the claims."""
+        """Let the batch in flight end (up to :data:`STOP_WAIT_S`), stop the queries, roll the
+        archive, merge the kept trend windows, let the listener record their last batches, remove
+        it, release the claims."""
         self.sweeping.set()
         try:
+            if not self.router.finish(STOP_WAIT_S):
+                log.warning("the batch in flight was still running %d s after the stop was asked; it is stopped, and "
+                            "the next start routes it again", STOP_WAIT_S)
+            else:
+                self._await_commit()
             self.stop_queries()
             self._roll_archive()
             if self.router.trends is not None:

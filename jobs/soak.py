@@ -224,7 +224,7 @@ def report(es, config: Config, job: subprocess.Popen, since: datetime, elapsed_s
     """One line of figures for the period since ``since``; returns them."""
     routing = [r for r in records(es, config, ROUTING_QUERY, since) if r["input_rows"]]
     seconds = [r["batch_duration_ms"] / 1000 for r in routing]
-    lookups = [r["sinks"].get("steps_s", {}).get("read_parse_repeats", 0.0) for r in routing]
+    lookups = [r["sinks"].get("steps_s", {}).get("repeats", 0.0) for r in routing]
     steps = [r["sinks"].get("steps_s", {}) for r in routing]
     merges = [step["trends_merge"] for step in steps if "trends_merge" in step]
     published_files, staged_files, size = file_count(Path(config.paths.archive_dir))

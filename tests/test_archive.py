@@ -204,3 +204,32 @@ def test_a_removal_reads_only_the_files_of_the_patient_and_period(tmp_path: Path
     assert not files.exists("_staging/t1/batch=000000000004/patient_id=p1/period=2026-01-01/part-00000.jsonl")
     assert files.read("patient_id=p1/2026-01-02-000.jsonl") == b'{"id":"a"}\n'
     assert os.stat(tmp_path / "patient_id=p1/2026-01-01-000.jsonl").st_mode & 0o777 == 0o600
+
+
+@pytest.mark.parametrize("driver_max", [2000, 0], ids=["a live batch, on the driver", "a big batch, in Spark's tasks"])
+def test_the_archive_index_says_which_normal_readings_the_archive_holds(
+    spark: SparkSession, es, kafka_admin, unique_name: str, tmp_path: Path, driver_max: int
+) -> None:
+    """A normal reading the archive holds (its id and content, from a batch rolled or staged whole)
+    is not archived again; a new content of the id, a new id, or the very batch that wrote the
+    document (a replay) are. The same answers from the driver and from Spark's tasks."""
+    from bp_spark.sinks import Sinks
+    from streams import ids_in, publish, reading as stream_reading, run_once, stream_config
+
+    config = stream_config(unique_name, tmp_path, **{"elasticsearch.driver_write_max_docs": driver_max})
+    publish(config, [stream_reading("pa", "2026-01-01T08:00:00Z", 118, 76),
+                     stream_reading("pa", "2026-01-01T09:00:00Z", 117, 75)])
+    run_once(spark, config, es)  # batch 0: archived, and rolled at the stop
+    (a, doc_a), (b, doc_b) = sorted(ids_in(es, config.elasticsearch.archive_index).items())
+    sink = Sinks(spark, config, es).archive
+    normal_df = spark.createDataFrame([(a, doc_a["content_hash"]), (b, doc_b["content_hash"] + 1), ("pa-new", 5)],
+                                      "observation_id string, content_hash long")
+    keep: list = []
+    try:
+        new_df, held = sink.new_readings(normal_df, 3, 1, keep)
+        assert (held, sorted(r.observation_id for r in new_df.collect())) == (1, sorted([b, "pa-new"]))
+        again_df, held = sink.new_readings(normal_df, 3, 0, keep)  # batch 0 replayed: its own documents do not count
+        assert (held, again_df.count()) == (0, 3)
+    finally:
+        for df in keep:
+            df.unpersist()

@@ -6,6 +6,7 @@ from __future__ import annotations
 import time
 from pathlib import Path
 
+import pytest
 from elasticsearch import Elasticsearch
 from pyspark.sql import SparkSession
 
@@ -26,16 +27,19 @@ def row(observation_id, content_hash, offset, entry=None, error=None, raw="{}"):
 def routed(ledger: VersionLedger, spark: SparkSession, rows: list[tuple], batch_id: int) -> tuple[list[int], int]:
     """The offsets (and entries) of the rows ``ledger`` keeps for ``batch_id``, and how many it
     left out; the batch's versions recorded, as the router does once every sink has the rows."""
-    kept_df, seen = ledger.drop_repeats(spark.createDataFrame(rows, ROWS), batch_id)
+    kept_df, seen = ledger.drop_repeats(spark.createDataFrame(rows, ROWS), batch_id, len(rows))
     kept = sorted((r.kafka_offset, r.bundle_entry or 0) for r in kept_df.collect())
     ledger.record(seen)
     return kept, seen.repeats
 
 
+@pytest.mark.parametrize("driver_max", [2000, 0], ids=["a live batch, on the driver", "a big batch, in Spark's tasks"])
 def test_repeats_are_dropped_by_id_and_version_but_not_a_replayed_batchs_own_rows(
-    spark: SparkSession, es: Elasticsearch, unique_name: str, tmp_path: Path
+    spark: SparkSession, es: Elasticsearch, unique_name: str, tmp_path: Path, driver_max: int
 ) -> None:
-    config = stream_config(unique_name, tmp_path, **{"stream.dedup_horizon": "2 seconds"})
+    """The same answers whether the driver asks (a live batch's few rows) or Spark's tasks do."""
+    config = stream_config(unique_name, tmp_path, **{"stream.dedup_horizon": "2 seconds",
+                                                     "elasticsearch.driver_write_max_docs": driver_max})
     install_templates(es, pipeline_indices(config), 0)
     ledger = VersionLedger(spark, config, ElasticsearchSink(config, es, {}), lambda: "job1")
     first = [row("o1", 11, 0), row("o1", 11, 1),  # the same message twice in one batch

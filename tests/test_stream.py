@@ -473,7 +473,7 @@ def test_health_metrics_are_logged_and_indexed_per_batch(
     assert routing[-1]["kafka_lag"] == 0  # the lag reaches zero
     assert all(r["batch_duration_ms"] > 0 and r["processed_rows_per_second"] > 0 for r in routing)
     # each step's seconds, the versions index's lookup and record among them; the routing query holds no state
-    assert all({"read_parse_repeats", "counts", "elasticsearch", "versions"} <= set(r["sinks"]["steps_s"]) for r in routing)
+    assert all({"read_parse", "repeats", "counts", "elasticsearch", "versions"} <= set(r["sinks"]["steps_s"]) for r in routing)
     assert all(r["state_operators"] == [] for r in routing)
     # each batch's partial trend windows (merged when the job stops: trends.trigger is a minute)
     assert all(r["sinks"]["trend_windows"] > 0 and "trends" in r["sinks"]["steps_s"] for r in routing)
@@ -528,3 +528,43 @@ def test_a_bundles_entries_reach_their_sinks_each_once_whatever_the_envelope(
     run_once(spark, config, es)
     assert set(ids_in(es, config.elasticsearch.anomalies_index)) == {crisis["id"]}
     assert [orjson.loads(line) for line in archive_lines(config)] == [normal]
+
+
+def test_a_stop_asked_mid_batch_lets_the_batch_end_with_its_trends_and_begins_no_other(
+    spark: SparkSession, es: Elasticsearch, kafka_admin, unique_name: str, tmp_path: Path
+) -> None:
+    """Ctrl-C or SIGTERM while a batch is routed: the stop waits for it, so its readings are in
+    every sink and in the trend windows merged at the stop, and Spark commits it; the next batch
+    is not begun, and the next start routes it."""
+    from bp_spark.config import duration_seconds
+    from bp_spark.elastic import install_templates, pipeline_indices
+    from bp_spark.pipeline import start_pipeline
+    from bp_spark.sinks import Sinks
+
+    config = stream_config(unique_name, tmp_path, **{"kafka.max_offsets_per_trigger": 100, "trends.enabled": True,
+                                                     "trends.trigger": "1 hour"})
+    good = generated(patients=5, days=8, seed=31)  # 160 readings: two batches
+    publish(config, good)
+    install_templates(es, pipeline_indices(config), 0)
+    pipeline = start_pipeline(spark, config, Sinks(spark, config, es))
+    try:
+        deadline = time.monotonic() + 120
+        while not pipeline.router.busy and time.monotonic() < deadline:
+            time.sleep(0.005)
+        assert pipeline.router.busy, "no batch began within 120 s"
+    finally:
+        pipeline.stop()
+    assert list(pipeline.router.counts) == [0]  # the batch in flight ended; no other began
+    first = pipeline.router.counts[0]
+    routed = first["anomalies"] + first["archive"]
+    assert routed == 100
+    assert (Path(config.paths.checkpoint_dir) / "routing" / "commits" / "0").exists()
+    day = next(label for label, d in config.trends.window_list if duration_seconds(d) == 86_400)
+
+    def daily_readings() -> int:
+        return sum(doc["readings"] for doc in ids_in(es, config.elasticsearch.trends_index, scope="cohort",
+                                                    period=day).values())
+    assert daily_readings() == routed  # merged at the stop
+    run_once(spark, config, es)  # the next start routes the rest
+    assert daily_readings() == len(good)
+    assert len(ids_in(es, config.elasticsearch.anomalies_index)) + len(archive_lines(config)) == len(good)

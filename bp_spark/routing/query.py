@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import logging
 import re
+import threading
 import time
 from dataclasses import dataclass, field
 
@@ -30,7 +31,7 @@ from bp_spark.routing.plan import (BatchPlan, batch_counts, elasticsearch_docume
                                    usable, with_dead, with_pairs)
 from bp_spark.sinks import Sinks, SinkUnavailable
 from bp_spark.sinks.es import Refused
-from bp_spark.routing.repeats import Seen, VersionLedger, version_hash
+from bp_spark.routing.repeats import Seen, VersionLedger, topic_order, version_hash
 from bp_spark.outages import summarise
 from bp_spark.streaming import (checkpointed, configure_state, kafka_source, parsed, per_step, remember, start_in_pool,
                                 timed)
@@ -40,6 +41,11 @@ from bp_spark.trends.windows import counts_in_trends
 log = logging.getLogger("bp_spark.pipeline")
 
 ROUTING_CHECKPOINT = "routing"
+
+
+class Stopping(RuntimeError):
+    """A batch that begins after the job was told to stop: it fails before any write, so Spark
+    does not commit it, and the next start routes it."""
 
 
 def with_dedup_key(df: DataFrame) -> DataFrame:
@@ -150,28 +156,57 @@ class BatchRouter:
         self.pairing = Pairing(config, sinks) if sinks is not None else None
         self.rules = rules_for(config)  # what the batches are classified by (their documents say so)
         self.indices = pipeline_indices(config)
+        self._turn = threading.Condition()
+        self._running = False  # a batch is being routed
+        self._stopping = False
+
+    @property
+    def busy(self) -> bool:
+        """Whether a batch is being routed now."""
+        return self._running
+
+    def finish(self, timeout_s: float) -> bool:
+        """Let the batch being routed end, and refuse the next (:class:`Stopping`): a job told to
+        stop stops between batches, every sink and its trends done for each batch it committed.
+        False when the batch was still running after ``timeout_s`` (stopping it then costs a replay
+        at the next start, nothing more)."""
+        with self._turn:
+            self._stopping = True
+            return self._turn.wait_for(lambda: not self._running, timeout_s)
 
     def __call__(self, batch_df: DataFrame, batch_id: int) -> None:
+        with self._turn:
+            if self._stopping:
+                raise Stopping(f"batch {batch_id} is left to the next start: the job is stopping")
+            self._running = True
+        try:
+            self._route_batch(batch_df, batch_id)
+        finally:
+            with self._turn:
+                self._running = False
+                self._turn.notify_all()
+
+    def _route_batch(self, batch_df: DataFrame, batch_id: int) -> None:
         started = time.monotonic()
         if self.sinks is not None:
             self.sinks.waits.clear()
         cached = [] if batch_df.is_cached else [batch_df.persist()]  # a backfill's chunk comes cached
         batch_df = cached[0] if cached else batch_df
         try:
-            seen, took = None, 0.0
+            seen, steps = None, {}
             if self.ledger is not None and self.sinks is not None:
-                took = time.monotonic()
-                routed_df, seen = self.ledger.drop_repeats(batch_df, batch_id)
+                with timed(steps, "read+parse"):  # the first Spark job on the batch's cache
+                    rows = batch_df.count()
+                with timed(steps, "repeats"):
+                    routed_df, seen = self.ledger.drop_repeats(batch_df, batch_id, rows)
                 cached.extend(seen.frames)
-                took = time.monotonic() - took
                 if seen.repeats:
                     batch_df = routed_df.persist()
                     cached.append(batch_df)
             stats = self._route(batch_df, batch_id, seen, cached)
             if seen is not None:
                 stats.repeats += seen.repeats
-                # The lookup is the first Spark job on the batch's cache: it reads and parses the batch.
-                stats.steps = {"read+parse+repeats": took, **stats.steps}
+                stats.steps = {**steps, **stats.steps}
                 with timed(stats.steps, "versions"):  # last: every sink has the batch's rows
                     self.ledger.record(seen)
             if self.trends is not None and self.trends.due():
@@ -229,8 +264,7 @@ class BatchRouter:
             readings_df = readings_df.join(earlier_df, "observation_id", "left_anti")
         if seen.several:  # several new versions of one id
             with_id = F.col("observation_id").isNotNull()
-            first = Window.partitionBy("observation_id").orderBy(  # the first to arrive
-                "kafka_topic", "kafka_partition", "kafka_offset", F.col("bundle_entry").asc_nulls_first())
+            first = Window.partitionBy("observation_id").orderBy(*topic_order())  # the first to arrive
             readings_df = (readings_df.where(with_id).withColumn("_first", F.row_number().over(first))
                            .where(F.col("_first") == 1).drop("_first")
                            .unionByName(readings_df.where(~with_id)))
@@ -260,7 +294,7 @@ class BatchRouter:
         counts = batch_counts(batch_df).first()
         stats = BatchStats(batch_id, counts.rows, counts.anomalies, counts.alerts, counts.normals, counts.dead,
                            counts.updates, ignored_entries=counts.ignored or 0, repeats=counts.repeats or 0)
-        # The first job on the batch's cache reads and parses it; after the repeats' lookup, it counts.
+        # Without the versions index, this is the first job on the batch's cache: it reads and parses it.
         stats.steps["read+parse" if seen is None else "counts"] = time.monotonic() - started
         if self.sinks is None or stats.rows == 0:
             return stats
@@ -324,7 +358,7 @@ class BatchRouter:
                                        anomalies=bool(stats.anomalies), alerts=bool(stats.alerts))
         if stats.normals and not archive.replayed(batch_id):
             with timed(stats.steps, "archive index"):
-                normal_df, stats.already_archived = archive.new_readings(plan.normals, batch_id, cached)
+                normal_df, stats.already_archived = archive.new_readings(plan.normals, stats.normals, batch_id, cached)
             new_normals = stats.normals - stats.already_archived
             if new_normals:
                 docs["archive index"] = documents.archive_docs(normal_df, self.indices["archive"], self.config.archive.period,

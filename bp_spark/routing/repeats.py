@@ -64,7 +64,6 @@ class Seen:
     new_ids: int = 0  # ids with a version new to the ledger: the documents record() writes
     corrected: int = 0  # ids an earlier batch routed a version of
     several: bool = False  # some id came in several new versions
-    lookup_s: float = 0.0  # the lookup and the batch's ids (one Spark job)
     frames: list[DataFrame] = field(default_factory=list)  # persisted here, unpersisted by the caller
 
     def routed_before(self) -> DataFrame | None:
@@ -104,16 +103,23 @@ class VersionLedger:
     def tag(self) -> str:
         return self._tag()
 
-    def drop_repeats(self, batch_df: DataFrame, batch_id: int) -> tuple[DataFrame, Seen]:
+    def drop_repeats(self, batch_df: DataFrame, batch_id: int, rows: int) -> tuple[DataFrame, Seen]:
         """``batch_df`` without its repeats: rows whose (id, hash) an earlier batch routed, and
         every copy of an (id, hash) but the first in topic order. Rows without a valid id are all
-        kept (each is known by its place in the topic, which a replay reads again)."""
-        seen = Seen(batch_id)
-        started = time.monotonic()
+        kept (each is known by its place in the topic, which a replay reads again). ``rows``: the
+        batch's rows; a live batch of at most ``elasticsearch.driver_write_max_docs`` is looked up
+        by the driver in one multi-get (a Spark job per task's client costs it more), a bigger one
+        in Spark's tasks."""
         rows_df = (batch_df.where(F.col("observation_id").rlike(FHIR_ID))
-                   .select("observation_id", version_hash().alias("hash"), *POSITION)
-                   .withColumn("_copy", F.row_number().over(
-                       Window.partitionBy("observation_id", "hash").orderBy(*topic_order()))))
+                   .select("observation_id", version_hash().alias("hash"), *POSITION))
+        if rows <= self.config.elasticsearch.driver_write_max_docs:
+            return self._drop_on_driver(batch_df, rows_df, batch_id)
+        return self._drop_in_tasks(batch_df, rows_df, batch_id)
+
+    def _drop_in_tasks(self, batch_df: DataFrame, rows_df: DataFrame, batch_id: int) -> tuple[DataFrame, Seen]:
+        seen = Seen(batch_id)
+        rows_df = rows_df.withColumn("_copy", F.row_number().over(
+            Window.partitionBy("observation_id", "hash").orderBy(*topic_order())))
         per_id = rows_df.groupBy("observation_id").agg(
             F.count(F.lit(1)).alias("rows"),
             F.sort_array(F.collect_list(F.when(F.col("_copy") == 1, F.struct(*topic_order(), "hash")))).alias("_firsts"))
@@ -127,11 +133,10 @@ class VersionLedger:
             "observation_id", "rows", "before",
             F.filter("hashes", lambda h: ~F.array_contains("before", h)).alias("new")).persist()
         seen.frames.append(versions_df)
-        summary = self.elasticsearch.retried(lambda: versions_df.agg(
+        summary = self.elasticsearch.retry(lambda: versions_df.agg(
             F.sum(F.col("rows") - F.size("new")).alias("repeats"), F.count(F.when(F.size("new") > 0, 1)).alias("new_ids"),
             F.count(F.when(F.size("before") > 0, 1)).alias("corrected"),
             F.max(F.size("new")).alias("most")).first(), f"batch {batch_id}: asking which versions were seen")
-        seen.lookup_s = time.monotonic() - started
         seen.versions_df = versions_df
         seen.repeats, seen.new_ids, seen.corrected = summary.repeats or 0, summary.new_ids, summary.corrected
         seen.several = (summary.most or 0) > 1
@@ -140,9 +145,44 @@ class VersionLedger:
         dropped_df = (rows_df.join(versions_df.select("observation_id", "before"), "observation_id")
                       .where((F.col("_copy") > 1) | F.array_contains("before", F.col("hash")))
                       .select(*[F.col(c).alias(f"_{c}") for c in POSITION]))
+        return self._without(batch_df, dropped_df), seen
+
+    def _drop_on_driver(self, batch_df: DataFrame, rows_df: DataFrame, batch_id: int) -> tuple[DataFrame, Seen]:
+        """What :meth:`_drop_in_tasks` decides, for a live batch's few rows: one collect, one multi-get."""
+        seen = Seen(batch_id)
+        rows = sorted(rows_df.collect(), key=lambda r: (r.kafka_topic, r.kafka_partition, r.kafka_offset,
+                                                        -1 if r.bundle_entry is None else r.bundle_entry))
+        stored = self.elasticsearch.documents(self.index, {r.observation_id for r in rows},
+                                              f"batch {batch_id}: asking which versions were seen") if rows else {}
+        tag, per_id, dropped = self.tag, {}, []
+        for row in rows:
+            entry = per_id.get(row.observation_id)
+            if entry is None:
+                entry = per_id[row.observation_id] = [0, hashes_before(stored.get(row.observation_id), tag, batch_id), []]
+            entry[0] += 1
+            if row.hash in entry[1] or row.hash in entry[2]:
+                dropped.append(tuple(getattr(row, c) for c in POSITION))
+            else:
+                entry[2].append(row.hash)
+        versions = [(observation_id, n, before, new) for observation_id, (n, before, new) in per_id.items()]
+        seen.versions_df = self.spark.createDataFrame(
+            versions, "observation_id string, rows long, before array<bigint>, new array<bigint>")
+        seen.repeats = len(dropped)
+        seen.new_ids = sum(1 for v in versions if v[3])
+        seen.corrected = sum(1 for v in versions if v[2])
+        seen.several = any(len(v[3]) > 1 for v in versions)
+        if not dropped:
+            return batch_df, seen
+        dropped_df = F.broadcast(self.spark.createDataFrame(dropped, ", ".join(
+            f"_{c} {t}" for c, t in zip(POSITION, ("string", "int", "long", "int")))))
+        return self._without(batch_df, dropped_df), seen
+
+    @staticmethod
+    def _without(batch_df: DataFrame, dropped_df: DataFrame) -> DataFrame:
+        """``batch_df`` without the rows at the places ``dropped_df`` names (``_kafka_topic``, ...)."""
         on = [batch_df[c] == dropped_df[f"_{c}"] for c in POSITION[:3]]
         on.append(batch_df["bundle_entry"].eqNullSafe(dropped_df["_bundle_entry"]))
-        return batch_df.join(dropped_df, on, "left_anti"), seen
+        return batch_df.join(dropped_df, on, "left_anti")
 
     def record(self, seen: Seen) -> int:
         """Remember the batch's new versions (after every sink has its rows), a document per id

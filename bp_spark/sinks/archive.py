@@ -109,14 +109,16 @@ class ArchiveSink:
 
     # ------------------------------------------------------------------ what is new
 
-    def new_readings(self, normal_df: DataFrame, batch_id: int, keep: list[DataFrame]) -> tuple[DataFrame, int]:
+    def new_readings(self, normal_df: DataFrame, rows: int, batch_id: int, keep: list[DataFrame]) -> tuple[DataFrame, int]:
         """The normal readings the archive does not hold yet, and how many it holds already: by id
         and content hash in the archive index, where the batch that wrote the document was rolled
         or staged whole (a document this very batch wrote in an earlier attempt, or one whose
         batch broke off before it was staged, does not count: those readings are staged again).
-        The index is asked in Spark's tasks (:func:`~bp_spark.elastic.lookup_in_tasks`); the driver
-        decides per batch that wrote a document, not per reading. ``keep``: frames persisted here,
-        for the caller to unpersist when the batch ends."""
+        ``rows``: how many normal readings there are; a live batch's (at most
+        ``elasticsearch.driver_write_max_docs``) are looked up by the driver in one multi-get, a
+        bigger batch's in Spark's tasks (:func:`~bp_spark.elastic.lookup_in_tasks`). Either way the
+        driver decides per batch that wrote a document, not per reading. ``keep``: frames
+        persisted here, for the caller to unpersist when the batch ends."""
         if self.elasticsearch is None:
             return normal_df, 0
         tag = self.tag
@@ -127,20 +129,35 @@ class ArchiveSink:
                     or doc.get("batch_id") is None or (doc["tag"], doc["batch_id"]) == (tag, batch_id):
                 return None
             return row.observation_id, row.content_hash, doc["tag"], doc["batch_id"]
-        held_df = lookup_in_tasks(normal_df.select("observation_id", "content_hash"), self.config,
-                                  self.config.elasticsearch.archive_index, ["content_hash", "tag", "batch_id"], held,
+        readings_df = normal_df.select("observation_id", "content_hash")
+        index, what = self.config.elasticsearch.archive_index, f"batch {batch_id}: asking the archive index"
+        if rows <= self.config.elasticsearch.driver_write_max_docs:
+            readings = readings_df.collect()
+            stored = self.elasticsearch.documents(index, {r.observation_id for r in readings}, what)
+            found = [answer for r in readings if (answer := held(r, stored.get(r.observation_id))) is not None]
+            archived = self._archived({(tag_, batch) for _, _, tag_, batch in found})
+            held_rows = [(i, h) for i, h, tag_, batch in found if (tag_, batch) in archived]
+            if not held_rows:
+                return normal_df, 0
+            held_df = F.broadcast(self.spark.createDataFrame(held_rows, "observation_id string, content_hash long"))
+            return normal_df.join(held_df, ["observation_id", "content_hash"], "left_anti"), len(held_rows)
+        held_df = lookup_in_tasks(readings_df, self.config, index, ["content_hash", "tag", "batch_id"], held,
                                   "observation_id string, content_hash long, tag string, batch_id long").persist()
         keep.append(held_df)
-        writers = self.elasticsearch.retried(lambda: held_df.select("tag", "batch_id").distinct().collect(),
-                                             f"batch {batch_id}: asking the archive index")
-        archived = [(w.tag, w.batch_id) for w in writers
-                    if w.batch_id <= self.roller.rolled_through(w.tag) or self.files.exists(staged_batch(w.tag, w.batch_id))]
+        writers = self.elasticsearch.retry(lambda: held_df.select("tag", "batch_id").distinct().collect(), what)
+        archived = self._archived({(w.tag, w.batch_id) for w in writers})
         if not archived:
             return normal_df, 0
-        archived_df = self.spark.createDataFrame(archived, "tag string, batch_id long")
+        archived_df = self.spark.createDataFrame(sorted(archived), "tag string, batch_id long")
         held_df = held_df.join(F.broadcast(archived_df), ["tag", "batch_id"]).select("observation_id", "content_hash")
         count = held_df.count()
         return normal_df.join(held_df, ["observation_id", "content_hash"], "left_anti"), count
+
+    def _archived(self, writers: set[tuple[str, int]]) -> set[tuple[str, int]]:
+        """Of the ``(tag, batch)`` that wrote archive-index documents, those whose readings the
+        archive holds: rolled, or staged whole."""
+        return {(tag, batch_id) for tag, batch_id in writers
+                if batch_id <= self.roller.rolled_through(tag) or self.files.exists(staged_batch(tag, batch_id))}
 
     # ------------------------------------------------------------------ staging and rolling
 

@@ -144,12 +144,10 @@ class ElasticsearchSink:
             "es.mapping.exclude": ",".join(ROUTING_COLUMNS),
         }
 
-    def _retry(self, action, what: str):
+    def retry(self, action, what: str):
+        """``action`` (a request, or a Spark job whose tasks talk to Elasticsearch) until it
+        succeeds, waiting out an outage (``outages.*``)."""
         return with_retries(action, what, SINK, self.config.outages, self.waits)
-
-    def retried(self, action, what: str):
-        """``action`` (a Spark job whose tasks read Elasticsearch) until it succeeds, waiting out an outage."""
-        return self._retry(action, what)
 
     def index_frame(self, index: str, docs_df: DataFrame, documents: int, what: str) -> None:
         """Index the documents of ``docs_df`` (``_doc_id`` and the fields) into ``index``, every one
@@ -162,7 +160,7 @@ class ElasticsearchSink:
                      refresh=False)
             return
         options = {**self._options, "es.mapping.exclude": "_doc_id", "es.write.operation": "index"}
-        self._retry(lambda: docs_df.write.format(ES_FORMAT).options(**options).mode("append").save(index), what)
+        self.retry(lambda: docs_df.write.format(ES_FORMAT).options(**options).mode("append").save(index), what)
 
     # ------------------------------------------------------------------ writes
 
@@ -182,7 +180,7 @@ class ElasticsearchSink:
             refused = self._write(docs, batch_id, what)
         # Searchable now, together: an alert no later than its anomaly, a half's new state before
         # the next batch searches the pending index.
-        self._retry(lambda: refresh_indices(self.es, self.config, WRITTEN_KINDS), f"{what}: refreshing")
+        self.retry(lambda: refresh_indices(self.es, self.config, WRITTEN_KINDS), f"{what}: refreshing")
         return refused
 
     def _write(self, docs: dict[str, DataFrame], batch_id: int, what: str) -> Refused:
@@ -211,7 +209,7 @@ class ElasticsearchSink:
         def run() -> list[tuple[str, str]]:
             return [(index, doc["_id"]) for index, ids in wanted.items()
                     for doc in self._found(index, ids, source=False)]
-        existing = self._retry(run, f"batch {batch_id}: looking for alerts written before") if wanted else []
+        existing = self.retry(run, f"batch {batch_id}: looking for alerts written before") if wanted else []
         if not existing:
             return create_df
         keys = F.concat_ws("\u0000", "_target", "_doc_id")
@@ -285,7 +283,7 @@ class ElasticsearchSink:
                 raise SinkFailure(f"{len(pending)} documents not taken: "
                                   + ", ".join(f"{s} x{n}" for s, n in statuses.items()))
 
-        self._retry(attempt, what)
+        self.retry(attempt, what)
         return refusals
 
     def _dead_letter(self, refusals: list[Refusal], batch_id: int) -> set[str]:
@@ -335,13 +333,13 @@ class ElasticsearchSink:
             # A document that is not there is already where we want it: 404s are not errors.
             results = self._bulk_all_taken(operations, "deletes not done", refresh=False, accepted=(200, 404))
             return {r["_id"] for r in results if r.get("status") == 200 and r.get("_index") == e.anomalies_index}
-        return self._retry(run, f"batch {batch_id}: removing {len(ids)} superseded observations")
+        return self.retry(run, f"batch {batch_id}: removing {len(ids)} superseded observations")
 
     def forget(self, index: str, ids: Iterable[str], batch_id: int) -> None:
         """Delete these documents of ``index`` (absent ones are fine)."""
         operations = [{"delete": {"_index": index, "_id": doc_id}} for doc_id in ids]
         if operations:
-            self._retry(lambda: self._bulk_all_taken(operations, "deletes not done", refresh=False,
+            self.retry(lambda: self._bulk_all_taken(operations, "deletes not done", refresh=False,
                                                      accepted=(200, 404)),
                         f"batch {batch_id}: removing {len(operations)} documents from {index}")
 
@@ -371,7 +369,7 @@ class ElasticsearchSink:
         ids = set(ids)
         if not ids:
             return {}
-        return self._retry(lambda: {doc["_id"]: doc["_source"] for doc in self._found(index, ids)}, what)
+        return self.retry(lambda: {doc["_id"]: doc["_source"] for doc in self._found(index, ids)}, what)
 
     def search(self, index: str, query: dict, size: int, what: str, sort: list | None = None) -> dict[str, dict]:
         """``{id: source}`` of at most ``size`` documents of ``index`` matching ``query`` (none if
@@ -383,7 +381,7 @@ class ElasticsearchSink:
             if result["_shards"].get("failed"):  # a shard still recovering: a partial answer is no answer
                 raise SinkFailure(f"{index}: {result['_shards']['failed']} shards could not answer a search")
             return {hit["_id"]: hit["_source"] for hit in result["hits"]["hits"]}
-        return self._retry(run, what)
+        return self.retry(run, what)
 
     def every_document(self, index: str, what: str) -> dict[str, dict]:
         """``{id: source}`` of every document of a small ``index`` (none if it does not exist),
@@ -393,7 +391,7 @@ class ElasticsearchSink:
                 return {}
             return {hit["_id"]: hit["_source"] for hit in
                     es_helpers.scan(self.es, index=index, query={"query": {"match_all": {}}}, size=1000)}
-        return self._retry(run, what)
+        return self.retry(run, what)
 
     def versioned(self, index: str, ids: Iterable[str], what: str) -> dict[str, tuple[dict, int, int]]:
         """``{id: (source, seq_no, primary_term)}`` of the documents of ``ids`` that ``index`` holds:
@@ -401,7 +399,7 @@ class ElasticsearchSink:
         ids = set(ids)
         if not ids:
             return {}
-        return self._retry(lambda: {doc["_id"]: (doc["_source"], doc["_seq_no"], doc["_primary_term"])
+        return self.retry(lambda: {doc["_id"]: (doc["_source"], doc["_seq_no"], doc["_primary_term"])
                                     for doc in self._found(index, ids)}, what)
 
     def put_versioned(self, index: str, docs: dict[str, tuple[dict, int | None, int | None]], what: str,
@@ -421,7 +419,7 @@ class ElasticsearchSink:
             else:
                 operations.append({"index": {**meta, "if_seq_no": seq_no, "if_primary_term": primary_term}})
             operations.append(source)
-        results = self._retry(lambda: self._bulk_all_taken(operations, f"{index}: documents not written", refresh=refresh,
+        results = self.retry(lambda: self._bulk_all_taken(operations, f"{index}: documents not written", refresh=refresh,
                                                            accepted=(200, 201, 409)), what)
         return {r["_id"] for r in results if r.get("status") == 409}
 
@@ -461,7 +459,7 @@ class ElasticsearchSink:
         operations = [orjson.dumps(op) for doc_id, source in docs.items()
                       for op in ({"index": {"_index": index, "_id": doc_id}}, source)]
 
-        self._retry(lambda: self._bulk_all_taken(operations, f"{index}: documents not written", refresh=refresh,
+        self.retry(lambda: self._bulk_all_taken(operations, f"{index}: documents not written", refresh=refresh,
                                                  accepted=(200, 201)), what)
 
     def _bulk_all_taken(self, operations: list[dict], failure: str, refresh: bool,
@@ -480,7 +478,7 @@ class ElasticsearchSink:
         ids = set(alert_ids)
         if not ids:
             return set()
-        return self._retry(lambda: {doc["_id"] for doc in self._found(self.config.elasticsearch.alerts_index, ids,
+        return self.retry(lambda: {doc["_id"] for doc in self._found(self.config.elasticsearch.alerts_index, ids,
                                                                       source_includes=["batch_id"])
                                     if doc["_source"].get("batch_id") != batch_id},
                            f"trends batch {batch_id}: looking for {len(ids)} alerts raised before")
@@ -490,7 +488,7 @@ class ElasticsearchSink:
         ids = set(trend_ids)
         if not ids:
             return []
-        return self._retry(lambda: [doc["_source"] for doc in self._found(self.config.elasticsearch.trends_index, ids)],
+        return self.retry(lambda: [doc["_source"] for doc in self._found(self.config.elasticsearch.trends_index, ids)],
                            f"trends batch {batch_id}: reading {len(ids)} earlier trend windows")
 
     def sustained_states(self, trend_ids: Iterable[str], batch_id: int) -> dict[str, bool]:
@@ -498,7 +496,7 @@ class ElasticsearchSink:
         ids = set(trend_ids)
         if not ids:
             return {}
-        return self._retry(lambda: {doc["_id"]: bool(doc["_source"].get("is_sustained")) for doc in
+        return self.retry(lambda: {doc["_id"]: bool(doc["_source"].get("is_sustained")) for doc in
                                     self._found(self.config.elasticsearch.trends_index, ids,
                                                 source_includes=["is_sustained"])},
                            f"trends batch {batch_id}: reading {len(ids)} earlier sustained windows")
