@@ -225,15 +225,36 @@ def install_templates(client: Elasticsearch, indices: dict[str, str], replicas: 
 TASK_MGET_CHUNK = 5_000
 
 
+def found_documents(client: Elasticsearch, index: str, ids: list[str], chunk: int, **options) -> list[dict]:
+    """The documents of ``ids`` that ``index`` holds (none if the index does not exist), by
+    multi-get, ``chunk`` ids a request; ``options`` go to each request (``source_includes``). A
+    document whose shard cannot answer (a node just restarted, its shards still recovering) comes
+    back with an error, not as missing: taking it for missing would route a repeat again or miss
+    the archived line a correction must remove (make chaos), so it raises :class:`SinkFailure`,
+    for the caller to try again as a whole. The message never quotes an id."""
+    if not ids or not client.indices.exists(index=index):
+        return []
+    found = []
+    for start in range(0, len(ids), chunk):
+        docs = client.mget(index=index, ids=ids[start:start + chunk], **options)["docs"]
+        errors = [doc["error"] for doc in docs if doc.get("error")]
+        if errors:
+            first = errors[0] if isinstance(errors[0], dict) else {"type": str(errors[0])}
+            raise SinkFailure(f"{index}: {len(errors)} of {len(docs)} documents could not be read "
+                              f"({first.get('type', 'error')})")
+        found += [doc for doc in docs if doc.get("found")]
+    return found
+
+
 def lookup_in_tasks(df: DataFrame, config: Config, index: str, fields: list[str],
                     answer: Callable[[Row, dict | None], tuple | None], schema: str) -> DataFrame:
     """``df``'s rows, each with what ``index`` holds under its ``observation_id``, read in Spark's
     tasks: each task opens a client of its own and asks for its partition's ids by multi-get
-    (``fields`` of each document), so the lookup runs on every core and every worker and the
-    driver sees none of the ids. ``answer(row, source)`` (``source`` None: not there) gives the
-    output row of ``schema``, or None to leave the row out. A document whose shard cannot answer
-    (a node just restarted) fails the task, and the Spark action with it: the caller retries
-    that action as a whole (:func:`bp_spark.outages.with_retries`), never taking it for missing."""
+    (``fields`` of each document, :func:`found_documents`), so the lookup runs on every core and
+    every worker and the driver sees none of the ids. ``answer(row, source)`` (``source`` None:
+    not there) gives the output row of ``schema``, or None to leave the row out. A document whose
+    shard cannot answer fails the task, and the Spark action with it: the caller retries that
+    action as a whole (:func:`bp_spark.outages.with_retries`), never taking it for missing."""
 
     def read(rows: Iterator[Row]) -> Iterator[tuple]:
         rows = list(rows)
@@ -241,24 +262,13 @@ def lookup_in_tasks(df: DataFrame, config: Config, index: str, fields: list[str]
             return
         client = make_client(config)
         try:
-            present = client.indices.exists(index=index)
-            for start in range(0, len(rows), TASK_MGET_CHUNK):
-                chunk = rows[start:start + TASK_MGET_CHUNK]
-                found: dict[str, dict] = {}
-                if present:
-                    docs = client.mget(index=index, ids=[row.observation_id for row in chunk],
-                                       source_includes=fields)["docs"]
-                    errors = [doc["error"] for doc in docs if doc.get("error")]
-                    if errors:  # never quotes an id: the message reaches the driver's log
-                        first = errors[0] if isinstance(errors[0], dict) else {"type": str(errors[0])}
-                        raise SinkFailure(f"{index}: {len(errors)} of {len(docs)} documents could not be read "
-                                          f"({first.get('type', 'error')})")
-                    found = {doc["_id"]: doc.get("_source") or {} for doc in docs if doc.get("found")}
-                for row in chunk:
-                    out = answer(row, found.get(row.observation_id))
-                    if out is not None:
-                        yield out
+            found = {doc["_id"]: doc.get("_source") or {} for doc in found_documents(
+                client, index, [row.observation_id for row in rows], TASK_MGET_CHUNK, source_includes=fields)}
         finally:
             client.close()
+        for row in rows:
+            out = answer(row, found.get(row.observation_id))
+            if out is not None:
+                yield out
 
     return df.rdd.mapPartitions(read).toDF(schema)

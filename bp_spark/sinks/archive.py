@@ -156,8 +156,9 @@ class ArchiveSink:
     def _archived(self, writers: set[tuple[str, int]]) -> set[tuple[str, int]]:
         """Of the ``(tag, batch)`` that wrote archive-index documents, those whose readings the
         archive holds: rolled, or staged whole."""
+        rolled = {tag: self.roller.rolled_through(tag) for tag in {tag for tag, _ in writers}}  # a file read per tag
         return {(tag, batch_id) for tag, batch_id in writers
-                if batch_id <= self.roller.rolled_through(tag) or self.files.exists(staged_batch(tag, batch_id))}
+                if batch_id <= rolled[tag] or self.files.exists(staged_batch(tag, batch_id))}
 
     # ------------------------------------------------------------------ staging and rolling
 

@@ -27,8 +27,8 @@ from pyspark.sql import functions as F
 
 from bp_spark.config import Config
 from bp_spark.documents import CREATE, ROUTING_COLUMNS
-from bp_spark.elastic import (ElasticsearchUnreachable, connector_options, install_templates, pipeline_indices,
-                              probe_cluster, refresh_indices)
+from bp_spark.elastic import (ElasticsearchUnreachable, connector_options, found_documents, install_templates,
+                              pipeline_indices, probe_cluster, refresh_indices)
 from bp_spark.parse import QUOTE_LIMIT
 from bp_spark.outages import SinkFailure, summarise, with_retries
 
@@ -344,25 +344,10 @@ class ElasticsearchSink:
                         f"batch {batch_id}: removing {len(operations)} documents from {index}")
 
     def _found(self, index: str, ids: Iterable[str], **options) -> list[dict]:
-        """The documents of ``ids`` that ``index`` holds (none if the index does not exist), by
-        multi-get, :data:`MGET_CHUNK` ids a request; ``options`` go to each request (``source``,
-        ``source_includes``). Not retried: the caller retries what it is doing as a whole."""
-        ids = sorted(set(ids))
-        if not ids or not self.es.indices.exists(index=index):
-            return []
-        found = []
-        for start in range(0, len(ids), MGET_CHUNK):
-            docs = self.es.mget(index=index, ids=ids[start:start + MGET_CHUNK], **options)["docs"]
-            # A document whose shard cannot answer (a node just restarted, its shards still
-            # recovering) comes back with an error, not as missing: taking it for missing would
-            # route a repeat again or miss the archived line a correction must remove (make chaos).
-            errors = [doc["error"] for doc in docs if doc.get("error")]
-            if errors:
-                first = errors[0] if isinstance(errors[0], dict) else {"type": str(errors[0])}
-                raise SinkFailure(f"{index}: {len(errors)} of {len(docs)} documents could not be read "
-                                  f"({first.get('type', 'error')})")
-            found += [doc for doc in docs if doc.get("found")]
-        return found
+        """The documents of ``ids`` that ``index`` holds, :data:`MGET_CHUNK` ids a multi-get
+        (:func:`~bp_spark.elastic.found_documents`: a document that cannot be read raises). Not
+        retried: the caller retries what it is doing as a whole."""
+        return found_documents(self.es, index, sorted(set(ids)), MGET_CHUNK, **options)
 
     def documents(self, index: str, ids: Iterable[str], what: str) -> dict[str, dict]:
         """``{id: source}`` of the documents of ``ids`` that ``index`` holds, waiting out an outage."""
